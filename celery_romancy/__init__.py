@@ -1,0 +1,48 @@
+"""Durable sagas for Celery: workflows whose every step is a recorded Celery task."""
+
+from .app import Romancy
+from .context import ActivityInfo, WorkflowContext, current_activity
+from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
+from .errors import (
+    ActivityError,
+    ConfigurationError,
+    InvalidArgumentsError,
+    NonDeterminismError,
+    RomancyError,
+    SerializationError,
+    TerminalError,
+    UnknownInstanceError,
+    UnknownWorkflowError,
+    WaitTimeoutError,
+    WorkflowFailedError,
+)
+from .retry import RetryPolicy
+from .settings import RomancySettings
+from .storage import HistoryEvent, WorkflowInstance
+
+__all__ = [
+    "ActivityDefinition",
+    "ActivityError",
+    "ActivityInfo",
+    "CompensationDefinition",
+    "ConfigurationError",
+    "HistoryEvent",
+    "InvalidArgumentsError",
+    "NonDeterminismError",
+    "RetryPolicy",
+    "Romancy",
+    "RomancyError",
+    "RomancySettings",
+    "SerializationError",
+    "TerminalError",
+    "UnknownInstanceError",
+    "UnknownWorkflowError",
+    "WaitTimeoutError",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowFailedError",
+    "WorkflowInstance",
+    "current_activity",
+]
+
+__version__ = "0.1.0"

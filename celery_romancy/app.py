@@ -1,0 +1,251 @@
+"""``Romancy``: binds the registry, the storage, the Celery tasks and the settings to one app."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from celery import Celery
+
+from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
+from .dispatch import NewInstance, publish
+from .errors import (
+    InvalidArgumentsError,
+    RomancyError,
+    UnknownInstanceError,
+    WaitTimeoutError,
+    WorkflowFailedError,
+)
+from .planning import plan_outcome
+from .registry import Registry
+from .replay import Next, replay
+from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from .runner import StepRunner
+from .settings import RomancySettings
+from .storage import HistoryEvent, Store, WorkflowInstance, open_store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TASK_OPTIONS: dict[str, Any] = {
+    # Ack after the step is recorded: a worker that dies mid-step leaves the message
+    # to be redelivered, and the dispatch token makes the redelivery harmless.
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "serializer": "json",
+    "ignore_result": True,
+}
+
+
+class Romancy:
+    """Durable workflows on a Celery app.
+
+    Nothing connects at construction: settings are read from ``celery_app.conf`` and the
+    database is opened (and migrated) on first use, in each process.
+    """
+
+    def __init__(
+        self,
+        celery_app: Celery,
+        database_url: str | None = None,
+        worker_id: str | None = None,
+        **settings: Any,
+    ) -> None:
+        self.app = celery_app
+        self._overrides = {"database_url": database_url, "worker_id": worker_id, **settings}
+        self._settings: RomancySettings | None = None
+        self._storage: Store | None = None
+        self.registry = Registry()
+        self.runner = StepRunner(self)
+        _accept_json(celery_app)
+        celery_app._celery_romancy = self  # type: ignore[attr-defined]  # for CLI and contrib
+
+    # -- settings and storage ------------------------------------------------------------
+
+    @property
+    def settings(self) -> RomancySettings:
+        if self._settings is None:
+            self._settings = RomancySettings.from_celery(self.app.conf, **self._overrides)
+        return self._settings
+
+    @property
+    def storage(self) -> Store:
+        if self._storage is None:
+            self._storage = open_store(self.settings.database_url)
+        return self._storage
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.resolved_worker_id()
+
+    def migrate(self) -> None:
+        """Create or upgrade the history tables now (first use does it too)."""
+        self.storage.engine  # noqa: B018 - opening the engine applies the migrations
+
+    # -- decorators -----------------------------------------------------------------------
+
+    def workflow(
+        self, name: str
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], WorkflowDefinition[P, R]]:
+        """Register a workflow: ``fn(ctx, *input) -> output``, replayed from history."""
+        _check_name(name)
+
+        def register(fn: Callable[Concatenate[Any, P], R]) -> WorkflowDefinition[P, R]:
+            definition = WorkflowDefinition(name, fn)
+            self.registry.add(definition)
+            return definition
+
+        return register
+
+    def activity(
+        self,
+        name: str,
+        *,
+        compensation: CompensationDefinition[Any] | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]:
+        """Register an activity: one Celery task named ``name``, its result recorded once."""
+        _check_name(name)
+        if compensation is not None and not isinstance(compensation, CompensationDefinition):
+            raise RomancyError(
+                f"activity {name!r}: compensation= takes a function decorated with "
+                "@romancy.compensation"
+            )
+
+        def register(fn: Callable[P, R]) -> ActivityDefinition[P, R]:
+            definition = ActivityDefinition(
+                name, fn, compensation=compensation,
+                retry=retry or DEFAULT_RETRY_POLICY, queue=queue,
+            )
+            self.registry.add(definition)
+            self._step_task(name, queue)
+            return definition
+
+        return register
+
+    def compensation(
+        self, name: str, *, retry: RetryPolicy | None = None, queue: str | None = None
+    ) -> Callable[[Callable[P, Any]], CompensationDefinition[P]]:
+        """Register a compensation: one Celery task named ``name`` that undoes an activity."""
+        _check_name(name)
+
+        def register(fn: Callable[P, Any]) -> CompensationDefinition[P]:
+            definition = CompensationDefinition(name, fn, retry or DEFAULT_RETRY_POLICY, queue)
+            self.registry.add(definition)
+            self._step_task(name, queue)
+            return definition
+
+        return register
+
+    def _step_task(self, name: str, queue: str | None) -> None:
+        runner = self.runner
+
+        def run_step(instance_id: str, token: str) -> str:
+            return runner.run(instance_id, token, name)
+
+        run_step.__name__ = run_step.__qualname__ = name.replace(".", "_")
+        self.app.task(name=name, lazy=False, shared=False, queue=queue, **TASK_OPTIONS)(run_step)
+
+    # -- starting and reading -----------------------------------------------------------------
+
+    def start_workflow(
+        self,
+        workflow: WorkflowDefinition[Any, Any] | str,
+        *args: Any,
+        instance_id: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Start a workflow and return its instance id at once.
+
+        Arguments are checked against the workflow's signature and stored as JSON before
+        anything is written. With a caller-chosen ``instance_id`` a second start returns
+        the same instance and runs nothing.
+        """
+        definition = self.registry.resolve_workflow(workflow)
+        input_data = definition.shape.bind(args, kwargs)
+        if instance_id is None:
+            instance_id = uuid.uuid4().hex
+        elif not isinstance(instance_id, str) or not 0 < len(instance_id) <= 100:
+            raise InvalidArgumentsError("instance_id must be a string of 1 to 100 characters")
+        ref = NewInstance(instance_id, definition.name)
+        # Replaying with empty history finds the first step (or an immediate end).
+        outcome = replay(definition, instance_id, input_data, [])
+        changes, dispatch = plan_outcome(ref, outcome, list, self.registry.compensation_queue)
+        if isinstance(outcome, Next):
+            changes["status"] = "pending"
+        instance, created = self.storage.create_instance(
+            {"instance_id": instance_id, "workflow_name": definition.name,
+             "input_data": input_data, **changes}
+        )
+        if not created:
+            if instance.workflow_name != definition.name:
+                raise RomancyError(
+                    f"instance id {instance_id!r} already belongs to workflow "
+                    f"{instance.workflow_name!r}"
+                )
+            return instance_id
+        if dispatch is not None:
+            publish(self.app, dispatch)
+        return instance_id
+
+    def get_instance(self, instance_id: str) -> WorkflowInstance:
+        """The instance, or ``UnknownInstanceError``."""
+        instance = self.storage.get_instance(instance_id)
+        if instance is None:
+            raise UnknownInstanceError(f"no workflow instance {instance_id!r}")
+        return instance
+
+    def get_history(self, instance_id: str) -> list[HistoryEvent]:
+        self.get_instance(instance_id)
+        return self.storage.get_history(instance_id)
+
+    def find_instances(
+        self,
+        status: str | Sequence[str] | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+    ) -> list[WorkflowInstance]:
+        return self.storage.find_instances(status=status, workflow=workflow, limit=limit)
+
+    def wait(self, instance_id: str, timeout: float = 30.0) -> WorkflowInstance:
+        """Block until the instance reaches a terminal status; ``WaitTimeoutError`` after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            instance = self.get_instance(instance_id)
+            if instance.is_terminal:
+                return instance
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeoutError(
+                    f"workflow instance {instance_id} is still {instance.status} "
+                    f"after {timeout} s"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.25)
+
+    def result(self, instance_id: str, timeout: float = 30.0) -> Any:
+        """Wait, then return the output as the workflow's declared return type."""
+        instance = self.wait(instance_id, timeout)
+        if instance.status != "completed":
+            raise WorkflowFailedError(instance_id, instance.status, instance.error)
+        definition = self.registry.workflow(instance.workflow_name)
+        return definition.shape.decode_result(instance.output_data)
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise RomancyError(
+            "give the name as the decorator's first argument, e.g. @romancy.activity('charge')"
+        )
+
+
+def _accept_json(app: Celery) -> None:
+    """The package's own messages are JSON; make sure workers accept it."""
+    accepted = app.conf.get("accept_content") or ["json"]
+    if "json" not in accepted and "application/json" not in accepted:
+        app.conf.accept_content = [*accepted, "json"]

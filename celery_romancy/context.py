@@ -1,0 +1,147 @@
+"""What user code sees: ``WorkflowContext`` in workflows, ``current_activity()`` in activities."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .commands import ActivityCommand
+from .errors import NonDeterminismError, RomancyError, Suspend
+from .failures import rebuild_error
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    from .definitions import ActivityDefinition, R
+    from .storage import HistoryEvent
+
+
+class WorkflowContext:
+    """Handed to a workflow function as its first argument.
+
+    Each ``execute`` either returns the result recorded for its position in history
+    (re-raising a recorded error with its original type) or, at the first position with
+    nothing recorded, stops the replay so that the engine can dispatch that step.
+    """
+
+    def __init__(self, instance_id: str, workflow_name: str, history: list[HistoryEvent]) -> None:
+        self.instance_id = instance_id
+        self.workflow_name = workflow_name
+        self._history = history
+        self._position = 0
+        self._name_counts: dict[str, int] = {}
+        # Kept here too, so a workflow that swallows the exception cannot hide it.
+        self.nondeterminism: NonDeterminismError | None = None
+        # The last recorded error re-raised, with its record: if the body lets it escape,
+        # the workflow fails with the original record (type, message, step, traceback).
+        self.reraised: tuple[BaseException, dict[str, Any]] | None = None
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the workflow is re-running steps that history already records."""
+        return self._position < len(self._history)
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def execute(self, activity: ActivityDefinition[Any, R], *args: Any, **kwargs: Any) -> R:
+        """Run ``activity`` as the next step; see ``ActivityDefinition.execute``."""
+        count = self._name_counts.get(activity.name, 0) + 1
+        self._name_counts[activity.name] = count
+        step_id = f"{activity.name}:{count}"
+        position = self._position
+        self._position += 1
+        if position < len(self._history):
+            event = self._history[position]
+            if event.step_id != step_id:
+                self.nondeterminism = NonDeterminismError(
+                    self.instance_id, position, event.step_id, step_id
+                )
+                raise self.nondeterminism
+            if event.error is not None:
+                error = rebuild_error(event.error)
+                self.reraised = (error, event.error)
+                raise error
+            result: R = activity.shape.decode_result(event.result)
+            return result
+        arguments = activity.shape.bind(args, kwargs)
+        raise Suspend(
+            ActivityCommand(
+                kind="activity",
+                name=activity.name,
+                step_id=step_id,
+                seq=position,
+                arguments=arguments,
+                queue=activity.queue,
+            )
+        )
+
+
+@dataclass
+class ActivityInfo:
+    """What an activity may know about its run; see ``current_activity()``.
+
+    ``session`` (SQLAlchemy ORM) and ``connection`` (Core) belong to the transaction that
+    records the step: what the activity writes through them commits together with its
+    result, exactly once, or not at all.
+    """
+
+    instance_id: str
+    workflow_name: str
+    step_id: str
+    attempt: int
+    _open_connection: Callable[[], Connection] = field(repr=False)
+    _connection: Connection | None = field(default=None, repr=False)
+    _session: Session | None = field(default=None, repr=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and redeliveries of this step: pass it to external APIs."""
+        return f"{self.instance_id}:{self.step_id}"
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            self._connection = self._open_connection()
+            self._connection.begin()
+        return self._connection
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            from sqlalchemy.orm import Session
+
+            # The step's commit, not the session, ends this transaction.
+            self._session = Session(bind=self.connection, join_transaction_mode="rollback_only")
+        return self._session
+
+    def recording_connection(self) -> Connection | None:
+        """The open transaction to commit the step on, with the session's writes flushed."""
+        if self._session is not None:
+            self._session.flush()
+        return self._connection
+
+    def close(self) -> None:
+        """Release the connection; whatever was not committed is rolled back."""
+        if self._session is not None:
+            self._session.close()
+        if self._connection is not None:
+            self._connection.close()
+        self._session = self._connection = None
+
+
+_current_activity: ContextVar[ActivityInfo | None] = ContextVar(
+    "celery_romancy_activity", default=None
+)
+
+
+def current_activity() -> ActivityInfo:
+    """The running activity's ``ActivityInfo``, like Celery's ``current_task``."""
+    info = _current_activity.get()
+    if info is None:
+        raise RomancyError("current_activity() is only available inside a running activity")
+    return info

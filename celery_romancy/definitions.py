@@ -1,0 +1,125 @@
+"""Workflow, activity and compensation objects, made by the ``Romancy`` decorators."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+
+from .errors import ConfigurationError
+from .retry import RetryPolicy
+from .signatures import CallShape
+
+if TYPE_CHECKING:
+    from .context import WorkflowContext
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def call_maybe_async(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call a plain function; run a coroutine function to completion in a fresh loop."""
+    result = fn(*args, **kwargs)
+    if inspect.iscoroutine(result):
+        return asyncio.run(result)
+    return result
+
+
+class CompensationDefinition(Generic[P]):
+    """A function that undoes an activity; its parameters are bound by name.
+
+    A parameter named ``result`` receives the undone activity's return value; every other
+    parameter gets the activity's call argument of the same name.
+    """
+
+    def __init__(
+        self, name: str, fn: Callable[P, Any], retry: RetryPolicy, queue: str | None
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.retry = retry
+        self.queue = queue
+        self.shape = CallShape(fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def check_undoes(self, activity: ActivityDefinition[Any, Any]) -> None:
+        """Refuse, at attach time, a compensation whose parameters the activity cannot fill."""
+        available = set(activity.shape.parameter_names) | {"result"}
+        for param in self.shape.signature.parameters.values():
+            if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            if param.name not in available and param.default is inspect.Parameter.empty:
+                raise ConfigurationError(
+                    f"compensation {self.name!r} cannot undo activity {activity.name!r}: "
+                    f"its parameter {param.name!r} is neither an argument of "
+                    f"{activity.name!r} nor 'result'"
+                )
+
+    def arguments_from(self, activity_arguments: dict[str, Any], result: Any) -> dict[str, Any]:
+        """The JSON arguments of this compensation, taken by name from the undone call."""
+        source = {**activity_arguments, "result": result}
+        return {name: source[name] for name in self.shape.parameter_names if name in source}
+
+    def invoke(self, arguments: dict[str, Any]) -> None:
+        args, kwargs = self.shape.decode_arguments(arguments)
+        call_maybe_async(self.fn, args, kwargs)
+
+
+class ActivityDefinition(Generic[P, R]):
+    """A step of a workflow: runs once per call as its own Celery task, result recorded."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[P, R],
+        *,
+        compensation: CompensationDefinition[Any] | None,
+        retry: RetryPolicy,
+        queue: str | None,
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.retry = retry
+        self.queue = queue
+        self.shape = CallShape(fn)
+        self.compensation = compensation
+        if compensation is not None:
+            compensation.check_undoes(self)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the plain function, outside any workflow (handy in unit tests)."""
+        return self.fn(*args, **kwargs)
+
+    def execute(self, ctx: WorkflowContext, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run this activity as the workflow's next step (or return its recorded result)."""
+        result: R = ctx.execute(self, *args, **kwargs)
+        return result
+
+    def invoke(self, arguments: dict[str, Any]) -> Any:
+        args, kwargs = self.shape.decode_arguments(arguments)
+        return call_maybe_async(self.fn, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<activity {self.name}>"
+
+
+class WorkflowDefinition(Generic[P, R]):
+    """A workflow: a plain function of a context and its input, replayed from history."""
+
+    def __init__(self, name: str, fn: Callable[Concatenate[WorkflowContext, P], R]) -> None:
+        self.name = name
+        self.fn = fn
+        self.shape = CallShape(fn, skip_first=True)
+
+    def __call__(self, ctx: WorkflowContext, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(ctx, *args, **kwargs)
+
+    def run(self, ctx: WorkflowContext, input_data: dict[str, Any]) -> Any:
+        args, kwargs = self.shape.decode_arguments(input_data)
+        return self.fn(ctx, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name}>"

@@ -1,0 +1,67 @@
+"""Publishing a step's Celery message, after the transaction that recorded it commits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from celery import Celery
+
+from .commands import ActivityCommand
+
+logger = logging.getLogger(__name__)
+
+
+class InstanceRef(Protocol):
+    """What a dispatch needs to know of its instance (a ``WorkflowInstance`` will do)."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    @property
+    def workflow_name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    instance_id: str
+    workflow_name: str
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One message: run ``command`` of ``instance_id``; ``token`` makes duplicates detectable."""
+
+    instance_id: str
+    workflow_name: str
+    token: str
+    command: ActivityCommand
+    countdown: float | None = None
+
+    @property
+    def shadow(self) -> str:
+        # What Flower shows instead of the bare task name.
+        return f"{self.workflow_name}[{self.instance_id}] {self.command.kind} {self.command.step_id}"
+
+
+def publish(app: Celery, dispatch: Dispatch) -> bool:
+    """Send the message; False if the broker refused (the dispatch sweep will resend it)."""
+    try:
+        app.send_task(
+            dispatch.command.name,
+            args=(dispatch.instance_id, dispatch.token),
+            task_id=dispatch.token,
+            queue=dispatch.command.queue,
+            countdown=dispatch.countdown,
+            shadow=dispatch.shadow,
+            serializer="json",
+        )
+    except Exception:  # noqa: BLE001 - the record is committed; a lost publish is healed later
+        logger.exception(
+            "celery_romancy: could not publish %s for %s; the dispatch sweep will resend it",
+            dispatch.command.step_id,
+            dispatch.instance_id,
+        )
+        return False
+    return True

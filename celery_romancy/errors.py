@@ -1,0 +1,84 @@
+"""Exceptions. One root, ``RomancyError``; control flow lives outside ``Exception``.
+
+``Suspend`` derives from ``BaseException`` on purpose: a workflow body that says
+``except Exception`` must not be able to swallow the engine's "stop here, the
+next step is not recorded yet" signal (Temporal and DBOS do the same).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RomancyError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigurationError(RomancyError):
+    """The package is set up wrongly (settings, registration, database)."""
+
+
+class UnknownWorkflowError(RomancyError, LookupError):
+    """No workflow is registered under that name."""
+
+
+class UnknownInstanceError(RomancyError, LookupError):
+    """No workflow instance has that id."""
+
+
+class SerializationError(RomancyError, TypeError):
+    """A value cannot be stored as JSON, or stored JSON does not fit its declared type."""
+
+
+class InvalidArgumentsError(RomancyError, TypeError):
+    """The arguments do not fit the function's signature."""
+
+
+class WaitTimeoutError(RomancyError, TimeoutError):
+    """``Romancy.wait`` gave up before the instance reached a terminal status."""
+
+
+class NonDeterminismError(RomancyError):
+    """Replay met a different call at a position that history already records."""
+
+    def __init__(self, instance_id: str, position: int, recorded: str, called: str) -> None:
+        self.instance_id = instance_id
+        self.position = position
+        self.recorded = recorded
+        self.called = called
+        super().__init__(
+            f"nondeterministic workflow: instance {instance_id} step #{position} is recorded "
+            f"as {recorded!r} but the code now calls {called!r}"
+        )
+
+
+class TerminalError(RomancyError):
+    """Raise from an activity to fail it at once: it is never retried."""
+
+
+class ActivityError(RomancyError):
+    """Stands in for a recorded error whose original type cannot be imported on replay."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(f"{type_name}: {message}")
+
+
+class WorkflowFailedError(RomancyError):
+    """Raised by ``Romancy.result`` for an instance that did not complete."""
+
+    def __init__(self, instance_id: str, status: str, error: dict[str, Any] | None) -> None:
+        self.instance_id = instance_id
+        self.status = status
+        self.error = error
+        detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+        super().__init__(f"workflow instance {instance_id} ended {status}{detail}")
+
+
+class Suspend(BaseException):
+    """Internal: replay reached a call that history does not record yet."""
+
+    def __init__(self, command: Any) -> None:
+        self.command = command
+        super().__init__(command)

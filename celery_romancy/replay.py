@@ -1,0 +1,78 @@
+"""Replay: run a workflow function against its history and decide what happens next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .commands import ActivityCommand
+from .context import WorkflowContext
+from .errors import NonDeterminismError, SerializationError, Suspend
+from .failures import describe_error
+
+if TYPE_CHECKING:
+    from .definitions import WorkflowDefinition
+    from .storage import HistoryEvent
+
+
+@dataclass(frozen=True)
+class Next:
+    """The workflow wants this step run; history records everything before it."""
+
+    command: ActivityCommand
+
+
+@dataclass(frozen=True)
+class Completed:
+    output: Any  # JSON form of the return value
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: dict[str, Any]  # describe_error() of what the workflow body raised
+
+
+@dataclass(frozen=True)
+class Diverged:
+    """The code no longer matches the history: park, never guess."""
+
+    error: NonDeterminismError
+
+
+Outcome = Next | Completed | Failed | Diverged
+
+
+def replay(
+    workflow: WorkflowDefinition[Any, Any],
+    instance_id: str,
+    input_data: dict[str, Any],
+    history: list[HistoryEvent],
+) -> Outcome:
+    ctx = WorkflowContext(instance_id, workflow.name, history)
+    try:
+        value = workflow.run(ctx, input_data)
+    except Suspend as suspend:
+        outcome: Outcome = Next(suspend.command)
+    except Exception as exc:  # noqa: BLE001 - any error of the body fails the workflow
+        if ctx.reraised is not None and ctx.reraised[0] is exc:
+            outcome = Failed(ctx.reraised[1])
+        else:
+            outcome = Failed(describe_error(exc, _last_step(history)))
+    else:
+        try:
+            outcome = Completed(workflow.shape.encode_result(value))
+        except SerializationError as exc:
+            outcome = Failed(describe_error(exc, _last_step(history)))
+    if ctx.nondeterminism is not None:
+        return Diverged(ctx.nondeterminism)
+    if not isinstance(outcome, Next) and ctx.position < len(history):
+        # The body ended before reaching steps that history says it took.
+        skipped = history[ctx.position]
+        return Diverged(
+            NonDeterminismError(instance_id, ctx.position, skipped.step_id, "<end of workflow>")
+        )
+    return outcome
+
+
+def _last_step(history: list[HistoryEvent]) -> str | None:
+    return history[-1].step_id if history else None

@@ -1,0 +1,216 @@
+"""The worker side of a step: claim, run, record with the next dispatch, publish.
+
+One Celery message per step. The history row, the compensation it registers and the
+next pending command commit in one fenced transaction; the replay that finds the next
+command runs in this process, in memory, before that commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .commands import ActivityCommand
+from .context import ActivityInfo, _current_activity
+from .dispatch import Dispatch, publish
+from .errors import ConfigurationError, SerializationError
+from .failures import describe_error
+from .planning import Plan, dispatch_command, finish, plan_outcome, start_rollback
+from .replay import replay
+from .retry import RetryPolicy
+from .storage import Claim, CompensationRecord, HistoryEvent, StepWrite
+from .storage.schema import utcnow
+
+if TYPE_CHECKING:
+    from .app import Romancy
+
+logger = logging.getLogger(__name__)
+
+
+class StepRunner:
+    def __init__(self, romancy: Romancy) -> None:
+        self.romancy = romancy
+
+    def run(self, instance_id: str, token: str, task_name: str) -> str:
+        """Handle one delivered message; returns what happened, for logs and tests."""
+        romancy = self.romancy
+        claim = romancy.storage.claim(
+            instance_id, token, romancy.worker_id, romancy.settings.lease_timeout
+        )
+        if claim is None:
+            # Already recorded (duplicate delivery), or another worker holds it right now.
+            logger.info("celery_romancy: dropped duplicate %s for %s", task_name, instance_id)
+            return "duplicate"
+        pending = claim.instance.pending
+        if pending is None or pending.get("name") != task_name:
+            romancy.storage.release(claim)
+            logger.error("celery_romancy: %s is not the pending step of %s", task_name, instance_id)
+            return "mismatch"
+        command = ActivityCommand.from_json(pending)
+        if command.kind == "compensation":
+            return self._compensate(claim, command)
+        return self._activity(claim, command)
+
+    # -- activities ---------------------------------------------------------------------
+
+    def _activity(self, claim: Claim, command: ActivityCommand) -> str:
+        romancy = self.romancy
+        instance = claim.instance
+        workflow = romancy.registry.workflow(instance.workflow_name)
+        activity = romancy.registry.activity(command.name)
+        info = self._activity_info(claim, command)
+        reset = _current_activity.set(info)
+        try:
+            try:
+                result = activity.shape.encode_result(activity.invoke(command.arguments))
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded or retried
+                info.close()  # the activity's own writes die with its attempt
+                if _retryable(activity.retry, exc, command.attempt):
+                    return self._retry(claim, command, activity.retry, exc)
+                event = HistoryEvent(
+                    command.seq, command.step_id, "activity", command.name,
+                    error=describe_error(exc, command.step_id), attempt=command.attempt,
+                )
+            else:
+                event = HistoryEvent(
+                    command.seq, command.step_id, "activity", command.name,
+                    result=result, attempt=command.attempt,
+                )
+            registration = None
+            if event.error is None and activity.compensation is not None:
+                registration = _registered(
+                    command, activity.compensation.name,
+                    activity.compensation.arguments_from(command.arguments, event.result),
+                )
+            outcome = replay(
+                workflow, instance.instance_id, instance.input_data, [*claim.history, event]
+            )
+            changes, dispatch = plan_outcome(
+                instance,
+                outcome,
+                # Only read on failure: the compensations to run, this step's included.
+                lambda: [
+                    *romancy.storage.get_compensations(instance.instance_id),
+                    *([registration] if registration else []),
+                ],
+                romancy.registry.compensation_queue,
+            )
+            write = StepWrite(instance_changes=changes, history=event)
+            if registration is not None:
+                write.register_compensation = {
+                    "seq": registration.seq,
+                    "step_id": registration.step_id,
+                    "name": registration.name,
+                    "arguments": registration.arguments,
+                }
+            committed = romancy.storage.commit(claim, write, info.recording_connection())
+        finally:
+            _current_activity.reset(reset)
+            info.close()
+        return self._published(claim, committed, dispatch)
+
+    # -- compensations --------------------------------------------------------------------
+
+    def _compensate(self, claim: Claim, command: ActivityCommand) -> str:
+        romancy = self.romancy
+        instance = claim.instance
+        compensation = romancy.registry.compensation(command.name)
+        info = self._activity_info(claim, command)
+        reset = _current_activity.set(info)
+        try:
+            try:
+                compensation.invoke(command.arguments)
+            except Exception as exc:  # noqa: BLE001
+                info.close()
+                if _retryable(compensation.retry, exc, command.attempt):
+                    return self._retry(claim, command, compensation.retry, exc)
+                plan: Plan = finish(
+                    "compensation_failed",
+                    pending=command.to_json(),
+                    error={**(instance.error or {}),
+                           "compensation_error": describe_error(exc, command.step_id)},
+                )
+                update = {"status": "failed", "error": describe_error(exc, command.step_id),
+                          "attempts": command.attempt, "finished_at": utcnow()}
+            else:
+                remaining = [c for c in romancy.storage.get_compensations(instance.instance_id)
+                             if c.step_id != command.step_id]
+                final = "cancelled" if instance.cancel_reason is not None else "failed"
+                plan = start_rollback(instance, instance.error, remaining,
+                                      romancy.registry.compensation_queue, final)
+                update = {"status": "done", "error": None, "attempts": command.attempt,
+                          "finished_at": utcnow()}
+            changes, dispatch = plan
+            write = StepWrite(instance_changes=changes,
+                              compensation_update=(command.step_id, update))
+            committed = romancy.storage.commit(claim, write, info.recording_connection())
+        finally:
+            _current_activity.reset(reset)
+            info.close()
+        return self._published(claim, committed, dispatch)
+
+    # -- shared -------------------------------------------------------------------------
+
+    def _retry(
+        self, claim: Claim, command: ActivityCommand, policy: RetryPolicy, error: Exception
+    ) -> str:
+        delay = policy.delay_after(command.attempt)
+        status = claim.instance.status
+        changes, dispatch = dispatch_command(
+            claim.instance, command.next_attempt(), status=status, delay=delay
+        )
+        write = StepWrite(
+            instance_changes=changes,
+            attempt={
+                "step_id": attempt_step_id(command),
+                "attempt": command.attempt,
+                "error": describe_error(error, command.step_id),
+                "retry_in": delay,
+            },
+        )
+        committed = self.romancy.storage.commit(claim, write)
+        self._published(claim, committed, dispatch)
+        return "retrying" if committed else "fenced"
+
+    def _published(self, claim: Claim, committed: bool, dispatch: Dispatch | None) -> str:
+        if not committed:
+            # A newer owner took the instance over while this step ran (fencing).
+            logger.warning(
+                "celery_romancy: lease on %s was lost; this step's result is discarded",
+                claim.instance.instance_id,
+            )
+            return "fenced"
+        if dispatch is not None:
+            publish(self.romancy.app, dispatch)
+        return "recorded"
+
+    def _activity_info(self, claim: Claim, command: ActivityCommand) -> ActivityInfo:
+        return ActivityInfo(
+            instance_id=claim.instance.instance_id,
+            workflow_name=claim.instance.workflow_name,
+            step_id=attempt_step_id(command),
+            attempt=command.attempt,
+            _open_connection=self.romancy.storage.connect,
+        )
+
+
+def _retryable(policy: RetryPolicy, error: Exception, attempt: int) -> bool:
+    if isinstance(error, SerializationError | ConfigurationError):
+        return False  # the same input fails the same way every time
+    return policy.should_retry(error, attempt)
+
+
+def _registered(
+    command: ActivityCommand, name: str, arguments: dict[str, Any]
+) -> CompensationRecord:
+    return CompensationRecord(
+        seq=command.seq, step_id=command.step_id, name=name, arguments=arguments,
+        status="registered", error=None, attempts=0, created_at=utcnow(), finished_at=None,
+    )
+
+
+def attempt_step_id(command: ActivityCommand) -> str:
+    """The step id an attempt is recorded under; compensations get their own."""
+    if command.kind == "compensation":
+        return f"{command.name}:undo:{command.step_id}"
+    return command.step_id

@@ -1,0 +1,52 @@
+"""One settings object, read from Celery's config (``romancy_*`` keys) when first needed."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///romancy.db"
+
+
+@dataclass(frozen=True)
+class RomancySettings:
+    """Every knob, with its default; the Celery key is ``romancy_<field name>``."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    worker_id: str | None = None
+    lease_timeout: float = 300.0
+    recovery_interval: float = 60.0
+    timer_interval: float = 10.0
+    outbox_interval: float = 2.0
+
+    @classmethod
+    def from_celery(cls, conf: Any, **overrides: Any) -> RomancySettings:
+        """Defaults, then the app's ``romancy_*`` config, then explicit non-None overrides."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            configured = conf.get(f"romancy_{f.name}")
+            if configured is not None:
+                values[f.name] = configured
+            if overrides.get(f.name) is not None:
+                values[f.name] = overrides[f.name]
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("lease_timeout", "recovery_interval", "timer_interval", "outbox_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"romancy_{name} must be a positive number, not {value!r}")
+        if not isinstance(self.database_url, str) or "://" not in self.database_url:
+            raise ConfigurationError(
+                f"romancy_database_url must be a database URL, not {self.database_url!r}"
+            )
+
+    def resolved_worker_id(self) -> str:
+        """The lease holder's name; read per process, as prefork children differ in pid."""
+        return self.worker_id or f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,47 @@
+"""History storage: one interface (``Store``), one schema, one backend per dialect."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ..errors import ConfigurationError
+from .records import (
+    STATUSES,
+    TERMINAL_STATUSES,
+    AttemptRecord,
+    Claim,
+    CompensationRecord,
+    HistoryEvent,
+    StepWrite,
+    WorkflowInstance,
+)
+from .store import Store
+
+__all__ = [
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "AttemptRecord",
+    "Claim",
+    "CompensationRecord",
+    "HistoryEvent",
+    "StepWrite",
+    "Store",
+    "WorkflowInstance",
+    "open_store",
+]
+
+
+def open_store(url: str) -> Store:
+    """The backend for a database URL; nothing connects until first use."""
+    backend = sa.make_url(url).get_backend_name()
+    if backend == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if backend == "postgresql":
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigurationError(
+        f"unsupported history database {backend!r}: use postgresql:// or sqlite://"
+    )

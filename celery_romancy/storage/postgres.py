@@ -1,0 +1,25 @@
+"""PostgreSQL: the production backend; several workers and beats may share it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
+
+from .store import Store
+
+
+class PostgresStore(Store):
+    dialect_name = "postgresql"
+    multi_node = True
+
+    def _create_engine(self) -> Engine:
+        return sa.create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+    def insert_ignoring_conflict(self, table: sa.Table) -> Any:
+        return pg_insert(table).on_conflict_do_nothing()
+
+    def lock_for_update(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        return stmt.with_for_update(skip_locked=True)

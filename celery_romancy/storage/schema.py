@@ -1,0 +1,138 @@
+"""The history schema, in one place. Migrations (``migrations/versions``) must match it.
+
+Every per-step query goes through a primary key or a unique index, so a step costs
+O(log n) in the size of the history however large it grows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect.
+
+    SQLite stores no offset; storing naive UTC keeps its text comparisons ordered.
+    """
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+instances = sa.Table(
+    "romancy_instances",
+    metadata,
+    sa.Column("instance_id", sa.String(100), primary_key=True),
+    sa.Column("workflow_name", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("input_data", sa.JSON(none_as_null=True), nullable=False),
+    sa.Column("output_data", sa.JSON(none_as_null=True)),
+    sa.Column("error", sa.JSON(none_as_null=True)),
+    # The one command waiting to run (activity or compensation); a workflow runs one step at a time.
+    sa.Column("pending", sa.JSON(none_as_null=True)),
+    # Identifies the message published for ``pending``; a delivery with another token is a duplicate.
+    sa.Column("dispatch_token", sa.String(64)),
+    sa.Column("dispatch_at", UTCDateTime()),
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_expires_at", UTCDateTime()),
+    # Fencing: raised by every claim; a commit must still see the epoch it claimed with.
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_reason", sa.Text),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_romancy_instances_status_lease", "status", "lease_expires_at"),
+    sa.Index("ix_romancy_instances_status_dispatch", "status", "dispatch_at"),
+    sa.Index("ix_romancy_instances_workflow_status", "workflow_name", "status"),
+    sa.Index("ix_romancy_instances_created", "created_at"),
+)
+
+history = sa.Table(
+    "romancy_history",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "instance_id",
+        sa.String(100),
+        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("step_id", sa.String(250), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("result", sa.JSON(none_as_null=True)),
+    sa.Column("error", sa.JSON(none_as_null=True)),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker_id", sa.String(200)),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("instance_id", "step_id", name="uq_romancy_history_step"),
+    sa.UniqueConstraint("instance_id", "seq", name="uq_romancy_history_seq"),
+)
+
+compensations = sa.Table(
+    "romancy_compensations",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "instance_id",
+        sa.String(100),
+        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("step_id", sa.String(250), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("arguments", sa.JSON(none_as_null=True), nullable=False),
+    # registered -> done | failed
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.JSON(none_as_null=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime()),
+    sa.UniqueConstraint("instance_id", "step_id", name="uq_romancy_compensations_step"),
+)
+
+attempts = sa.Table(
+    "romancy_attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "instance_id",
+        sa.String(100),
+        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("step_id", sa.String(250), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("error", sa.JSON(none_as_null=True), nullable=False),
+    sa.Column("retry_in", sa.Float),
+    sa.Column("worker_id", sa.String(200)),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_romancy_attempts_step", "instance_id", "step_id", "attempt"),
+)

@@ -1,0 +1,330 @@
+"""The storage interface: every query the engine runs, written once in SQLAlchemy Core.
+
+Dialect differences (engine options, "insert or ignore", row locks) live in the thin
+subclasses in ``sqlite.py`` and ``postgres.py``; ``open_store`` picks one from the URL.
+The engine is created lazily and re-created in a forked child (Celery's prefork pool)
+so that no connection is ever shared between processes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from . import schema
+from .records import (
+    AttemptRecord,
+    Claim,
+    CompensationRecord,
+    HistoryEvent,
+    StepWrite,
+    WorkflowInstance,
+)
+
+_INSTANCE_COLUMNS = [c.name for c in schema.instances.columns]
+
+
+class Store:
+    """History storage. Subclasses set the dialect details; the SQL is here."""
+
+    dialect_name = "generic"
+    #: Whether several nodes may run maintenance at once (row locks with SKIP LOCKED).
+    multi_node = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    # -- connections -----------------------------------------------------------------
+
+    def _create_engine(self) -> Engine:
+        return sa.create_engine(self.url, pool_pre_ping=True)
+
+    @property
+    def engine(self) -> Engine:
+        pid = os.getpid()
+        if self._engine is None or self._pid != pid:
+            with self._lock:
+                if self._engine is None or self._pid != pid:
+                    if self._engine is not None:
+                        # Inherited from the parent: drop the pool without closing its sockets.
+                        self._engine.dispose(close=False)
+                    engine = self._create_engine()
+                    from .migrate import upgrade
+
+                    upgrade(engine)
+                    self._engine, self._pid = engine, pid
+        return self._engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def connect(self) -> Connection:
+        return self.engine.connect()
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def insert_ignoring_conflict(self, table: sa.Table) -> Any:
+        """An INSERT that does nothing when the primary key already exists."""
+        raise NotImplementedError
+
+    def lock_for_update(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        """Row-lock the selected rows, skipping rows another transaction holds."""
+        return stmt
+
+    # -- instances ---------------------------------------------------------------------
+
+    def create_instance(self, values: dict[str, Any]) -> tuple[WorkflowInstance, bool]:
+        """Insert an instance unless its id exists; return it and whether it was created."""
+        now = schema.utcnow()
+        row = {"epoch": 0, "created_at": now, "updated_at": now, **values}
+        with self.transaction() as conn:
+            result = conn.execute(self.insert_ignoring_conflict(schema.instances).values(**row))
+            created = result.rowcount == 1
+            instance = self._get_instance(conn, row["instance_id"])
+        assert instance is not None
+        return instance, created
+
+    def get_instance(self, instance_id: str) -> WorkflowInstance | None:
+        with self.engine.connect() as conn:
+            return self._get_instance(conn, instance_id)
+
+    def _get_instance(self, conn: Connection, instance_id: str) -> WorkflowInstance | None:
+        row = conn.execute(
+            sa.select(schema.instances).where(schema.instances.c.instance_id == instance_id)
+        ).first()
+        return _instance(row._mapping) if row is not None else None
+
+    def find_instances(
+        self,
+        status: str | Sequence[str] | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+    ) -> list[WorkflowInstance]:
+        t = schema.instances
+        stmt = sa.select(t).order_by(t.c.created_at.desc(), t.c.instance_id).limit(limit)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            stmt = stmt.where(t.c.status.in_(statuses))
+        if workflow is not None:
+            stmt = stmt.where(t.c.workflow_name == workflow)
+        with self.engine.connect() as conn:
+            return [_instance(r._mapping) for r in conn.execute(stmt)]
+
+    def update_instance(
+        self,
+        instance_id: str,
+        changes: dict[str, Any],
+        *,
+        only_if: dict[str, Any] | None = None,
+        status_in: Sequence[str] | None = None,
+    ) -> bool:
+        """Change an instance if it still matches ``only_if``/``status_in``; True if it did."""
+        t = schema.instances
+        stmt = sa.update(t).where(t.c.instance_id == instance_id)
+        for column, value in (only_if or {}).items():
+            stmt = stmt.where(t.c[column].is_(None) if value is None else t.c[column] == value)
+        if status_in is not None:
+            stmt = stmt.where(t.c.status.in_(list(status_in)))
+        with self.transaction() as conn:
+            result = conn.execute(stmt.values(updated_at=schema.utcnow(), **changes))
+            return result.rowcount == 1
+
+    # -- history -----------------------------------------------------------------------
+
+    def get_history(self, instance_id: str) -> list[HistoryEvent]:
+        with self.engine.connect() as conn:
+            return self._get_history(conn, instance_id)
+
+    def _get_history(self, conn: Connection, instance_id: str) -> list[HistoryEvent]:
+        h = schema.history
+        rows = conn.execute(
+            sa.select(
+                h.c.seq, h.c.step_id, h.c.kind, h.c.name, h.c.result, h.c.error,
+                h.c.attempt, h.c.worker_id, h.c.created_at,
+            )
+            .where(h.c.instance_id == instance_id)
+            .order_by(h.c.seq)
+        )
+        return [HistoryEvent(**r._mapping) for r in rows]
+
+    def get_compensations(self, instance_id: str) -> list[CompensationRecord]:
+        c = schema.compensations
+        stmt = (
+            sa.select(
+                c.c.seq, c.c.step_id, c.c.name, c.c.arguments, c.c.status, c.c.error,
+                c.c.attempts, c.c.created_at, c.c.finished_at,
+            )
+            .where(c.c.instance_id == instance_id)
+            .order_by(c.c.seq.desc())
+        )
+        with self.engine.connect() as conn:
+            return [CompensationRecord(**r._mapping) for r in conn.execute(stmt)]
+
+    def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
+        a = schema.attempts
+        stmt = (
+            sa.select(
+                a.c.step_id, a.c.attempt, a.c.error, a.c.retry_in, a.c.worker_id, a.c.created_at
+            )
+            .where(a.c.instance_id == instance_id)
+            .order_by(a.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [AttemptRecord(**r._mapping) for r in conn.execute(stmt)]
+
+    # -- the step protocol ----------------------------------------------------------------
+
+    def claim(
+        self, instance_id: str, token: str, worker_id: str, lease_seconds: float
+    ) -> Claim | None:
+        """Take the lease for the dispatch ``token``; None for a duplicate or a held lease.
+
+        One conditional UPDATE decides, so two workers given the same message cannot
+        both win, on any dialect.
+        """
+        t = schema.instances
+        now = schema.utcnow()
+        stmt = (
+            sa.update(t)
+            .where(
+                t.c.instance_id == instance_id,
+                t.c.dispatch_token == token,
+                sa.or_(t.c.lease_owner.is_(None), t.c.lease_expires_at < now),
+            )
+            .values(
+                lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                epoch=t.c.epoch + 1,
+                status=sa.case((t.c.status == "pending", "running"), else_=t.c.status),
+                updated_at=now,
+            )
+            .returning(*t.columns)
+        )
+        with self.transaction() as conn:
+            row = conn.execute(stmt).first()
+            if row is None:
+                return None
+            instance = _instance(row._mapping)
+            history = self._get_history(conn, instance_id)
+        return Claim(instance=instance, history=history, worker_id=worker_id, epoch=instance.epoch)
+
+    def commit(self, claim: Claim, write: StepWrite, conn: Connection | None = None) -> bool:
+        """Commit a step if the claim still holds; False (nothing written) if fenced out.
+
+        ``conn`` is the activity's own open transaction when it wrote through
+        ``current_activity().session``: its writes then commit with the history row.
+        """
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._commit(own, claim, write)
+        return self._commit(conn, claim, write)
+
+    def _commit(self, conn: Connection, claim: Claim, write: StepWrite) -> bool:
+        t = schema.instances
+        now = schema.utcnow()
+        instance_id = claim.instance.instance_id
+        txn = conn.get_transaction() or conn.begin()
+        try:
+            # The fencing check first: it also row-locks the instance until commit.
+            fenced = conn.execute(
+                sa.update(t)
+                .where(
+                    t.c.instance_id == instance_id,
+                    t.c.epoch == claim.epoch,
+                    t.c.lease_owner == claim.worker_id,
+                )
+                .values(
+                    lease_owner=None, lease_expires_at=None, updated_at=now,
+                    **write.instance_changes,
+                )
+            )
+            if fenced.rowcount != 1:
+                txn.rollback()
+                return False
+            if write.history is not None:
+                event = write.history
+                conn.execute(
+                    sa.insert(schema.history).values(
+                        instance_id=instance_id, seq=event.seq, step_id=event.step_id,
+                        kind=event.kind, name=event.name, result=event.result,
+                        error=event.error, attempt=event.attempt,
+                        worker_id=claim.worker_id, created_at=now,
+                    )
+                )
+            if write.register_compensation is not None:
+                conn.execute(
+                    sa.insert(schema.compensations).values(
+                        instance_id=instance_id, status="registered", attempts=0,
+                        created_at=now, **write.register_compensation,
+                    )
+                )
+            if write.compensation_update is not None:
+                step_id, changes = write.compensation_update
+                c = schema.compensations
+                conn.execute(
+                    sa.update(c)
+                    .where(c.c.instance_id == instance_id, c.c.step_id == step_id)
+                    .values(**changes)
+                )
+            if write.attempt is not None:
+                conn.execute(
+                    sa.insert(schema.attempts).values(
+                        instance_id=instance_id, worker_id=claim.worker_id, created_at=now,
+                        **write.attempt,
+                    )
+                )
+            txn.commit()
+        except sa.exc.IntegrityError:
+            # The step is already recorded: a duplicate that slipped past the claim.
+            txn.rollback()
+            return False
+        except BaseException:
+            txn.rollback()
+            raise
+        return True
+
+    def renew_lease(self, claim: Claim, lease_seconds: float) -> bool:
+        """Extend a held lease (heartbeat for long activities); False if it was lost."""
+        t = schema.instances
+        now = schema.utcnow()
+        with self.transaction() as conn:
+            result = conn.execute(
+                sa.update(t)
+                .where(
+                    t.c.instance_id == claim.instance.instance_id,
+                    t.c.epoch == claim.epoch,
+                    t.c.lease_owner == claim.worker_id,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            )
+            return result.rowcount == 1
+
+    def release(self, claim: Claim) -> None:
+        """Give a lease back without recording anything (the step will be redelivered)."""
+        self.update_instance(
+            claim.instance.instance_id,
+            {"lease_owner": None, "lease_expires_at": None},
+            only_if={"epoch": claim.epoch, "lease_owner": claim.worker_id},
+        )
+
+    def now(self) -> datetime:
+        return schema.utcnow()
+
+
+def _instance(mapping: Any) -> WorkflowInstance:
+    return WorkflowInstance(**{name: mapping[name] for name in _INSTANCE_COLUMNS})
