@@ -32,9 +32,9 @@ from typing import Any, TypeAlias, TypeVar, cast, overload
 
 from celery_romancy.errors import SerializationError
 
-__all__ = ["JSONValue", "check_json", "decode", "encode"]
+__all__ = ["JSONValue", "SerializationError", "check_json", "decode", "encode"]
 
-JSONValue: TypeAlias = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+JSONValue: TypeAlias = bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"] | None
 
 _T = TypeVar("_T")
 _NoneType = type(None)
@@ -263,7 +263,7 @@ def _decode_tuple(
     if not isinstance(data, (list, tuple)) or len(data) != len(args):
         reason = f"expected a list of {len(args)} items, got {_short(data)}"
         raise _mismatch(data, hint, path, reason)
-    pairs = enumerate(zip(data, args))
+    pairs = enumerate(zip(data, args, strict=True))
     return tuple(_decode(item, arg, f"{path}[{i}]") for i, (item, arg) in pairs)
 
 
@@ -346,7 +346,7 @@ def _decode_namedtuple(data: object, cls: Any, path: str) -> object:
         raise _mismatch(data, cls, path, f"missing field {missing[0]!r}")
     hints = _type_hints(cls)
     return cls(*(_decode(item, hints.get(name, Any), f"{path}.{name}")
-                 for name, item in zip(fields, data)))
+                 for name, item in zip(fields, data, strict=False)))
 
 
 @functools.lru_cache(maxsize=512)

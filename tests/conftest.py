@@ -1,0 +1,44 @@
+"""Fixtures: every engine test runs against SQLite and PostgreSQL, with Redis as broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from celery_romancy.storage import Store, open_store
+from celery_romancy.storage.schema import metadata
+
+from .services import create_pg_database, drop_pg_database
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A history database with no rows in it: a new SQLite file, or a truncated PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'history.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        existing = set(sa.inspect(conn).get_table_names())
+        tables = [t.name for t in metadata.sorted_tables if t.name in existing]
+        if tables:
+            conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    opened = open_store(database_url)
+    yield opened
+    opened.dispose()
