@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from celery import Celery
+from celery import Celery, Task
 
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
 from .dispatch import NewInstance, publish
 from .errors import (
     InvalidArgumentsError,
+    LeaseHeldError,
     RomancyError,
     UnknownInstanceError,
     WaitTimeoutError,
@@ -60,7 +61,7 @@ class Romancy:
         self.registry = Registry()
         self.runner = StepRunner(self)
         _accept_json(celery_app)
-        celery_app._celery_romancy = self  # type: ignore[attr-defined]  # for CLI and contrib
+        celery_app._celery_romancy = self  # for CLI and contrib
 
     # -- settings and storage ------------------------------------------------------------
 
@@ -117,11 +118,14 @@ class Romancy:
 
         def register(fn: Callable[P, R]) -> ActivityDefinition[P, R]:
             definition = ActivityDefinition(
-                name, fn, compensation=compensation,
-                retry=retry or DEFAULT_RETRY_POLICY, queue=queue,
+                name,
+                fn,
+                compensation=compensation,
+                retry=retry or DEFAULT_RETRY_POLICY,
+                queue=queue,
             )
             self.registry.add(definition)
-            self._step_task(name, queue)
+            self._step_task(name)
             return definition
 
         return register
@@ -135,19 +139,23 @@ class Romancy:
         def register(fn: Callable[P, Any]) -> CompensationDefinition[P]:
             definition = CompensationDefinition(name, fn, retry or DEFAULT_RETRY_POLICY, queue)
             self.registry.add(definition)
-            self._step_task(name, queue)
+            self._step_task(name)
             return definition
 
         return register
 
-    def _step_task(self, name: str, queue: str | None) -> None:
+    def _step_task(self, name: str) -> None:
+        # The queue travels with each message (``send_task(queue=...)``), not on the task.
         runner = self.runner
 
-        def run_step(instance_id: str, token: str) -> str:
-            return runner.run(instance_id, token, name)
+        def run_step(task: Task, instance_id: str, token: str) -> str:
+            try:
+                return runner.run(instance_id, token, name)
+            except LeaseHeldError as busy:
+                raise task.retry(countdown=busy.retry_in, max_retries=None) from None
 
         run_step.__name__ = run_step.__qualname__ = name.replace(".", "_")
-        self.app.task(name=name, lazy=False, shared=False, queue=queue, **TASK_OPTIONS)(run_step)
+        self.app.task(name=name, bind=True, lazy=False, shared=False, **TASK_OPTIONS)(run_step)
 
     # -- starting and reading -----------------------------------------------------------------
 
@@ -177,8 +185,12 @@ class Romancy:
         if isinstance(outcome, Next):
             changes["status"] = "pending"
         instance, created = self.storage.create_instance(
-            {"instance_id": instance_id, "workflow_name": definition.name,
-             "input_data": input_data, **changes}
+            {
+                "instance_id": instance_id,
+                "workflow_name": definition.name,
+                "input_data": input_data,
+                **changes,
+            }
         )
         if not created:
             if instance.workflow_name != definition.name:
@@ -222,8 +234,7 @@ class Romancy:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeoutError(
-                    f"workflow instance {instance_id} is still {instance.status} "
-                    f"after {timeout} s"
+                    f"workflow instance {instance_id} is still {instance.status} after {timeout} s"
                 )
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.25)

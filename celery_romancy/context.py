@@ -38,6 +38,9 @@ class WorkflowContext:
         # The last recorded error re-raised, with its record: if the body lets it escape,
         # the workflow fails with the original record (type, message, step, traceback).
         self.reraised: tuple[BaseException, dict[str, Any]] | None = None
+        # The step that stopped the replay; kept in case the body catches BaseException
+        # or returns from ``finally``, which would otherwise skip the step silently.
+        self.suspended: Suspend | None = None
 
     @property
     def is_replaying(self) -> bool:
@@ -69,7 +72,7 @@ class WorkflowContext:
             result: R = activity.shape.decode_result(event.result)
             return result
         arguments = activity.shape.bind(args, kwargs)
-        raise Suspend(
+        self.suspended = Suspend(
             ActivityCommand(
                 kind="activity",
                 name=activity.name,
@@ -79,6 +82,7 @@ class WorkflowContext:
                 queue=activity.queue,
             )
         )
+        raise self.suspended
 
 
 @dataclass

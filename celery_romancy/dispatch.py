@@ -42,7 +42,9 @@ class Dispatch:
     @property
     def shadow(self) -> str:
         # What Flower shows instead of the bare task name.
-        return f"{self.workflow_name}[{self.instance_id}] {self.command.kind} {self.command.step_id}"
+        return (
+            f"{self.workflow_name}[{self.instance_id}] {self.command.kind} {self.command.step_id}"
+        )
 
 
 def publish(app: Celery, dispatch: Dispatch) -> bool:
@@ -57,7 +59,7 @@ def publish(app: Celery, dispatch: Dispatch) -> bool:
             shadow=dispatch.shadow,
             serializer="json",
         )
-    except Exception:  # noqa: BLE001 - the record is committed; a lost publish is healed later
+    except Exception:
         logger.exception(
             "celery_romancy: could not publish %s for %s; the dispatch sweep will resend it",
             dispatch.command.step_id,

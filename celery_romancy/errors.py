@@ -76,6 +76,14 @@ class WorkflowFailedError(RomancyError):
         super().__init__(f"workflow instance {instance_id} ended {status}{detail}")
 
 
+class LeaseHeldError(RomancyError):
+    """Internal: the step is leased by another worker; deliver this message again later."""
+
+    def __init__(self, instance_id: str, retry_in: float) -> None:
+        self.retry_in = retry_in
+        super().__init__(f"instance {instance_id} is leased; retry in {retry_in:.1f} s")
+
+
 class Suspend(BaseException):
     """Internal: replay reached a call that history does not record yet."""
 

@@ -103,4 +103,3 @@ def next_compensation(
         arguments=newest.arguments,
         queue=compensation_queue(newest.name),
     )
-

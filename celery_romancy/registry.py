@@ -36,9 +36,7 @@ class Registry:
             return self.workflows[name]
         except KeyError:
             known = ", ".join(sorted(self.workflows)) or "none"
-            raise UnknownWorkflowError(
-                f"unknown workflow {name!r} (registered: {known})"
-            ) from None
+            raise UnknownWorkflowError(f"unknown workflow {name!r} (registered: {known})") from None
 
     def resolve_workflow(
         self, workflow: WorkflowDefinition[Any, Any] | str

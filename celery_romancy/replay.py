@@ -65,6 +65,8 @@ def replay(
             outcome = Failed(describe_error(exc, _last_step(history)))
     if ctx.nondeterminism is not None:
         return Diverged(ctx.nondeterminism)
+    if ctx.suspended is not None:
+        return Next(ctx.suspended.command)
     if not isinstance(outcome, Next) and ctx.position < len(history):
         # The body ended before reaching steps that history says it took.
         skipped = history[ctx.position]

@@ -37,7 +37,7 @@ class RetryPolicy:
         return float(min(delay, self.max_interval))
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
-        if isinstance(error, TerminalError | self.non_retryable):
+        if isinstance(error, (TerminalError, *self.non_retryable)):
             return False
         return attempt < self.max_attempts
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .commands import ActivityCommand
 from .context import ActivityInfo, _current_activity
 from .dispatch import Dispatch, publish
-from .errors import ConfigurationError, SerializationError
+from .errors import ConfigurationError, LeaseHeldError, SerializationError
 from .failures import describe_error
 from .planning import Plan, dispatch_command, finish, plan_outcome, start_rollback
 from .replay import replay
@@ -38,7 +38,11 @@ class StepRunner:
             instance_id, token, romancy.worker_id, romancy.settings.lease_timeout
         )
         if claim is None:
-            # Already recorded (duplicate delivery), or another worker holds it right now.
+            held_for = romancy.storage.lease_held_for(instance_id, token)
+            if held_for is not None:
+                # In flight elsewhere, or its worker died holding the lease: come back
+                # after the lease runs out rather than drop the only message for it.
+                raise LeaseHeldError(instance_id, held_for + 0.5)
             logger.info("celery_romancy: dropped duplicate %s for %s", task_name, instance_id)
             return "duplicate"
         pending = claim.instance.pending
@@ -68,18 +72,27 @@ class StepRunner:
                 if _retryable(activity.retry, exc, command.attempt):
                     return self._retry(claim, command, activity.retry, exc)
                 event = HistoryEvent(
-                    command.seq, command.step_id, "activity", command.name,
-                    error=describe_error(exc, command.step_id), attempt=command.attempt,
+                    command.seq,
+                    command.step_id,
+                    "activity",
+                    command.name,
+                    error=describe_error(exc, command.step_id),
+                    attempt=command.attempt,
                 )
             else:
                 event = HistoryEvent(
-                    command.seq, command.step_id, "activity", command.name,
-                    result=result, attempt=command.attempt,
+                    command.seq,
+                    command.step_id,
+                    "activity",
+                    command.name,
+                    result=result,
+                    attempt=command.attempt,
                 )
             registration = None
             if event.error is None and activity.compensation is not None:
                 registration = _registered(
-                    command, activity.compensation.name,
+                    command,
+                    activity.compensation.name,
                     activity.compensation.arguments_from(command.arguments, event.result),
                 )
             outcome = replay(
@@ -127,22 +140,37 @@ class StepRunner:
                 plan: Plan = finish(
                     "compensation_failed",
                     pending=command.to_json(),
-                    error={**(instance.error or {}),
-                           "compensation_error": describe_error(exc, command.step_id)},
+                    error={
+                        **(instance.error or {}),
+                        "compensation_error": describe_error(exc, command.step_id),
+                    },
                 )
-                update = {"status": "failed", "error": describe_error(exc, command.step_id),
-                          "attempts": command.attempt, "finished_at": utcnow()}
+                update = {
+                    "status": "failed",
+                    "error": describe_error(exc, command.step_id),
+                    "attempts": command.attempt,
+                    "finished_at": utcnow(),
+                }
             else:
-                remaining = [c for c in romancy.storage.get_compensations(instance.instance_id)
-                             if c.step_id != command.step_id]
+                remaining = [
+                    c
+                    for c in romancy.storage.get_compensations(instance.instance_id)
+                    if c.step_id != command.step_id
+                ]
                 final = "cancelled" if instance.cancel_reason is not None else "failed"
-                plan = start_rollback(instance, instance.error, remaining,
-                                      romancy.registry.compensation_queue, final)
-                update = {"status": "done", "error": None, "attempts": command.attempt,
-                          "finished_at": utcnow()}
+                plan = start_rollback(
+                    instance, instance.error, remaining, romancy.registry.compensation_queue, final
+                )
+                update = {
+                    "status": "done",
+                    "error": None,
+                    "attempts": command.attempt,
+                    "finished_at": utcnow(),
+                }
             changes, dispatch = plan
-            write = StepWrite(instance_changes=changes,
-                              compensation_update=(command.step_id, update))
+            write = StepWrite(
+                instance_changes=changes, compensation_update=(command.step_id, update)
+            )
             committed = romancy.storage.commit(claim, write, info.recording_connection())
         finally:
             _current_activity.reset(reset)
@@ -204,8 +232,15 @@ def _registered(
     command: ActivityCommand, name: str, arguments: dict[str, Any]
 ) -> CompensationRecord:
     return CompensationRecord(
-        seq=command.seq, step_id=command.step_id, name=name, arguments=arguments,
-        status="registered", error=None, attempts=0, created_at=utcnow(), finished_at=None,
+        seq=command.seq,
+        step_id=command.step_id,
+        name=name,
+        arguments=arguments,
+        status="registered",
+        error=None,
+        attempts=0,
+        created_at=utcnow(),
+        finished_at=None,
     )
 
 

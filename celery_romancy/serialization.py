@@ -10,6 +10,12 @@ return types, dataclass fields).
 ``encode`` turns supported values into JSON data; ``decode(data, hint)`` turns JSON data
 back into a value of the hinted type. Both raise ``SerializationError`` naming the path
 of the offending part, e.g. ``order.items[2].price``.
+
+Stored forms: datetime/date/time as ISO 8601 strings (UTC offset kept), timedelta as float
+seconds, Decimal and UUID as strings, enums as their value, dataclasses (``init`` fields
+only) and TypedDicts as objects, NamedTuples, tuples and sets (sorted) as arrays, pydantic
+models as ``model_dump(mode="json")``. Dict keys are stored as strings (int and enum keys
+too). Decoding ignores unknown keys, so a field removed from a dataclass stays readable.
 """
 
 from __future__ import annotations
@@ -63,11 +69,19 @@ _SCALAR_DECODERS: dict[object, tuple[tuple[type, ...], Callable[[Any], object]]]
 }
 # Bare or abstract container hints -> the concrete hint they decode as.
 _BARE: dict[object, object] = {
-    list: list[Any], tuple: tuple[Any, ...], set: set[Any], frozenset: frozenset[Any],
-    dict: dict[Any, Any], abc.Sequence: list[Any], abc.MutableSequence: list[Any],
-    abc.Collection: list[Any], abc.Iterable: list[Any],
-    abc.Set: set[Any], abc.MutableSet: set[Any],
-    abc.Mapping: dict[Any, Any], abc.MutableMapping: dict[Any, Any],
+    list: list[Any],
+    tuple: tuple[Any, ...],
+    set: set[Any],
+    frozenset: frozenset[Any],
+    dict: dict[Any, Any],
+    abc.Sequence: list[Any],
+    abc.MutableSequence: list[Any],
+    abc.Collection: list[Any],
+    abc.Iterable: list[Any],
+    abc.Set: set[Any],
+    abc.MutableSet: set[Any],
+    abc.Mapping: dict[Any, Any],
+    abc.MutableMapping: dict[Any, Any],
 }
 _LIST_ORIGINS = (list, abc.Sequence, abc.MutableSequence, abc.Collection, abc.Iterable)
 _SET_ORIGINS = (set, frozenset, abc.Set, abc.MutableSet)
@@ -122,8 +136,11 @@ def _encode(value: object, path: str) -> JSONValue:
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"cannot encode {path}: {exc}") from exc
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name), f"{path}.{f.name}")
-                for f in dataclasses.fields(value) if f.init}
+        return {
+            f.name: _encode(getattr(value, f.name), f"{path}.{f.name}")
+            for f in dataclasses.fields(value)
+            if f.init
+        }
     if isinstance(value, Mapping):
         return _encode_mapping(value, path)
     if isinstance(value, abc.Set):  # sorted: set order differs between processes
@@ -156,7 +173,8 @@ def _encode_key(key: object, path: str) -> str:
         return name
     raise SerializationError(
         f"cannot encode {path}: dict key {key!r} of type {_name(type(key))} "
-        "is not stored as a string (use str, int or enum keys)")
+        "is not stored as a string (use str, int or enum keys)"
+    )
 
 
 def _decode(data: object, hint: object, path: str) -> object:
@@ -271,8 +289,10 @@ def _decode_dict(data: object, args: tuple[Any, ...], hint: object, path: str) -
     if not isinstance(data, dict):
         raise _mismatch(data, hint, path)
     key_hint, value_hint = args
-    return {_decode_key(key, key_hint, path): _decode(item, value_hint, f"{path}[{key!r}]")
-            for key, item in data.items()}
+    return {
+        _decode_key(key, key_hint, path): _decode(item, value_hint, f"{path}[{key!r}]")
+        for key, item in data.items()
+    }
 
 
 def _decode_key(key: object, key_hint: object, path: str) -> object:
@@ -309,8 +329,9 @@ def _decode_dataclass(data: object, cls: type, path: str) -> object:
         if not field.init:
             continue
         if field.name in data:
-            kwargs[field.name] = _decode(data[field.name], hints.get(field.name, Any),
-                                         f"{path}.{field.name}")
+            kwargs[field.name] = _decode(
+                data[field.name], hints.get(field.name, Any), f"{path}.{field.name}"
+            )
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise _mismatch(data, cls, path, f"missing field {field.name!r}")
     try:
@@ -341,12 +362,16 @@ def _decode_namedtuple(data: object, cls: Any, path: str) -> object:
     if not isinstance(data, (list, tuple)) or len(data) > len(fields):
         reason = f"expected a list of up to {len(fields)} items, got {_short(data)}"
         raise _mismatch(data, cls, path, reason)
-    missing = [name for name in fields[len(data):] if name not in defaults]
+    missing = [name for name in fields[len(data) :] if name not in defaults]
     if missing:
         raise _mismatch(data, cls, path, f"missing field {missing[0]!r}")
     hints = _type_hints(cls)
-    return cls(*(_decode(item, hints.get(name, Any), f"{path}.{name}")
-                 for name, item in zip(fields, data, strict=False)))
+    return cls(
+        *(
+            _decode(item, hints.get(name, Any), f"{path}.{name}")
+            for name, item in zip(fields, data, strict=False)
+        )
+    )
 
 
 @functools.lru_cache(maxsize=512)

@@ -41,11 +41,9 @@ class CallShape:
         encoded: dict[str, Any] = {}
         for name, value in bound.arguments.items():
             try:
-                encoded[name] = encode(value)
+                encoded[name] = encode(value, path=name)
             except SerializationError as exc:
-                raise SerializationError(
-                    f"{self.qualname}(): argument {name!r} cannot be stored as JSON: {exc}"
-                ) from None
+                raise SerializationError(f"{self.qualname}(): {exc}") from None
         return encoded
 
     def decode_arguments(self, arguments: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -61,24 +59,22 @@ class CallShape:
             hint = self.hints[name]
             raw = arguments[name]
             if param.kind is inspect.Parameter.VAR_POSITIONAL:
-                positional.extend(decode(item, hint) for item in raw)
+                positional.extend(decode(item, hint, path=name) for item in raw)
             elif param.kind is inspect.Parameter.VAR_KEYWORD:
-                keyword.update({k: decode(v, hint) for k, v in raw.items()})
-            elif param.kind is inspect.Parameter.POSITIONAL_ONLY:
-                positional.append(decode(raw, hint))
-            elif param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and not by_name:
-                positional.append(decode(raw, hint))
+                keyword.update({k: decode(v, hint, path=k) for k, v in raw.items()})
+            elif param.kind is inspect.Parameter.POSITIONAL_ONLY or (
+                param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and not by_name
+            ):
+                positional.append(decode(raw, hint, path=name))
             else:
-                keyword[name] = decode(raw, hint)
+                keyword[name] = decode(raw, hint, path=name)
         return positional, keyword
 
     def encode_result(self, value: Any) -> Any:
         try:
-            return encode(value)
+            return encode(value, path="result")
         except SerializationError as exc:
-            raise SerializationError(
-                f"{self.qualname}() returned a value that cannot be stored as JSON: {exc}"
-            ) from None
+            raise SerializationError(f"{self.qualname}() returned: {exc}") from None
 
     def decode_result(self, data: Any) -> Any:
-        return decode(data, self.return_hint)
+        return decode(data, self.return_hint, path="result")

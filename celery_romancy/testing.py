@@ -11,7 +11,9 @@ from celery.contrib.testing.worker import start_worker
 
 
 @contextmanager
-def worker(app: Celery, *, pool: str = "threads", concurrency: int = 2, **options: Any) -> Iterator[Any]:
+def worker(
+    app: Celery, *, pool: str = "threads", concurrency: int = 2, **options: Any
+) -> Iterator[Any]:
     """Run a worker for ``app`` in this process while the block runs.
 
     Steps then execute exactly as in production (messages through the broker, history

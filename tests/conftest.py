@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from celery_romancy.storage import Store, open_store
 from celery_romancy.storage.schema import metadata
 
-from .services import create_pg_database, drop_pg_database
+from .services import create_pg_database, drop_pg_database, pg_engine
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'history.db'}"
     url: str = request.getfixturevalue("pg_url")
-    engine = sa.create_engine(url)
+    engine = pg_engine(url)
     with engine.begin() as conn:
         existing = set(sa.inspect(conn).get_table_names())
         tables = [t.name for t in metadata.sorted_tables if t.name in existing]

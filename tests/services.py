@@ -34,9 +34,15 @@ def redis_client() -> redis.Redis:
     return client
 
 
+def pg_engine(url: str, **options: object) -> sa.Engine:
+    """An engine on psycopg2 (a bare postgresql:// means psycopg 3 to SQLAlchemy 2.1)."""
+    parsed = sa.make_url(url)
+    return sa.create_engine(parsed.set(drivername="postgresql+psycopg2"), **options)  # type: ignore[arg-type]
+
+
 def create_pg_database() -> str:
     """A fresh, empty PostgreSQL database for this test session; returns its URL."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = pg_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"romancy_test_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as conn:
@@ -50,7 +56,7 @@ def create_pg_database() -> str:
 
 def drop_pg_database(url: str) -> None:
     name = sa.make_url(url).database
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = pg_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -16,7 +16,11 @@ class PostgresStore(Store):
     multi_node = True
 
     def _create_engine(self) -> Engine:
-        return sa.create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        url = sa.make_url(self.url)
+        if url.drivername == "postgresql":
+            # SQLAlchemy 2.1 would pick psycopg 3 for a bare URL; we ship psycopg2.
+            url = url.set(drivername="postgresql+psycopg2")
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
     def insert_ignoring_conflict(self, table: sa.Table) -> Any:
         return pg_insert(table).on_conflict_do_nothing()

@@ -54,9 +54,9 @@ instances = sa.Table(
     sa.Column("input_data", sa.JSON(none_as_null=True), nullable=False),
     sa.Column("output_data", sa.JSON(none_as_null=True)),
     sa.Column("error", sa.JSON(none_as_null=True)),
-    # The one command waiting to run (activity or compensation); a workflow runs one step at a time.
+    # The one command waiting to run (activity or compensation): one step at a time.
     sa.Column("pending", sa.JSON(none_as_null=True)),
-    # Identifies the message published for ``pending``; a delivery with another token is a duplicate.
+    # Names the message published for ``pending``; a delivery with another token is stale.
     sa.Column("dispatch_token", sa.String(64)),
     sa.Column("dispatch_at", UTCDateTime()),
     sa.Column("lease_owner", sa.String(200)),

@@ -154,8 +154,15 @@ class Store:
         h = schema.history
         rows = conn.execute(
             sa.select(
-                h.c.seq, h.c.step_id, h.c.kind, h.c.name, h.c.result, h.c.error,
-                h.c.attempt, h.c.worker_id, h.c.created_at,
+                h.c.seq,
+                h.c.step_id,
+                h.c.kind,
+                h.c.name,
+                h.c.result,
+                h.c.error,
+                h.c.attempt,
+                h.c.worker_id,
+                h.c.created_at,
             )
             .where(h.c.instance_id == instance_id)
             .order_by(h.c.seq)
@@ -166,8 +173,15 @@ class Store:
         c = schema.compensations
         stmt = (
             sa.select(
-                c.c.seq, c.c.step_id, c.c.name, c.c.arguments, c.c.status, c.c.error,
-                c.c.attempts, c.c.created_at, c.c.finished_at,
+                c.c.seq,
+                c.c.step_id,
+                c.c.name,
+                c.c.arguments,
+                c.c.status,
+                c.c.error,
+                c.c.attempts,
+                c.c.created_at,
+                c.c.finished_at,
             )
             .where(c.c.instance_id == instance_id)
             .order_by(c.c.seq.desc())
@@ -223,6 +237,26 @@ class Store:
             history = self._get_history(conn, instance_id)
         return Claim(instance=instance, history=history, worker_id=worker_id, epoch=instance.epoch)
 
+    def lease_held_for(self, instance_id: str, token: str) -> float | None:
+        """Seconds left on a live lease over dispatch ``token``; None if there is none.
+
+        Tells a redelivery that must wait (its step is in flight, or its worker died
+        holding the lease) from a duplicate of a step already recorded.
+        """
+        t = schema.instances
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.c.lease_expires_at).where(
+                    t.c.instance_id == instance_id,
+                    t.c.dispatch_token == token,
+                    t.c.lease_owner.is_not(None),
+                )
+            ).first()
+        expires: datetime | None = row.lease_expires_at if row is not None else None
+        if expires is None:
+            return None
+        return max((expires - schema.utcnow()).total_seconds(), 0.0)
+
     def commit(self, claim: Claim, write: StepWrite, conn: Connection | None = None) -> bool:
         """Commit a step if the claim still holds; False (nothing written) if fenced out.
 
@@ -249,7 +283,9 @@ class Store:
                     t.c.lease_owner == claim.worker_id,
                 )
                 .values(
-                    lease_owner=None, lease_expires_at=None, updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
                     **write.instance_changes,
                 )
             )
@@ -260,17 +296,26 @@ class Store:
                 event = write.history
                 conn.execute(
                     sa.insert(schema.history).values(
-                        instance_id=instance_id, seq=event.seq, step_id=event.step_id,
-                        kind=event.kind, name=event.name, result=event.result,
-                        error=event.error, attempt=event.attempt,
-                        worker_id=claim.worker_id, created_at=now,
+                        instance_id=instance_id,
+                        seq=event.seq,
+                        step_id=event.step_id,
+                        kind=event.kind,
+                        name=event.name,
+                        result=event.result,
+                        error=event.error,
+                        attempt=event.attempt,
+                        worker_id=claim.worker_id,
+                        created_at=now,
                     )
                 )
             if write.register_compensation is not None:
                 conn.execute(
                     sa.insert(schema.compensations).values(
-                        instance_id=instance_id, status="registered", attempts=0,
-                        created_at=now, **write.register_compensation,
+                        instance_id=instance_id,
+                        status="registered",
+                        attempts=0,
+                        created_at=now,
+                        **write.register_compensation,
                     )
                 )
             if write.compensation_update is not None:
@@ -284,7 +329,9 @@ class Store:
             if write.attempt is not None:
                 conn.execute(
                     sa.insert(schema.attempts).values(
-                        instance_id=instance_id, worker_id=claim.worker_id, created_at=now,
+                        instance_id=instance_id,
+                        worker_id=claim.worker_id,
+                        created_at=now,
                         **write.attempt,
                     )
                 )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+
+from celery_romancy.storage import open_store
 
 from celery_romancy.storage.migrate import VERSION_TABLE
 from celery_romancy.storage.schema import metadata
@@ -27,5 +28,6 @@ if connection is not None:
 else:  # plain `alembic` command line, with sqlalchemy.url in the ini
     url = context.config.get_main_option("sqlalchemy.url")
     assert url, "set sqlalchemy.url, or use `python -m celery_romancy migrate`"
-    with create_engine(url).begin() as own:
+    # open_store picks the driver we ship (psycopg2) for a bare postgresql:// URL.
+    with open_store(url)._create_engine().begin() as own:
         _run(own)

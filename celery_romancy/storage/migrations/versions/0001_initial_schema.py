@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -39,9 +38,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("instance_id"),
     )
     with op.batch_alter_table("romancy_instances", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_romancy_instances_created", ["created_at"], unique=False
-        )
+        batch_op.create_index("ix_romancy_instances_created", ["created_at"], unique=False)
         batch_op.create_index(
             "ix_romancy_instances_status_dispatch",
             ["status", "dispatch_at"],
@@ -107,9 +104,7 @@ def upgrade() -> None:
             ["instance_id"], ["romancy_instances.instance_id"], ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint(
-            "instance_id", "step_id", name="uq_romancy_compensations_step"
-        ),
+        sa.UniqueConstraint("instance_id", "step_id", name="uq_romancy_compensations_step"),
     )
     op.create_table(
         "romancy_history",

@@ -1,0 +1,352 @@
+"""Replay without Celery or a database: workflow code against hand-written history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from celery_romancy.commands import ActivityCommand
+from celery_romancy.context import WorkflowContext
+from celery_romancy.definitions import ActivityDefinition, WorkflowDefinition
+from celery_romancy.errors import (
+    ActivityError,
+    InvalidArgumentsError,
+    NonDeterminismError,
+    SerializationError,
+)
+from celery_romancy.failures import describe_error, rebuild_error
+from celery_romancy.replay import Completed, Diverged, Failed, Next, replay
+from celery_romancy.retry import RetryPolicy
+from celery_romancy.storage import HistoryEvent
+
+# -- activities (never run here: replay only decides, the engine runs) ----------------------
+
+
+@dataclass
+class Quote:
+    sku: str
+    price: Decimal
+
+
+class PaymentDeclinedError(Exception):
+    """A custom error type, importable from this module, with more than one argument."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(reason, code)
+        self.reason = reason
+        self.code = code
+
+
+def activity(name: str, fn: Any, queue: str | None = None) -> ActivityDefinition[Any, Any]:
+    return ActivityDefinition(name, fn, compensation=None, retry=RetryPolicy(), queue=queue)
+
+
+def _quote(sku: str, quantity: int = 1) -> Quote:
+    raise AssertionError("activities do not run during replay")
+
+
+def _charge(order_id: str, amount: Decimal, email: str) -> str:
+    raise AssertionError("activities do not run during replay")
+
+
+def _notify(message: str) -> None:
+    raise AssertionError("activities do not run during replay")
+
+
+def _step() -> int:
+    raise AssertionError("activities do not run during replay")
+
+
+quote = activity("quote", _quote)
+charge = activity("charge", _charge, queue="payments")
+notify = activity("notify", _notify)
+a = activity("a", _step)
+b = activity("b", _step)
+
+
+def done(seq: int, step_id: str, result: Any = None) -> HistoryEvent:
+    name = step_id.split(":")[0]
+    return HistoryEvent(seq=seq, step_id=step_id, kind="activity", name=name, result=result)
+
+
+def failed(seq: int, step_id: str, error: dict[str, Any]) -> HistoryEvent:
+    name = step_id.split(":")[0]
+    return HistoryEvent(seq=seq, step_id=step_id, kind="activity", name=name, error=error)
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+
+@dataclass
+class Order:
+    order_id: str
+    sku: str
+    email: str
+
+
+@dataclass
+class Receipt:
+    order_id: str
+    total: Decimal
+    payment: str
+
+
+def _checkout(ctx: WorkflowContext, order: Order, quantity: int) -> Receipt:
+    first = quote.execute(ctx, order.sku, quantity)
+    # The recorded result comes back as the declared dataclass, with a Decimal inside.
+    assert isinstance(first, Quote), type(first)
+    assert isinstance(first.price, Decimal), type(first.price)
+    second = quote.execute(ctx, order.sku, quantity=2)
+    total = first.price * quantity + second.price
+    payment = charge.execute(ctx, order.order_id, total, order.email)
+    return Receipt(order.order_id, total, payment)
+
+
+checkout = WorkflowDefinition("checkout", _checkout)
+ORDER_INPUT = {
+    "order": {"order_id": "o-1", "sku": "sku-9", "email": "c@example.com"},
+    "quantity": 3,
+}
+
+
+def test_empty_history_asks_for_the_first_step() -> None:
+    outcome = replay(checkout, "inst-1", ORDER_INPUT, [])
+
+    assert outcome == Next(
+        ActivityCommand(
+            kind="activity", name="quote", step_id="quote:1", seq=0,
+            arguments={"sku": "sku-9", "quantity": 3}, queue=None, attempt=1,
+        )
+    )
+
+
+def test_recorded_results_come_back_typed_and_the_next_step_follows_them() -> None:
+    history = [done(0, "quote:1", {"sku": "sku-9", "price": "2.50"})]
+
+    outcome = replay(checkout, "inst-1", ORDER_INPUT, history)
+
+    # Same activity, second call: the second step id of that name, at the next position.
+    assert isinstance(outcome, Next)
+    assert outcome.command.step_id == "quote:2"
+    assert outcome.command.seq == len(history) == 1
+    assert outcome.command.arguments == {"sku": "sku-9", "quantity": 2}
+
+    history.append(done(1, "quote:2", {"sku": "sku-9", "price": "1.25"}))
+    outcome = replay(checkout, "inst-1", ORDER_INPUT, history)
+
+    assert isinstance(outcome, Next)
+    assert outcome.command.name == "charge"
+    assert outcome.command.step_id == "charge:1"
+    assert outcome.command.seq == len(history) == 2
+    assert outcome.command.queue == "payments"
+    # 2.50 * 3 + 1.25, computed from typed Decimals, stored as JSON.
+    assert outcome.command.arguments == {
+        "order_id": "o-1", "amount": "8.75", "email": "c@example.com",
+    }
+
+
+def test_all_steps_recorded_completes_with_the_json_output() -> None:
+    history = [
+        done(0, "quote:1", {"sku": "sku-9", "price": "2.50"}),
+        done(1, "quote:2", {"sku": "sku-9", "price": "1.25"}),
+        done(2, "charge:1", "pay-77"),
+    ]
+
+    outcome = replay(checkout, "inst-1", ORDER_INPUT, history)
+
+    assert outcome == Completed({"order_id": "o-1", "total": "8.75", "payment": "pay-77"})
+
+
+# -- recorded errors ---------------------------------------------------------------------------
+
+seen_errors: list[BaseException] = []
+
+
+def _charge_or_notify(ctx: WorkflowContext, order_id: str) -> str:
+    try:
+        return charge.execute(ctx, order_id, Decimal("5"), "c@example.com")
+    except PaymentDeclinedError as exc:
+        seen_errors.append(exc)
+        notify.execute(ctx, f"declined: {exc.reason}")
+        return "declined"
+
+
+def _charge_only(ctx: WorkflowContext, order_id: str) -> str:
+    return charge.execute(ctx, order_id, Decimal("5"), "c@example.com")
+
+
+charge_or_notify = WorkflowDefinition("charge_or_notify", _charge_or_notify)
+charge_only = WorkflowDefinition("charge_only", _charge_only)
+DECLINED = describe_error(PaymentDeclinedError("card expired", 51), "charge:1")
+
+
+@pytest.fixture(autouse=True)
+def _clear_seen_errors() -> None:
+    seen_errors.clear()
+
+
+def test_recorded_error_is_reraised_with_its_type_and_args_and_can_be_caught() -> None:
+    assert DECLINED["type"] == f"{__name__}.PaymentDeclinedError"
+
+    history = [failed(0, "charge:1", DECLINED)]
+
+    outcome = replay(charge_or_notify, "inst-2", {"order_id": "o-2"}, history)
+
+    [error] = seen_errors
+    assert type(error) is PaymentDeclinedError
+    assert error.args == ("card expired", 51)
+    assert (error.reason, error.code) == ("card expired", 51)
+    # The same branch as the first run took: the fallback activity is next.
+    assert outcome == Next(
+        ActivityCommand(
+            kind="activity", name="notify", step_id="notify:1", seq=1,
+            arguments={"message": "declined: card expired"},
+        )
+    )
+    finished = replay(
+        charge_or_notify, "inst-2", {"order_id": "o-2"},
+        [failed(0, "charge:1", DECLINED), done(1, "notify:1")],
+    )
+    assert finished == Completed("declined")
+
+
+def test_recorded_error_not_caught_fails_with_the_recorded_record() -> None:
+    outcome = replay(charge_only, "inst-3", {"order_id": "o-3"}, [failed(0, "charge:1", DECLINED)])
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error == DECLINED
+    assert outcome.error["type"] == f"{__name__}.PaymentDeclinedError"
+    assert outcome.error["message"] == str(PaymentDeclinedError("card expired", 51))
+    assert outcome.error["step"] == "charge:1"
+
+
+def _fails_in_body(ctx: WorkflowContext) -> int:
+    value: int = a.execute(ctx)
+    raise ValueError(f"bad value {value}")
+
+
+def test_error_raised_by_the_body_itself_fails_naming_the_last_step() -> None:
+    outcome = replay(WorkflowDefinition("body", _fails_in_body), "inst-4", {}, [done(0, "a:1", 7)])
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error["type"] == "builtins.ValueError"
+    assert outcome.error["message"] == "bad value 7"
+    assert outcome.error["step"] == "a:1"
+
+
+# -- nondeterminism ------------------------------------------------------------------------------
+
+
+def _calls_b(ctx: WorkflowContext) -> int:
+    result: int = b.execute(ctx)
+    return result
+
+
+def _swallows(ctx: WorkflowContext) -> str:
+    try:
+        b.execute(ctx)
+    except Exception:  # noqa: BLE001 - the point: user code swallowing everything
+        return "swallowed"
+    return "not reached"
+
+
+def _calls_a_once(ctx: WorkflowContext) -> int:
+    result: int = a.execute(ctx)
+    return result
+
+
+def test_a_different_call_at_a_recorded_position_diverges() -> None:
+    history = [done(0, "a:1", 1)]
+
+    outcome = replay(WorkflowDefinition("w", _calls_b), "inst-nd-1", {}, history)
+
+    assert isinstance(outcome, Diverged)
+    assert isinstance(outcome.error, NonDeterminismError)
+    message = str(outcome.error)
+    assert "inst-nd-1" in message
+    assert "#0" in message
+    assert "'a:1'" in message
+    assert "'b:1'" in message
+    assert (outcome.error.position, outcome.error.recorded, outcome.error.called) == (
+        0, "a:1", "b:1",
+    )
+
+
+def test_swallowing_the_nondeterminism_error_still_diverges() -> None:
+    outcome = replay(WorkflowDefinition("w", _swallows), "inst-nd-2", {}, [done(0, "a:1", 1)])
+
+    assert isinstance(outcome, Diverged)
+    assert (outcome.error.position, outcome.error.recorded, outcome.error.called) == (
+        0, "a:1", "b:1",
+    )
+
+
+def test_finishing_before_the_end_of_history_diverges() -> None:
+    history = [done(0, "a:1", 1), done(1, "b:1", 2)]
+
+    outcome = replay(WorkflowDefinition("w", _calls_a_once), "inst-nd-3", {}, history)
+
+    assert isinstance(outcome, Diverged)
+    assert outcome.error.position == 1
+    assert outcome.error.recorded == "b:1"
+    assert "inst-nd-3" in str(outcome.error)
+    assert "'b:1'" in str(outcome.error)
+
+
+# -- bad calls inside the workflow ----------------------------------------------------------------
+
+
+def _wrong_arity(ctx: WorkflowContext) -> str:
+    result: str = charge.execute(ctx, "o-5")  # type: ignore[call-arg]
+    return result
+
+
+def _unserialisable(ctx: WorkflowContext) -> None:
+    notify.execute(ctx, object())
+
+
+def test_wrong_argument_count_fails_with_invalid_arguments() -> None:
+    outcome = replay(WorkflowDefinition("w", _wrong_arity), "inst-5", {}, [])
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error["type"] == (
+        f"{InvalidArgumentsError.__module__}.{InvalidArgumentsError.__qualname__}"
+    )
+    assert "amount" in outcome.error["message"]
+
+
+def test_unserialisable_argument_fails_with_serialization_error() -> None:
+    outcome = replay(WorkflowDefinition("w", _unserialisable), "inst-6", {}, [])
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error["type"] == (
+        f"{SerializationError.__module__}.{SerializationError.__qualname__}"
+    )
+    assert "message" in outcome.error["message"]
+
+
+# -- rebuilding recorded errors -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "type_name",
+    ["no_such_package_xyz.errors.GoneError", f"{__name__}.NoSuchError", "GoneError"],
+)
+def test_rebuild_error_of_an_unimportable_type_is_an_activity_error(type_name: str) -> None:
+    error = rebuild_error({"type": type_name, "message": "it broke", "args": ["it broke"]})
+
+    assert type(error) is ActivityError
+    assert error.type_name == type_name
+    assert error.message == "it broke"
+    assert type_name in str(error)
+    assert "it broke" in str(error)
+
+
+def test_rebuild_error_of_an_importable_type_restores_it() -> None:
+    error = rebuild_error(DECLINED)
+
+    assert type(error) is PaymentDeclinedError
+    assert error.args == ("card expired", 51)

@@ -1,0 +1,521 @@
+"""The storage contract: every backend (SQLite and PostgreSQL, via ``store``) must pass it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from celery_romancy.storage import Claim, HistoryEvent, StepWrite, Store, schema
+from celery_romancy.storage.migrate import VERSION_TABLE, current_revision, head_revision
+
+PENDING = {
+    "kind": "activity",
+    "name": "a",
+    "step_id": "a:1",
+    "seq": 0,
+    "arguments": {},
+    "queue": None,
+    "attempt": 1,
+}
+LONG_LEASE = 300.0
+EXPIRED_LEASE = -1.0  # a lease that is already over when it is granted
+
+
+def new_instance(store: Store, instance_id: str, **overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "instance_id": instance_id,
+        "workflow_name": "wf",
+        "status": "pending",
+        "input_data": {},
+        "pending": dict(PENDING),
+        "dispatch_token": "t1",
+        **overrides,
+    }
+    instance, created = store.create_instance(values)
+    assert created
+    return instance
+
+
+def event(seq: int = 0, step_id: str = "a:1", result: Any = None, **kw: Any) -> HistoryEvent:
+    name = step_id.split(":")[0]
+    return HistoryEvent(seq=seq, step_id=step_id, kind="activity", name=name, result=result, **kw)
+
+
+def wait_for(condition: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def history_rows(store: Store, instance_id: str) -> int:
+    h = schema.history
+    with store.connect() as conn:
+        count: int = conn.execute(
+            sa.select(sa.func.count()).select_from(h).where(h.c.instance_id == instance_id)
+        ).scalar_one()
+    return count
+
+
+# -- instances ---------------------------------------------------------------------------
+
+
+def test_create_instance_is_idempotent_and_does_not_overwrite(store: Store) -> None:
+    first, created = store.create_instance(
+        {
+            "instance_id": "i1",
+            "workflow_name": "wf",
+            "status": "pending",
+            "input_data": {"order": 1},
+            "pending": dict(PENDING),
+            "dispatch_token": "t1",
+        }
+    )
+    assert created
+    assert first.instance_id == "i1"
+    assert first.epoch == 0
+    assert first.input_data == {"order": 1}
+
+    again, created_again = store.create_instance(
+        {
+            "instance_id": "i1",
+            "workflow_name": "other",
+            "status": "running",
+            "input_data": {"order": 2},
+            "pending": None,
+            "dispatch_token": "t2",
+        }
+    )
+    assert created_again is False
+    assert again == first
+    assert store.get_instance("i1") == first
+
+
+def test_get_instance_of_unknown_id_is_none(store: Store) -> None:
+    assert store.get_instance("no-such-instance") is None
+
+
+def test_find_instances_filters_limits_and_orders_newest_first(store: Store) -> None:
+    base = schema.utcnow()
+    specs = [
+        ("f1", "wf_a", "pending"),
+        ("f2", "wf_a", "running"),
+        ("f3", "wf_b", "completed"),
+        ("f4", "wf_a", "completed"),
+    ]
+    # Explicit, distinct creation times: the ordering under test cannot tie.
+    for offset, (iid, workflow, status) in enumerate(specs):
+        new_instance(
+            store, iid, workflow_name=workflow, status=status,
+            created_at=base + timedelta(seconds=offset),
+        )
+
+    def ids(found: list[Any]) -> list[str]:
+        return [i.instance_id for i in found]
+
+    assert ids(store.find_instances()) == ["f4", "f3", "f2", "f1"]
+    assert ids(store.find_instances(status="completed")) == ["f4", "f3"]
+    assert ids(store.find_instances(status=["pending", "running"])) == ["f2", "f1"]
+    assert ids(store.find_instances(workflow="wf_a")) == ["f4", "f2", "f1"]
+    assert ids(store.find_instances(status="completed", workflow="wf_b")) == ["f3"]
+    assert ids(store.find_instances(limit=2)) == ["f4", "f3"]
+    assert ids(store.find_instances(status="failed")) == []
+
+
+# -- claim -------------------------------------------------------------------------------
+
+
+def test_claim_with_matching_token_takes_the_lease(store: Store) -> None:
+    created = new_instance(store, "c1")
+    # Some history to come back with the claim, written out of seq order.
+    with store.transaction() as conn:
+        for seq, step in [(1, "b:1"), (0, "a:1"), (2, "a:2")]:
+            conn.execute(
+                sa.insert(schema.history).values(
+                    instance_id="c1", seq=seq, step_id=step, kind="activity",
+                    name=step.split(":")[0], result={"n": seq}, attempt=1,
+                    created_at=schema.utcnow(),
+                )
+            )
+
+    claim = store.claim("c1", "t1", "worker-a", LONG_LEASE)
+
+    assert isinstance(claim, Claim)
+    assert claim.worker_id == "worker-a"
+    assert claim.epoch == created.epoch + 1
+    assert claim.instance.epoch == claim.epoch
+    assert claim.instance.status == "running"
+    assert claim.instance.lease_owner == "worker-a"
+    assert claim.instance.lease_expires_at is not None
+    assert claim.instance.lease_expires_at > schema.utcnow()
+    assert [e.seq for e in claim.history] == [0, 1, 2]
+    assert [e.step_id for e in claim.history] == ["a:1", "b:1", "a:2"]
+    assert [e.result for e in claim.history] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    stored = store.get_instance("c1")
+    assert stored is not None
+    assert (stored.status, stored.epoch, stored.lease_owner) == ("running", 1, "worker-a")
+
+
+def test_claim_keeps_a_non_pending_status(store: Store) -> None:
+    new_instance(store, "c2", status="compensating")
+    claim = store.claim("c2", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    assert claim.instance.status == "compensating"
+
+
+def test_claim_with_wrong_token_returns_none(store: Store) -> None:
+    before = new_instance(store, "c3")
+    assert store.claim("c3", "not-the-token", "worker-a", LONG_LEASE) is None
+    assert store.get_instance("c3") == before
+
+
+def test_claim_of_unknown_instance_returns_none(store: Store) -> None:
+    assert store.claim("nobody", "t1", "worker-a", LONG_LEASE) is None
+
+
+def test_claim_is_exclusive_while_the_lease_is_live(store: Store) -> None:
+    new_instance(store, "c4")
+    first = store.claim("c4", "t1", "worker-a", LONG_LEASE)
+    assert first is not None
+    assert store.claim("c4", "t1", "worker-b", LONG_LEASE) is None
+    # The same worker given the same message again is a duplicate too.
+    assert store.claim("c4", "t1", "worker-a", LONG_LEASE) is None
+    stored = store.get_instance("c4")
+    assert stored is not None
+    assert (stored.lease_owner, stored.epoch) == ("worker-a", first.epoch)
+
+
+def test_claim_after_lease_expiry_is_a_takeover_with_a_higher_epoch(store: Store) -> None:
+    new_instance(store, "c5")
+    first = store.claim("c5", "t1", "worker-a", 0.01)
+    assert first is not None
+
+    second = wait_for(
+        lambda: store.claim("c5", "t1", "worker-b", LONG_LEASE), what="the lease to expire"
+    )
+
+    assert second.worker_id == "worker-b"
+    assert second.epoch == first.epoch + 1
+    assert second.instance.lease_owner == "worker-b"
+    assert second.instance.status == "running"
+
+
+# -- commit ------------------------------------------------------------------------------
+
+
+def test_commit_records_the_step_and_releases_the_lease(store: Store) -> None:
+    new_instance(store, "m1")
+    claim = store.claim("m1", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    write = StepWrite(
+        instance_changes={"status": "completed", "output_data": {"total": 3}, "pending": None},
+        history=event(result={"ok": True}),
+    )
+
+    assert store.commit(claim, write) is True
+
+    stored = store.get_instance("m1")
+    assert stored is not None
+    assert stored.status == "completed"
+    assert stored.output_data == {"total": 3}
+    assert stored.pending is None
+    assert stored.lease_owner is None
+    assert stored.lease_expires_at is None
+    [recorded] = store.get_history("m1")
+    assert (recorded.seq, recorded.step_id, recorded.kind, recorded.name) == (
+        0, "a:1", "activity", "a",
+    )
+    assert recorded.result == {"ok": True}
+    assert recorded.error is None
+    assert recorded.worker_id == "worker-a"
+    assert recorded.created_at is not None
+
+
+def test_commit_is_fenced_after_a_takeover(store: Store) -> None:
+    new_instance(store, "m2")
+    claim_a = store.claim("m2", "t1", "worker-a", EXPIRED_LEASE)
+    assert claim_a is not None
+    claim_b = store.claim("m2", "t1", "worker-b", LONG_LEASE)
+    assert claim_b is not None
+    assert claim_b.epoch == claim_a.epoch + 1
+    before = store.get_instance("m2")
+
+    late = StepWrite(
+        instance_changes={"status": "completed", "output_data": "from-a"},
+        history=event(result="from-a"),
+        register_compensation={"seq": 0, "step_id": "a:1", "name": "undo_a", "arguments": {}},
+        attempt={"step_id": "a:1", "attempt": 1, "error": {"type": "X"}, "retry_in": 1.0},
+    )
+    assert store.commit(claim_a, late) is False
+
+    assert store.get_instance("m2") == before
+    assert store.get_history("m2") == []
+    assert store.get_compensations("m2") == []
+    assert store.get_attempts("m2") == []
+
+    assert store.commit(claim_b, StepWrite(history=event(result="from-b"))) is True
+    [recorded] = store.get_history("m2")
+    assert (recorded.result, recorded.worker_id) == ("from-b", "worker-b")
+    after = store.get_instance("m2")
+    assert after is not None
+    assert after.lease_owner is None
+    assert after.lease_expires_at is None
+    assert after.epoch == claim_b.epoch
+    # A commit releases the lease: the claim cannot commit a second time.
+    assert store.commit(claim_b, StepWrite(history=event(1, "b:1"))) is False
+    assert history_rows(store, "m2") == 1
+
+
+def test_history_is_unique_per_instance_and_step_id(store: Store) -> None:
+    new_instance(store, "u1")
+    first = store.claim("u1", "t1", "worker-a", LONG_LEASE)
+    assert first is not None
+    assert store.commit(first, StepWrite(history=event(0, "a:1", result=1))) is True
+
+    second = store.claim("u1", "t1", "worker-b", LONG_LEASE)
+    assert second is not None
+    duplicate = StepWrite(
+        instance_changes={"status": "completed"},
+        history=event(1, "a:1", result=2),
+    )
+    assert store.commit(second, duplicate) is False
+
+    assert history_rows(store, "u1") == 1
+    [recorded] = store.get_history("u1")
+    assert (recorded.seq, recorded.result, recorded.worker_id) == (0, 1, "worker-a")
+    stored = store.get_instance("u1")
+    assert stored is not None
+    assert stored.status == "running"  # the rejected commit changed nothing
+
+
+def test_same_step_id_in_another_instance_is_allowed(store: Store) -> None:
+    for iid in ("u2", "u3"):
+        new_instance(store, iid)
+        claim = store.claim(iid, "t1", "worker-a", LONG_LEASE)
+        assert claim is not None
+        assert store.commit(claim, StepWrite(history=event(0, "a:1"))) is True
+    assert history_rows(store, "u2") == history_rows(store, "u3") == 1
+
+
+def test_commit_writes_compensations_and_attempts(store: Store) -> None:
+    new_instance(store, "k1")
+
+    def step(write: StepWrite) -> None:
+        claim = store.claim("k1", "t1", "worker-a", LONG_LEASE)
+        assert claim is not None
+        assert store.commit(claim, write) is True
+
+    failure = {"type": "builtins.ValueError", "message": "flaky", "args": ["flaky"]}
+    step(StepWrite(attempt={"step_id": "a:1", "attempt": 1, "error": failure, "retry_in": 2.5}))
+    step(
+        StepWrite(
+            history=event(0, "a:1", result={"charged": 10}),
+            register_compensation={
+                "seq": 0, "step_id": "a:1", "name": "undo_a", "arguments": {"amount": 10},
+            },
+        )
+    )
+    step(
+        StepWrite(
+            history=event(1, "b:1", result="shipped"),
+            register_compensation={
+                "seq": 1, "step_id": "b:1", "name": "undo_b", "arguments": {"parcel": "p1"},
+            },
+        )
+    )
+    finished = schema.utcnow()
+    step(
+        StepWrite(
+            compensation_update=(
+                "a:1", {"status": "done", "attempts": 1, "finished_at": finished},
+            ),
+        )
+    )
+
+    newest_first = store.get_compensations("k1")
+    assert [(c.seq, c.step_id, c.name) for c in newest_first] == [
+        (1, "b:1", "undo_b"), (0, "a:1", "undo_a"),
+    ]
+    undo_b, undo_a = newest_first
+    assert undo_b.arguments == {"parcel": "p1"}
+    assert (undo_b.status, undo_b.attempts, undo_b.error, undo_b.finished_at) == (
+        "registered", 0, None, None,
+    )
+    assert undo_a.arguments == {"amount": 10}
+    assert (undo_a.status, undo_a.attempts, undo_a.error) == ("done", 1, None)
+    assert undo_a.finished_at is not None
+    assert abs(undo_a.finished_at - finished) < timedelta(milliseconds=1)
+
+    [attempt] = store.get_attempts("k1")
+    assert (attempt.step_id, attempt.attempt, attempt.error, attempt.retry_in) == (
+        "a:1", 1, failure, 2.5,
+    )
+    assert attempt.worker_id == "worker-a"
+    assert attempt.created_at is not None
+
+
+# -- commit on the activity's own transaction --------------------------------------------
+
+
+@pytest.fixture
+def ledger(store: Store) -> Iterator[sa.Table]:
+    """A table of the application's own, in the history database."""
+    table = sa.Table(
+        "ledger_test",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("entry", sa.String(50), nullable=False),
+    )
+    table.drop(store.engine, checkfirst=True)
+    table.create(store.engine)
+    yield table
+    table.drop(store.engine, checkfirst=True)
+
+
+def ledger_entries(store: Store, ledger: sa.Table) -> list[str]:
+    with store.connect() as conn:
+        return list(conn.execute(sa.select(ledger.c.entry).order_by(ledger.c.id)).scalars())
+
+
+def test_commit_on_the_callers_transaction_commits_both(store: Store, ledger: sa.Table) -> None:
+    new_instance(store, "l1")
+    claim = store.claim("l1", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+
+    with store.connect() as conn:
+        conn.begin()
+        conn.execute(sa.insert(ledger).values(entry="debit 10"))
+        assert store.commit(claim, StepWrite(history=event(result="ok")), conn) is True
+
+    assert ledger_entries(store, ledger) == ["debit 10"]
+    assert [e.step_id for e in store.get_history("l1")] == ["a:1"]
+    stored = store.get_instance("l1")
+    assert stored is not None
+    assert stored.lease_owner is None
+
+
+def test_fenced_commit_on_the_callers_transaction_writes_neither(
+    store: Store, ledger: sa.Table
+) -> None:
+    new_instance(store, "l2")
+    claim_a = store.claim("l2", "t1", "worker-a", EXPIRED_LEASE)
+    assert claim_a is not None
+    claim_b = store.claim("l2", "t1", "worker-b", LONG_LEASE)
+    assert claim_b is not None
+    before = store.get_instance("l2")
+
+    with store.connect() as conn:
+        conn.begin()
+        conn.execute(sa.insert(ledger).values(entry="debit 10"))
+        assert store.commit(claim_a, StepWrite(history=event(result="ok")), conn) is False
+
+    assert ledger_entries(store, ledger) == []
+    assert history_rows(store, "l2") == 0
+    assert store.get_instance("l2") == before
+
+
+# -- schema and migrations -----------------------------------------------------------------
+
+
+def test_migrations_are_at_head_and_match_the_schema(store: Store) -> None:
+    new_instance(store, "s1")  # first use applies the migrations
+
+    # The PostgreSQL database is shared by the whole test session, so other tests may
+    # leave tables of their own in it (e.g. ``ledger_test`` above). Only reflected tables
+    # outside the package's ``romancy_`` namespace are skipped: a package table missing
+    # from the migrations, or left behind by them, still shows up as a difference.
+    def ours(name: str | None, type_: str, parent_names: Any) -> bool:
+        return type_ != "table" or (name or "").startswith("romancy_")
+
+    head = head_revision()
+    assert head is not None
+    with store.connect() as conn:
+        assert current_revision(conn) == head
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                # Alembic's own bookkeeping table, named as env.py names it: not part of
+                # the schema, and Alembic skips it by this name.
+                "version_table": VERSION_TABLE,
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_name": ours,
+            },
+        )
+        differences = compare_metadata(context, schema.metadata)
+    assert differences == []
+
+
+# -- fork safety ----------------------------------------------------------------------------
+
+
+def test_forked_child_gets_its_own_engine(store: Store) -> None:
+    new_instance(store, "p1")
+    parent_engine = store.engine
+    with parent_engine.connect() as conn:  # leave a pooled connection for the child to inherit
+        conn.execute(sa.select(1))
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            child_engine = store.engine
+            with store.connect() as conn:
+                count = conn.execute(
+                    sa.select(sa.func.count()).select_from(schema.instances)
+                ).scalar_one()
+            report = {"fresh": child_engine is not parent_engine, "count": count}
+            os.write(write_end, json.dumps(report).encode())
+            status = 0
+        except BaseException as exc:  # noqa: BLE001 - anything the child hits is reported
+            with contextlib.suppress(OSError):
+                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(status)
+
+    os.close(write_end)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("the forked child did not report within 60s")
+            ready, _, _ = select.select([read_end], [], [], remaining)
+            if ready:
+                chunk = os.read(read_end, 4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        _, wait_status = os.waitpid(pid, 0)
+
+    report = json.loads(b"".join(chunks) or b"{}")
+    assert "error" not in report, report["error"]
+    assert os.waitstatus_to_exitcode(wait_status) == 0
+    assert report == {"fresh": True, "count": 1}
+    # The parent's engine and its pooled connections survived the child.
+    assert store.engine is parent_engine
+    with store.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.instances)).scalar() == 1
