@@ -180,8 +180,9 @@ def build(
     ) -> Receipt:
         total = price.execute(ctx, order, customer)
         ship.execute(ctx, order.order_id)
-        return Receipt(order.order_id, total, order.currency, customer, meta["carrier"],
-                       order.items)
+        return Receipt(
+            order.order_id, total, order.currency, customer, meta["carrier"], order.items
+        )
 
     @romancy.workflow("instant")
     def instant(ctx: WorkflowContext, value: int) -> int:

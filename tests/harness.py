@@ -40,12 +40,30 @@ class WorkerProcess:
         self._log_start = self.log_path.stat().st_size
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "tests.worker_app", "worker",
-                "-P", self.pool, "-c", str(self.concurrency), "-l", "INFO",
-                "-n", f"w{uuid.uuid4().hex[:8]}@localhost", "-Q", self.env["ROMANCY_TEST_QUEUE"],
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.worker_app",
+                "worker",
+                "-P",
+                self.pool,
+                "-c",
+                str(self.concurrency),
+                "-l",
+                "INFO",
+                "-n",
+                f"w{uuid.uuid4().hex[:8]}@localhost",
+                "-Q",
+                self.env["ROMANCY_TEST_QUEUE"],
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
             ],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
@@ -94,8 +112,9 @@ class Harness:
         self.outcomes: list[tuple[str, str, object]] = []
         signals.task_postrun.connect(self._on_postrun, weak=False)
 
-    def _on_postrun(self, sender: Any = None, args: Any = None, retval: Any = None,
-                    **_: Any) -> None:
+    def _on_postrun(
+        self, sender: Any = None, args: Any = None, retval: Any = None, **_: Any
+    ) -> None:
         if sender is not None and sender.app is self.app and args:
             self.outcomes.append((sender.name, args[0], retval))
 

@@ -53,7 +53,9 @@ def test_three_step_workflow_completes_on_a_celery_worker_process(harness: Harne
 
     assert instance.status == "completed"
     assert instance.output_data == {
-        "reservation": "R-A-1", "charged": 109.97, "tracking": "TRACK-A-1",
+        "reservation": "R-A-1",
+        "charged": 109.97,
+        "tracking": "TRACK-A-1",
     }
     assert step_ids(harness, instance_id) == ["reserve:1", "charge:1", "ship:1"]
     assert [harness.ledger.count(f"{s}:A-1") for s in ("reserve", "charge", "ship")] == [1, 1, 1]
@@ -114,19 +116,22 @@ def test_a_duplicate_delivery_is_neither_executed_nor_recorded_twice(harness: Ha
         harness.app.send_task("reserve", args=(instance_id, token), queue=harness.queue)
         # A copy that arrives while the first is in flight is put back until the lease
         # ends ("Retry in ..."); every copy ends as a dropped duplicate.
-        wait_for(lambda: reserve_outcomes().count("duplicate") == 2, 30,
-                 "both copies to be dropped")
+        wait_for(
+            lambda: reserve_outcomes().count("duplicate") == 2, 30, "both copies to be dropped"
+        )
 
     assert reserve_outcomes().count("recorded") == 1
     assert set(reserve_outcomes()) <= {"recorded", "duplicate"} | {
-        o for o in reserve_outcomes() if o.startswith("Retry in")}
+        o for o in reserve_outcomes() if o.startswith("Retry in")
+    }
     assert harness.ledger.count("reserve:D-1") == 1
     assert step_ids(harness, instance_id) == ["reserve:1", "charge:1", "ship:1"]
     assert harness.romancy.get_instance(instance_id).status == "completed"
 
 
-@pytest.mark.parametrize(("sku", "expected"), [("sku-1", "picked:2"),
-                                               ("missing-1", "backordered:missing-1x2")])
+@pytest.mark.parametrize(
+    ("sku", "expected"), [("sku-1", "picked:2"), ("missing-1", "backordered:missing-1x2")]
+)
 def test_a_caught_activity_error_keeps_its_type_on_replay(
     harness: Harness, sku: str, expected: str
 ) -> None:
@@ -227,24 +232,24 @@ def test_typed_inputs_and_outputs_round_trip(harness: Harness) -> None:
         datetime(2026, 11, 21, 9, 30, tzinfo=UTC),
         Currency.JPY,
     )
-    customer = Customer(name="Aiko", email="aiko@example.com",
-                        since=datetime(2020, 1, 2, tzinfo=UTC))
+    customer = Customer(
+        name="Aiko", email="aiko@example.com", since=datetime(2020, 1, 2, tzinfo=UTC)
+    )
     instance_id = harness.romancy.start_workflow(
         "typed_order", order, {"carrier": "yamato", "express": True}, customer
     )
     with harness.worker():
         receipt = harness.romancy.result(instance_id, timeout=30)
 
-    assert receipt == Receipt("TY-1", Decimal("109.97"), Currency.JPY, customer, "yamato",
-                              order.items)
+    assert receipt == Receipt(
+        "TY-1", Decimal("109.97"), Currency.JPY, customer, "yamato", order.items
+    )
     assert type(receipt.total) is Decimal and type(receipt.customer) is Customer
-    assert harness.ledger.count(
-        "price-types:Order:Item:Decimal:datetime:Currency:Customer") == 1
+    assert harness.ledger.count("price-types:Order:Item:Decimal:datetime:Currency:Customer") == 1
     stored = harness.romancy.get_instance(instance_id)
     assert isinstance(stored.output_data, dict)  # storage keeps the JSON form
     assert stored.output_data["total"] == "109.97"
-    assert stored.input_data["order"]["items"][0] == {"sku": "mug", "quantity": 2,
-                                                      "price": "29.99"}
+    assert stored.input_data["order"]["items"][0] == {"sku": "mug", "quantity": 2, "price": "29.99"}
 
 
 def test_a_workflow_without_steps_completes_at_start(harness: Harness) -> None:

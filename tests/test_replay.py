@@ -117,8 +117,13 @@ def test_empty_history_asks_for_the_first_step() -> None:
 
     assert outcome == Next(
         ActivityCommand(
-            kind="activity", name="quote", step_id="quote:1", seq=0,
-            arguments={"sku": "sku-9", "quantity": 3}, queue=None, attempt=1,
+            kind="activity",
+            name="quote",
+            step_id="quote:1",
+            seq=0,
+            arguments={"sku": "sku-9", "quantity": 3},
+            queue=None,
+            attempt=1,
         )
     )
 
@@ -144,7 +149,9 @@ def test_recorded_results_come_back_typed_and_the_next_step_follows_them() -> No
     assert outcome.command.queue == "payments"
     # 2.50 * 3 + 1.25, computed from typed Decimals, stored as JSON.
     assert outcome.command.arguments == {
-        "order_id": "o-1", "amount": "8.75", "email": "c@example.com",
+        "order_id": "o-1",
+        "amount": "8.75",
+        "email": "c@example.com",
     }
 
 
@@ -202,12 +209,17 @@ def test_recorded_error_is_reraised_with_its_type_and_args_and_can_be_caught() -
     # The same branch as the first run took: the fallback activity is next.
     assert outcome == Next(
         ActivityCommand(
-            kind="activity", name="notify", step_id="notify:1", seq=1,
+            kind="activity",
+            name="notify",
+            step_id="notify:1",
+            seq=1,
             arguments={"message": "declined: card expired"},
         )
     )
     finished = replay(
-        charge_or_notify, "inst-2", {"order_id": "o-2"},
+        charge_or_notify,
+        "inst-2",
+        {"order_id": "o-2"},
         [failed(0, "charge:1", DECLINED), done(1, "notify:1")],
     )
     assert finished == Completed("declined")
@@ -271,7 +283,9 @@ def test_a_different_call_at_a_recorded_position_diverges() -> None:
     assert "'a:1'" in message
     assert "'b:1'" in message
     assert (outcome.error.position, outcome.error.recorded, outcome.error.called) == (
-        0, "a:1", "b:1",
+        0,
+        "a:1",
+        "b:1",
     )
 
 
@@ -280,7 +294,9 @@ def test_swallowing_the_nondeterminism_error_still_diverges() -> None:
 
     assert isinstance(outcome, Diverged)
     assert (outcome.error.position, outcome.error.recorded, outcome.error.called) == (
-        0, "a:1", "b:1",
+        0,
+        "a:1",
+        "b:1",
     )
 
 

@@ -123,7 +123,10 @@ def test_find_instances_filters_limits_and_orders_newest_first(store: Store) -> 
     # Explicit, distinct creation times: the ordering under test cannot tie.
     for offset, (iid, workflow, status) in enumerate(specs):
         new_instance(
-            store, iid, workflow_name=workflow, status=status,
+            store,
+            iid,
+            workflow_name=workflow,
+            status=status,
             created_at=base + timedelta(seconds=offset),
         )
 
@@ -149,8 +152,13 @@ def test_claim_with_matching_token_takes_the_lease(store: Store) -> None:
         for seq, step in [(1, "b:1"), (0, "a:1"), (2, "a:2")]:
             conn.execute(
                 sa.insert(schema.history).values(
-                    instance_id="c1", seq=seq, step_id=step, kind="activity",
-                    name=step.split(":")[0], result={"n": seq}, attempt=1,
+                    instance_id="c1",
+                    seq=seq,
+                    step_id=step,
+                    kind="activity",
+                    name=step.split(":")[0],
+                    result={"n": seq},
+                    attempt=1,
                     created_at=schema.utcnow(),
                 )
             )
@@ -240,7 +248,10 @@ def test_commit_records_the_step_and_releases_the_lease(store: Store) -> None:
     assert stored.lease_expires_at is None
     [recorded] = store.get_history("m1")
     assert (recorded.seq, recorded.step_id, recorded.kind, recorded.name) == (
-        0, "a:1", "activity", "a",
+        0,
+        "a:1",
+        "activity",
+        "a",
     )
     assert recorded.result == {"ok": True}
     assert recorded.error is None
@@ -328,7 +339,10 @@ def test_commit_writes_compensations_and_attempts(store: Store) -> None:
         StepWrite(
             history=event(0, "a:1", result={"charged": 10}),
             register_compensation={
-                "seq": 0, "step_id": "a:1", "name": "undo_a", "arguments": {"amount": 10},
+                "seq": 0,
+                "step_id": "a:1",
+                "name": "undo_a",
+                "arguments": {"amount": 10},
             },
         )
     )
@@ -336,7 +350,10 @@ def test_commit_writes_compensations_and_attempts(store: Store) -> None:
         StepWrite(
             history=event(1, "b:1", result="shipped"),
             register_compensation={
-                "seq": 1, "step_id": "b:1", "name": "undo_b", "arguments": {"parcel": "p1"},
+                "seq": 1,
+                "step_id": "b:1",
+                "name": "undo_b",
+                "arguments": {"parcel": "p1"},
             },
         )
     )
@@ -344,19 +361,24 @@ def test_commit_writes_compensations_and_attempts(store: Store) -> None:
     step(
         StepWrite(
             compensation_update=(
-                "a:1", {"status": "done", "attempts": 1, "finished_at": finished},
+                "a:1",
+                {"status": "done", "attempts": 1, "finished_at": finished},
             ),
         )
     )
 
     newest_first = store.get_compensations("k1")
     assert [(c.seq, c.step_id, c.name) for c in newest_first] == [
-        (1, "b:1", "undo_b"), (0, "a:1", "undo_a"),
+        (1, "b:1", "undo_b"),
+        (0, "a:1", "undo_a"),
     ]
     undo_b, undo_a = newest_first
     assert undo_b.arguments == {"parcel": "p1"}
     assert (undo_b.status, undo_b.attempts, undo_b.error, undo_b.finished_at) == (
-        "registered", 0, None, None,
+        "registered",
+        0,
+        None,
+        None,
     )
     assert undo_a.arguments == {"amount": 10}
     assert (undo_a.status, undo_a.attempts, undo_a.error) == ("done", 1, None)
@@ -365,7 +387,10 @@ def test_commit_writes_compensations_and_attempts(store: Store) -> None:
 
     [attempt] = store.get_attempts("k1")
     assert (attempt.step_id, attempt.attempt, attempt.error, attempt.retry_in) == (
-        "a:1", 1, failure, 2.5,
+        "a:1",
+        1,
+        failure,
+        2.5,
     )
     assert attempt.worker_id == "worker-a"
     assert attempt.created_at is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 from alembic import context
 
 from celery_romancy.storage import open_store
-
 from celery_romancy.storage.migrate import VERSION_TABLE
 from celery_romancy.storage.schema import metadata
 
