@@ -1,31 +1,9 @@
-"""Helpers for users' own tests: a real Celery worker in a thread, no eager mode."""
+"""Helpers for users' own tests: run steps on a real worker, never in eager mode."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from .embedded import embedded_celery, in_process_worker
 
-from celery import Celery
-from celery.contrib.testing.worker import start_worker
+worker = in_process_worker
 
-
-@contextmanager
-def worker(
-    app: Celery, *, pool: str = "threads", concurrency: int = 2, **options: Any
-) -> Iterator[Any]:
-    """Run a worker for ``app`` in this process while the block runs.
-
-    Steps then execute exactly as in production (messages through the broker, history
-    in the database), which eager mode would not show.
-    """
-    with start_worker(
-        app,
-        pool=pool,
-        concurrency=concurrency,
-        perform_ping_check=False,
-        loglevel="WARNING",
-        shutdown_timeout=30.0,
-        **options,
-    ) as running:
-        yield running
+__all__ = ["embedded_celery", "in_process_worker", "worker"]

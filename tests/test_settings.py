@@ -1,0 +1,70 @@
+"""Settings come from Celery's config (``romancy_*``), read on first use, not at import."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+
+from celery_romancy import ConfigurationError, Romancy
+from celery_romancy.settings import RomancySettings
+
+
+def test_defaults_match_the_documented_table() -> None:
+    settings = RomancySettings.from_celery(Celery("t").conf)
+    assert settings.database_url == "sqlite:///romancy.db"
+    assert settings.lease_timeout == 300
+    assert settings.recovery_interval == 60
+    assert settings.timer_interval == 10
+    assert settings.outbox_interval == 2
+    assert settings.resolved_worker_id() == f"{socket.gethostname()}:{os.getpid()}"
+
+
+def test_celery_config_keys_are_read_and_explicit_arguments_win() -> None:
+    app = Celery("t")
+    app.conf.update(
+        romancy_database_url="sqlite:////tmp/from-conf.db",
+        romancy_lease_timeout=7,
+        romancy_worker_id="conf-worker",
+    )
+    romancy = Romancy(app, worker_id="explicit-worker")
+    assert romancy.settings.database_url == "sqlite:////tmp/from-conf.db"
+    assert romancy.settings.lease_timeout == 7
+    assert romancy.worker_id == "explicit-worker"
+
+
+def test_config_set_after_construction_is_honoured() -> None:
+    app = Celery("t")
+    romancy = Romancy(app)
+    app.conf.romancy_database_url = "sqlite:////tmp/late.db"
+    assert romancy.settings.database_url == "sqlite:////tmp/late.db"
+
+
+def test_a_bad_setting_is_a_clear_error_on_first_use() -> None:
+    app = Celery("t")
+    app.conf.romancy_lease_timeout = -1
+    romancy = Romancy(app)
+    with pytest.raises(ConfigurationError, match="romancy_lease_timeout must be a positive"):
+        romancy.settings  # noqa: B018
+
+
+def test_nothing_connects_until_first_use() -> None:
+    # Port 1 refuses connections: constructing and decorating must not notice.
+    romancy = Romancy(Celery("t"), database_url="postgresql://nobody@127.0.0.1:1/none")
+
+    @romancy.activity("noop")
+    def noop() -> None: ...
+
+    assert romancy.storage.url.endswith("/none")
+    with pytest.raises(sa.exc.OperationalError):
+        romancy.storage.get_instance("x")
+
+
+def test_the_package_accepts_json_for_its_own_messages() -> None:
+    app = Celery("t")
+    app.conf.accept_content = ["msgpack"]
+    Romancy(app)
+    assert "json" in app.conf.accept_content
