@@ -21,11 +21,11 @@ from .errors import (
 )
 from .planning import plan_outcome
 from .registry import Registry
-from .replay import Next, replay
+from .replay import Next, replay_recording
 from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
-from .runner import StepRunner
+from .runner import StepRunner, registrations_of
 from .settings import RomancySettings
-from .storage import HistoryEvent, Store, WorkflowInstance, open_store
+from .storage import HistoryEvent, StepWrite, Store, WorkflowInstance, open_store
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -180,8 +180,11 @@ class Romancy:
             raise InvalidArgumentsError("instance_id must be a string of 1 to 100 characters")
         ref = NewInstance(instance_id, definition.name)
         # Replaying with empty history finds the first step (or an immediate end).
-        outcome = replay(definition, instance_id, input_data, [])
-        changes, dispatch = plan_outcome(ref, outcome, list, self.registry.compensation_queue)
+        outcome, events = replay_recording(definition, instance_id, input_data, [])
+        registrations = registrations_of(events)
+        changes, dispatch = plan_outcome(
+            ref, outcome, lambda: registrations, self.registry.compensation_queue
+        )
         if isinstance(outcome, Next):
             changes["status"] = "pending"
         instance, created = self.storage.create_instance(
@@ -190,7 +193,8 @@ class Romancy:
                 "workflow_name": definition.name,
                 "input_data": input_data,
                 **changes,
-            }
+            },
+            StepWrite(events=events, registrations=registrations),
         )
         if not created:
             if instance.workflow_name != definition.name:

@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from .commands import ActivityCommand
-from .errors import NonDeterminismError, RomancyError, Suspend
+from .definitions import CompensationDefinition
+from .errors import ConfigurationError, NonDeterminismError, RomancyError, Suspend
 from .failures import rebuild_error
+from .storage.records import HistoryEvent
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
     from .definitions import ActivityDefinition, R
-    from .storage import HistoryEvent
+
+P = ParamSpec("P")
 
 
 class WorkflowContext:
@@ -30,7 +33,10 @@ class WorkflowContext:
     def __init__(self, instance_id: str, workflow_name: str, history: list[HistoryEvent]) -> None:
         self.instance_id = instance_id
         self.workflow_name = workflow_name
-        self._history = history
+        self._history = list(history)
+        # Recorded by this replay without a step of their own (compensation registrations);
+        # they commit with whatever the replay decides next.
+        self.new_events: list[HistoryEvent] = []
         self._position = 0
         self._name_counts: dict[str, int] = {}
         # Kept here too, so a workflow that swallows the exception cannot hide it.
@@ -51,20 +57,51 @@ class WorkflowContext:
     def position(self) -> int:
         return self._position
 
-    def execute(self, activity: ActivityDefinition[Any, R], *args: Any, **kwargs: Any) -> R:
-        """Run ``activity`` as the next step; see ``ActivityDefinition.execute``."""
-        count = self._name_counts.get(activity.name, 0) + 1
-        self._name_counts[activity.name] = count
-        step_id = f"{activity.name}:{count}"
+    def _next_position(self, key: str) -> tuple[int, str, HistoryEvent | None]:
+        """Claim the next position for a call; return it, its step id and its record."""
+        count = self._name_counts.get(key, 0) + 1
+        self._name_counts[key] = count
+        step_id = f"{key}:{count}"
         position = self._position
         self._position += 1
-        if position < len(self._history):
-            event = self._history[position]
-            if event.step_id != step_id:
-                self.nondeterminism = NonDeterminismError(
-                    self.instance_id, position, event.step_id, step_id
-                )
-                raise self.nondeterminism
+        if position >= len(self._history):
+            return position, step_id, None
+        event = self._history[position]
+        if event.step_id != step_id:
+            self.nondeterminism = NonDeterminismError(
+                self.instance_id, position, event.step_id, step_id
+            )
+            raise self.nondeterminism
+        return position, step_id, event
+
+    def register_compensation(
+        self, compensation: CompensationDefinition[P], *args: P.args, **kwargs: P.kwargs
+    ) -> None:
+        """Undo something the workflow did outside one activity, if the workflow fails.
+
+        Runs with the activity compensations, newest first, in the order of the calls.
+        """
+        if not isinstance(compensation, CompensationDefinition):
+            raise ConfigurationError(
+                "register_compensation takes a function decorated with @romancy.compensation"
+            )
+        position, step_id, event = self._next_position(f"register:{compensation.name}")
+        if event is not None:
+            return
+        event = HistoryEvent(
+            seq=position,
+            step_id=step_id,
+            kind="compensation_registered",
+            name=compensation.name,
+            result=compensation.shape.bind(args, kwargs),
+        )
+        self._history.append(event)
+        self.new_events.append(event)
+
+    def execute(self, activity: ActivityDefinition[Any, R], *args: Any, **kwargs: Any) -> R:
+        """Run ``activity`` as the next step; see ``ActivityDefinition.execute``."""
+        position, step_id, event = self._next_position(activity.name)
+        if event is not None:
             if event.error is not None:
                 error = rebuild_error(event.error)
                 self.reraised = (error, event.error)

@@ -48,6 +48,17 @@ def replay(
     input_data: dict[str, Any],
     history: list[HistoryEvent],
 ) -> Outcome:
+    return replay_recording(workflow, instance_id, input_data, history)[0]
+
+
+def replay_recording(
+    workflow: WorkflowDefinition[Any, Any],
+    instance_id: str,
+    input_data: dict[str, Any],
+    history: list[HistoryEvent],
+) -> tuple[Outcome, list[HistoryEvent]]:
+    """Replay, and also return the events this replay recorded on its own (for example
+    compensation registrations); they must commit with the outcome."""
     ctx = WorkflowContext(instance_id, workflow.name, history)
     try:
         value = workflow.run(ctx, input_data)
@@ -64,16 +75,15 @@ def replay(
         except SerializationError as exc:
             outcome = Failed(describe_error(exc, _last_step(history)))
     if ctx.nondeterminism is not None:
-        return Diverged(ctx.nondeterminism)
+        return Diverged(ctx.nondeterminism), []
     if ctx.suspended is not None:
-        return Next(ctx.suspended.command)
+        return Next(ctx.suspended.command), ctx.new_events
     if not isinstance(outcome, Next) and ctx.position < len(history):
         # The body ended before reaching steps that history says it took.
         skipped = history[ctx.position]
-        return Diverged(
-            NonDeterminismError(instance_id, ctx.position, skipped.step_id, "<end of workflow>")
-        )
-    return outcome
+        error = NonDeterminismError(instance_id, ctx.position, skipped.step_id, "<end of workflow>")
+        return Diverged(error), []
+    return outcome, ctx.new_events
 
 
 def _last_step(history: list[HistoryEvent]) -> str | None:

@@ -15,8 +15,8 @@ from .context import ActivityInfo, _current_activity
 from .dispatch import Dispatch, publish
 from .errors import ConfigurationError, LeaseHeldError, SerializationError
 from .failures import describe_error
-from .planning import Plan, dispatch_command, finish, plan_outcome, start_rollback
-from .replay import replay
+from .planning import dispatch_command, finish, plan_outcome, start_rollback
+from .replay import replay_recording
 from .retry import RetryPolicy
 from .storage import Claim, CompensationRecord, HistoryEvent, StepWrite
 from .storage.schema import utcnow
@@ -53,7 +53,23 @@ class StepRunner:
         command = ActivityCommand.from_json(pending)
         if command.kind == "compensation":
             return self._compensate(claim, command)
+        if claim.instance.cancel_reason is not None:
+            # Cancelled while this step was queued: this is the next step boundary.
+            return self.roll_back(claim, claim.instance.error, "cancelled")
         return self._activity(claim, command)
+
+    def roll_back(self, claim: Claim, error: dict[str, Any] | None, final_status: str) -> str:
+        """Start undoing the instance's succeeded steps (or end it) under ``claim``."""
+        romancy = self.romancy
+        changes, dispatch = start_rollback(
+            claim.instance,
+            error,
+            romancy.storage.get_compensations(claim.instance.instance_id),
+            romancy.registry.compensation_queue,
+            final_status,
+        )
+        committed = romancy.storage.commit(claim, StepWrite(instance_changes=changes))
+        return self._published(claim, committed, dispatch)
 
     # -- activities ---------------------------------------------------------------------
 
@@ -88,34 +104,34 @@ class StepRunner:
                     result=result,
                     attempt=command.attempt,
                 )
-            registration = None
+            registrations = []
             if event.error is None and activity.compensation is not None:
-                registration = _registered(
-                    command,
-                    activity.compensation.name,
-                    activity.compensation.arguments_from(command.arguments, event.result),
+                compensation = activity.compensation
+                registrations.append(
+                    registration(
+                        command.seq,
+                        command.step_id,
+                        compensation.name,
+                        compensation.arguments_from(command.arguments, event.result),
+                    )
                 )
-            outcome = replay(
+            outcome, new_events = replay_recording(
                 workflow, instance.instance_id, instance.input_data, [*claim.history, event]
             )
+            registrations.extend(registrations_of(new_events))
             changes, dispatch = plan_outcome(
                 instance,
                 outcome,
-                # Only read on failure: the compensations to run, this step's included.
+                # Only read on failure: every compensation to run, this step's included.
                 lambda: [
                     *romancy.storage.get_compensations(instance.instance_id),
-                    *([registration] if registration else []),
+                    *registrations,
                 ],
                 romancy.registry.compensation_queue,
             )
-            write = StepWrite(instance_changes=changes, history=event)
-            if registration is not None:
-                write.register_compensation = {
-                    "seq": registration.seq,
-                    "step_id": registration.step_id,
-                    "name": registration.name,
-                    "arguments": registration.arguments,
-                }
+            write = StepWrite(
+                instance_changes=changes, events=[event, *new_events], registrations=registrations
+            )
             committed = romancy.storage.commit(claim, write, info.recording_connection())
         finally:
             _current_activity.reset(reset)
@@ -137,20 +153,14 @@ class StepRunner:
                 info.close()
                 if _retryable(compensation.retry, exc, command.attempt):
                     return self._retry(claim, command, compensation.retry, exc)
-                plan: Plan = finish(
+                failure = describe_error(exc, command.step_id)
+                # Parked for an operator: ``pending`` keeps the command to retry.
+                changes, dispatch = finish(
                     "compensation_failed",
                     pending=command.to_json(),
-                    error={
-                        **(instance.error or {}),
-                        "compensation_error": describe_error(exc, command.step_id),
-                    },
+                    error={**(instance.error or {}), "compensation_error": failure},
                 )
-                update = {
-                    "status": "failed",
-                    "error": describe_error(exc, command.step_id),
-                    "attempts": command.attempt,
-                    "finished_at": utcnow(),
-                }
+                update: dict[str, Any] = {"status": "failed", "error": failure}
             else:
                 remaining = [
                     c
@@ -158,16 +168,11 @@ class StepRunner:
                     if c.step_id != command.step_id
                 ]
                 final = "cancelled" if instance.cancel_reason is not None else "failed"
-                plan = start_rollback(
+                changes, dispatch = start_rollback(
                     instance, instance.error, remaining, romancy.registry.compensation_queue, final
                 )
-                update = {
-                    "status": "done",
-                    "error": None,
-                    "attempts": command.attempt,
-                    "finished_at": utcnow(),
-                }
-            changes, dispatch = plan
+                update = {"status": "done", "error": None}
+            update.update(attempts=command.attempt, finished_at=utcnow())
             write = StepWrite(
                 instance_changes=changes, compensation_update=(command.step_id, update)
             )
@@ -183,9 +188,8 @@ class StepRunner:
         self, claim: Claim, command: ActivityCommand, policy: RetryPolicy, error: Exception
     ) -> str:
         delay = policy.delay_after(command.attempt)
-        status = claim.instance.status
         changes, dispatch = dispatch_command(
-            claim.instance, command.next_attempt(), status=status, delay=delay
+            claim.instance, command.next_attempt(), status=claim.instance.status, delay=delay
         )
         write = StepWrite(
             instance_changes=changes,
@@ -228,12 +232,12 @@ def _retryable(policy: RetryPolicy, error: Exception, attempt: int) -> bool:
     return policy.should_retry(error, attempt)
 
 
-def _registered(
-    command: ActivityCommand, name: str, arguments: dict[str, Any]
+def registration(
+    seq: int, step_id: str, name: str, arguments: dict[str, Any]
 ) -> CompensationRecord:
     return CompensationRecord(
-        seq=command.seq,
-        step_id=command.step_id,
+        seq=seq,
+        step_id=step_id,
         name=name,
         arguments=arguments,
         status="registered",
@@ -242,6 +246,15 @@ def _registered(
         created_at=utcnow(),
         finished_at=None,
     )
+
+
+def registrations_of(events: list[HistoryEvent]) -> list[CompensationRecord]:
+    """The compensations that ``ctx.register_compensation`` calls recorded."""
+    return [
+        registration(e.seq, e.step_id, e.name, e.result)
+        for e in events
+        if e.kind == "compensation_registered"
+    ]
 
 
 def attempt_step_id(command: ActivityCommand) -> str:

@@ -5,11 +5,27 @@ from __future__ import annotations
 import celery_romancy
 
 PUBLIC = {
-    "ActivityDefinition", "ActivityError", "ActivityInfo", "CompensationDefinition",
-    "ConfigurationError", "HistoryEvent", "InvalidArgumentsError", "NonDeterminismError",
-    "RetryPolicy", "Romancy", "RomancyError", "RomancySettings", "SerializationError",
-    "TerminalError", "UnknownInstanceError", "UnknownWorkflowError", "WaitTimeoutError",
-    "WorkflowContext", "WorkflowDefinition", "WorkflowFailedError", "WorkflowInstance",
+    "ActivityDefinition",
+    "ActivityError",
+    "ActivityInfo",
+    "CompensationDefinition",
+    "ConfigurationError",
+    "HistoryEvent",
+    "InvalidArgumentsError",
+    "NonDeterminismError",
+    "RetryPolicy",
+    "Romancy",
+    "RomancyError",
+    "RomancySettings",
+    "SerializationError",
+    "TerminalError",
+    "UnknownInstanceError",
+    "UnknownWorkflowError",
+    "WaitTimeoutError",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowFailedError",
+    "WorkflowInstance",
     "current_activity",
 }
 

@@ -15,7 +15,12 @@ def test_quickstart_prints_its_steps_and_result(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "ROMANCY"))}
     done = subprocess.run(
         [sys.executable, str(ROOT / "example_project" / "quickstart.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -23,8 +28,10 @@ def test_quickstart_prints_its_steps_and_result(tmp_path: Path) -> None:
     step1 = lines.index("  step 1: creating profile for user_123 <newuser@example.com>")
     step2 = lines.index("  step 2: sending welcome email to newuser@example.com")
     assert step1 < step2
-    assert "  create_user_profile:1 -> {'user_id': 'user_123', 'email': 'newuser@example.com'}" \
+    assert (
+        "  create_user_profile:1 -> {'user_id': 'user_123', 'email': 'newuser@example.com'}"
         in lines
+    )
     assert "  send_welcome_email:1 -> True" in lines
     assert lines.index("status: completed") > step2
     assert "user_id: user_123" in lines

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from celery_romancy.runner import registration
 from celery_romancy.storage import Claim, HistoryEvent, StepWrite, Store, schema
 from celery_romancy.storage.migrate import VERSION_TABLE, current_revision, head_revision
 
@@ -234,7 +235,7 @@ def test_commit_records_the_step_and_releases_the_lease(store: Store) -> None:
     assert claim is not None
     write = StepWrite(
         instance_changes={"status": "completed", "output_data": {"total": 3}, "pending": None},
-        history=event(result={"ok": True}),
+        events=[event(result={"ok": True})],
     )
 
     assert store.commit(claim, write) is True
@@ -270,8 +271,8 @@ def test_commit_is_fenced_after_a_takeover(store: Store) -> None:
 
     late = StepWrite(
         instance_changes={"status": "completed", "output_data": "from-a"},
-        history=event(result="from-a"),
-        register_compensation={"seq": 0, "step_id": "a:1", "name": "undo_a", "arguments": {}},
+        events=[event(result="from-a")],
+        registrations=[registration(0, "a:1", "undo_a", {})],
         attempt={"step_id": "a:1", "attempt": 1, "error": {"type": "X"}, "retry_in": 1.0},
     )
     assert store.commit(claim_a, late) is False
@@ -281,7 +282,7 @@ def test_commit_is_fenced_after_a_takeover(store: Store) -> None:
     assert store.get_compensations("m2") == []
     assert store.get_attempts("m2") == []
 
-    assert store.commit(claim_b, StepWrite(history=event(result="from-b"))) is True
+    assert store.commit(claim_b, StepWrite(events=[event(result="from-b")])) is True
     [recorded] = store.get_history("m2")
     assert (recorded.result, recorded.worker_id) == ("from-b", "worker-b")
     after = store.get_instance("m2")
@@ -290,7 +291,7 @@ def test_commit_is_fenced_after_a_takeover(store: Store) -> None:
     assert after.lease_expires_at is None
     assert after.epoch == claim_b.epoch
     # A commit releases the lease: the claim cannot commit a second time.
-    assert store.commit(claim_b, StepWrite(history=event(1, "b:1"))) is False
+    assert store.commit(claim_b, StepWrite(events=[event(1, "b:1")])) is False
     assert history_rows(store, "m2") == 1
 
 
@@ -298,13 +299,13 @@ def test_history_is_unique_per_instance_and_step_id(store: Store) -> None:
     new_instance(store, "u1")
     first = store.claim("u1", "t1", "worker-a", LONG_LEASE)
     assert first is not None
-    assert store.commit(first, StepWrite(history=event(0, "a:1", result=1))) is True
+    assert store.commit(first, StepWrite(events=[event(0, "a:1", result=1)])) is True
 
     second = store.claim("u1", "t1", "worker-b", LONG_LEASE)
     assert second is not None
     duplicate = StepWrite(
         instance_changes={"status": "completed"},
-        history=event(1, "a:1", result=2),
+        events=[event(1, "a:1", result=2)],
     )
     assert store.commit(second, duplicate) is False
 
@@ -321,7 +322,7 @@ def test_same_step_id_in_another_instance_is_allowed(store: Store) -> None:
         new_instance(store, iid)
         claim = store.claim(iid, "t1", "worker-a", LONG_LEASE)
         assert claim is not None
-        assert store.commit(claim, StepWrite(history=event(0, "a:1"))) is True
+        assert store.commit(claim, StepWrite(events=[event(0, "a:1")])) is True
     assert history_rows(store, "u2") == history_rows(store, "u3") == 1
 
 
@@ -337,24 +338,14 @@ def test_commit_writes_compensations_and_attempts(store: Store) -> None:
     step(StepWrite(attempt={"step_id": "a:1", "attempt": 1, "error": failure, "retry_in": 2.5}))
     step(
         StepWrite(
-            history=event(0, "a:1", result={"charged": 10}),
-            register_compensation={
-                "seq": 0,
-                "step_id": "a:1",
-                "name": "undo_a",
-                "arguments": {"amount": 10},
-            },
+            events=[event(0, "a:1", result={"charged": 10})],
+            registrations=[registration(0, "a:1", "undo_a", {"amount": 10})],
         )
     )
     step(
         StepWrite(
-            history=event(1, "b:1", result="shipped"),
-            register_compensation={
-                "seq": 1,
-                "step_id": "b:1",
-                "name": "undo_b",
-                "arguments": {"parcel": "p1"},
-            },
+            events=[event(1, "b:1", result="shipped")],
+            registrations=[registration(1, "b:1", "undo_b", {"parcel": "p1"})],
         )
     )
     finished = schema.utcnow()
@@ -427,7 +418,7 @@ def test_commit_on_the_callers_transaction_commits_both(store: Store, ledger: sa
     with store.connect() as conn:
         conn.begin()
         conn.execute(sa.insert(ledger).values(entry="debit 10"))
-        assert store.commit(claim, StepWrite(history=event(result="ok")), conn) is True
+        assert store.commit(claim, StepWrite(events=[event(result="ok")]), conn) is True
 
     assert ledger_entries(store, ledger) == ["debit 10"]
     assert [e.step_id for e in store.get_history("l1")] == ["a:1"]
@@ -449,7 +440,7 @@ def test_fenced_commit_on_the_callers_transaction_writes_neither(
     with store.connect() as conn:
         conn.begin()
         conn.execute(sa.insert(ledger).values(entry="debit 10"))
-        assert store.commit(claim_a, StepWrite(history=event(result="ok")), conn) is False
+        assert store.commit(claim_a, StepWrite(events=[event(result="ok")]), conn) is False
 
     assert ledger_entries(store, ledger) == []
     assert history_rows(store, "l2") == 0

@@ -97,8 +97,8 @@ class StepWrite:
     """Everything one step commits, in one transaction, after its fencing check."""
 
     instance_changes: dict[str, Any] = field(default_factory=dict)
-    history: HistoryEvent | None = None
-    register_compensation: dict[str, Any] | None = None
+    events: list[HistoryEvent] = field(default_factory=list)
+    registrations: list[CompensationRecord] = field(default_factory=list)
     # (step_id of the undone activity, column changes)
     compensation_update: tuple[str, dict[str, Any]] | None = None
     attempt: dict[str, Any] | None = None

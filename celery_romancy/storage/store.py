@@ -88,13 +88,21 @@ class Store:
 
     # -- instances ---------------------------------------------------------------------
 
-    def create_instance(self, values: dict[str, Any]) -> tuple[WorkflowInstance, bool]:
-        """Insert an instance unless its id exists; return it and whether it was created."""
+    def create_instance(
+        self, values: dict[str, Any], write: StepWrite | None = None
+    ) -> tuple[WorkflowInstance, bool]:
+        """Insert an instance unless its id exists; return it and whether it was created.
+
+        ``write`` holds history rows and compensations the start itself recorded (a
+        workflow may register a compensation before its first step).
+        """
         now = schema.utcnow()
         row = {"epoch": 0, "created_at": now, "updated_at": now, **values}
         with self.transaction() as conn:
             result = conn.execute(self.insert_ignoring_conflict(schema.instances).values(**row))
             created = result.rowcount == 1
+            if created and write is not None:
+                self._insert_step_rows(conn, row["instance_id"], None, write, now)
             instance = self._get_instance(conn, row["instance_id"])
         assert instance is not None
         return instance, created
@@ -292,32 +300,7 @@ class Store:
             if fenced.rowcount != 1:
                 txn.rollback()
                 return False
-            if write.history is not None:
-                event = write.history
-                conn.execute(
-                    sa.insert(schema.history).values(
-                        instance_id=instance_id,
-                        seq=event.seq,
-                        step_id=event.step_id,
-                        kind=event.kind,
-                        name=event.name,
-                        result=event.result,
-                        error=event.error,
-                        attempt=event.attempt,
-                        worker_id=claim.worker_id,
-                        created_at=now,
-                    )
-                )
-            if write.register_compensation is not None:
-                conn.execute(
-                    sa.insert(schema.compensations).values(
-                        instance_id=instance_id,
-                        status="registered",
-                        attempts=0,
-                        created_at=now,
-                        **write.register_compensation,
-                    )
-                )
+            self._insert_step_rows(conn, instance_id, claim.worker_id, write, now)
             if write.compensation_update is not None:
                 step_id, changes = write.compensation_update
                 c = schema.compensations
@@ -344,6 +327,84 @@ class Store:
             txn.rollback()
             raise
         return True
+
+    def _insert_step_rows(
+        self,
+        conn: Connection,
+        instance_id: str,
+        worker_id: str | None,
+        write: StepWrite,
+        now: datetime,
+    ) -> None:
+        if write.events:
+            conn.execute(
+                sa.insert(schema.history),
+                [
+                    {
+                        "instance_id": instance_id,
+                        "seq": e.seq,
+                        "step_id": e.step_id,
+                        "kind": e.kind,
+                        "name": e.name,
+                        "result": e.result,
+                        "error": e.error,
+                        "attempt": e.attempt,
+                        "worker_id": worker_id,
+                        "created_at": now,
+                    }
+                    for e in write.events
+                ],
+            )
+        if write.registrations:
+            conn.execute(
+                sa.insert(schema.compensations),
+                [
+                    {
+                        "instance_id": instance_id,
+                        "seq": r.seq,
+                        "step_id": r.step_id,
+                        "name": r.name,
+                        "arguments": r.arguments,
+                        "status": "registered",
+                        "attempts": 0,
+                        "created_at": now,
+                    }
+                    for r in write.registrations
+                ],
+            )
+
+    def take_over(
+        self, instance_id: str, worker_id: str, lease_seconds: float, status_in: Sequence[str]
+    ) -> Claim | None:
+        """Lease an instance whatever its pending message, if nobody holds it now.
+
+        For operators (cancel, retry a compensation): the queued message, if any, goes
+        stale because the commit that follows replaces the dispatch token.
+        """
+        t = schema.instances
+        now = schema.utcnow()
+        stmt = (
+            sa.update(t)
+            .where(
+                t.c.instance_id == instance_id,
+                t.c.status.in_(list(status_in)),
+                sa.or_(t.c.lease_owner.is_(None), t.c.lease_expires_at < now),
+            )
+            .values(
+                lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                epoch=t.c.epoch + 1,
+                updated_at=now,
+            )
+            .returning(*t.columns)
+        )
+        with self.transaction() as conn:
+            row = conn.execute(stmt).first()
+            if row is None:
+                return None
+            instance = _instance(row._mapping)
+            history = self._get_history(conn, instance_id)
+        return Claim(instance=instance, history=history, worker_id=worker_id, epoch=instance.epoch)
 
     def renew_lease(self, claim: Claim, lease_seconds: float) -> bool:
         """Extend a held lease (heartbeat for long activities); False if it was lost."""
