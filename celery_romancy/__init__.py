@@ -6,6 +6,7 @@ from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDef
 from .errors import (
     ActivityError,
     ConfigurationError,
+    InstanceStateError,
     InvalidArgumentsError,
     NonDeterminismError,
     RomancyError,
@@ -27,6 +28,7 @@ __all__ = [
     "CompensationDefinition",
     "ConfigurationError",
     "HistoryEvent",
+    "InstanceStateError",
     "InvalidArgumentsError",
     "NonDeterminismError",
     "RetryPolicy",

@@ -9,6 +9,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from celery import Celery, Task
 
+from . import operations
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
 from .dispatch import NewInstance, publish
 from .errors import (
@@ -242,6 +243,17 @@ class Romancy:
                 )
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.25)
+
+    # -- operators ---------------------------------------------------------------------------
+
+    def cancel(self, instance_id: str, reason: str = "cancelled") -> bool:
+        """Cancel at the next step boundary, compensating succeeded steps; see
+        ``operations.cancel``. A finished instance raises ``InstanceStateError``."""
+        return operations.cancel(self, instance_id, reason)
+
+    def retry_compensation(self, instance_id: str) -> None:
+        """Resume a rollback parked in ``compensation_failed``."""
+        operations.retry_compensation(self, instance_id)
 
     def result(self, instance_id: str, timeout: float = 30.0) -> Any:
         """Wait, then return the output as the workflow's declared return type."""

@@ -26,6 +26,10 @@ class UnknownInstanceError(RomancyError, LookupError):
     """No workflow instance has that id."""
 
 
+class InstanceStateError(RomancyError):
+    """The instance's status does not allow that operation (e.g. cancelling a finished one)."""
+
+
 class SerializationError(RomancyError, TypeError):
     """A value cannot be stored as JSON, or stored JSON does not fit its declared type."""
 

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from celery_romancy.storage import Store, open_store
 from celery_romancy.storage.schema import metadata
 
+from .harness import Harness
 from .services import create_pg_database, drop_pg_database, pg_engine
 
 
@@ -42,3 +43,21 @@ def store(database_url: str) -> Iterator[Store]:
     opened = open_store(database_url)
     yield opened
     opened.dispose()
+
+
+@pytest.fixture
+def harness(database_url: str, tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(
+        database_url,
+        tmp_path,
+        romancy_lease_timeout=2,
+        # A SIGKILLed worker's unacked message comes back after 3 s (kombu's defaults
+        # scan for such messages only every 100 s).
+        broker_transport_options={
+            "visibility_timeout": 3,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        },
+    )
+    yield h
+    h.close()

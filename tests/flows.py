@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from celery_romancy import RetryPolicy, Romancy, TerminalError, WorkflowContext
 
 from .ledger import Gate, Ledger
+from .saga_flows import register_sagas
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 
@@ -183,6 +184,8 @@ def build(
         return Receipt(
             order.order_id, total, order.currency, customer, meta["carrier"], order.items
         )
+
+    register_sagas(romancy, folder)
 
     @romancy.workflow("instant")
     def instant(ctx: WorkflowContext, value: int) -> int:

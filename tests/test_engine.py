@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -21,24 +19,6 @@ from celery_romancy.replay import Completed, replay
 from .flows import Currency, Customer, Item, Order, Receipt
 from .harness import Harness
 from .ledger import wait_for
-
-
-@pytest.fixture
-def harness(database_url: str, tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(
-        database_url,
-        tmp_path,
-        romancy_lease_timeout=2,
-        # A SIGKILLed worker's unacked message comes back after 3 s (kombu's defaults
-        # scan for such messages only every 100 s).
-        broker_transport_options={
-            "visibility_timeout": 3,
-            "unacked_restore_interval": 1,
-            "unacked_restore_throttle": 1,
-        },
-    )
-    yield h
-    h.close()
 
 
 def step_ids(h: Harness, instance_id: str) -> list[str]:
