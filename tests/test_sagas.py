@@ -39,7 +39,9 @@ def test_a_failed_step_undoes_the_succeeded_ones_newest_first(harness: Harness) 
     assert instance.error["step"] == "book_car:1"
     records = harness.romancy.storage.get_compensations(instance_id)
     assert [(c.name, c.status) for c in records] == [
-        ("cancel_hotel", "done"), ("send_apology", "done"), ("cancel_flight", "done"),
+        ("cancel_hotel", "done"),
+        ("send_apology", "done"),
+        ("cancel_flight", "done"),
     ]
 
 
@@ -61,8 +63,11 @@ def test_a_rollback_interrupted_by_sigkill_resumes_and_undoes_each_step_once(
     trip = "slowundo-1"
     instance_id = harness.romancy.start_workflow("trip", trip, fail_car=True)
     first = harness.worker_process().start()
-    wait_for(lambda: harness.ledger.count(f"cancel_hotel-start:{trip}") == 1, 60,
-             "the rollback to reach cancel_hotel")
+    wait_for(
+        lambda: harness.ledger.count(f"cancel_hotel-start:{trip}") == 1,
+        60,
+        "the rollback to reach cancel_hotel",
+    )
     assert harness.romancy.get_instance(instance_id).status == "compensating"
 
     first.kill()
@@ -79,7 +84,8 @@ def test_a_rollback_interrupted_by_sigkill_resumes_and_undoes_each_step_once(
     assert harness.ledger.count(f"send_apology:{trip}:email") == 1
     assert harness.ledger.count(f"cancel_flight:{trip}:FL-{trip}") == 1
     assert [e for e in effects(harness, trip) if not e.startswith("cancel_hotel-start")][-3:] == [
-        f"cancel_hotel:{trip}:3:HT-{trip}", f"send_apology:{trip}:email",
+        f"cancel_hotel:{trip}:3:HT-{trip}",
+        f"send_apology:{trip}:email",
         f"cancel_flight:{trip}:FL-{trip}",
     ]
 
@@ -95,8 +101,11 @@ def test_a_failing_compensation_parks_the_instance_until_retried(harness: Harnes
         assert parked.error["type"] == "celery_romancy.errors.TerminalError"
         assert parked.error["compensation_error"]["type"] == "builtins.ConnectionError"
         assert harness.ledger.count("cancel_flight-failed:T3") == 3  # its policy: 3 attempts
-        attempts = [a for a in harness.romancy.storage.get_attempts(instance_id)
-                    if a.step_id.startswith("cancel_flight")]
+        attempts = [
+            a
+            for a in harness.romancy.storage.get_attempts(instance_id)
+            if a.step_id.startswith("cancel_flight")
+        ]
         assert [(a.attempt, a.retry_in) for a in attempts] == [(1, 0.05), (2, 0.1)]
 
         (harness.folder / "flight-api-down").unlink()  # the operator fixes the cause
@@ -121,7 +130,12 @@ def test_a_failing_compensation_parks_the_instance_until_retried(harness: Harnes
     ],
 )
 def test_retry_policy_attempts_and_backoff_are_recorded(
-    harness: Harness, key: str, failures: int, error: str, status: str, runs: int,
+    harness: Harness,
+    key: str,
+    failures: int,
+    error: str,
+    status: str,
+    runs: int,
     delays: list[float],
 ) -> None:
     instance_id = harness.romancy.start_workflow("flaky_flow", key, failures, error)
@@ -140,15 +154,19 @@ def test_retry_policy_attempts_and_backoff_are_recorded(
     else:
         assert instance.error is not None
         assert instance.error["type"].endswith(
-            "BadRequestError" if error == "bad-request" else "FlakyError")
+            "BadRequestError" if error == "bad-request" else "FlakyError"
+        )
 
 
 def test_cancel_stops_at_the_next_step_and_compensates(harness: Harness) -> None:
     trip = "held-C1"
     instance_id = harness.romancy.start_workflow("trip", trip)
     with harness.worker():
-        wait_for(lambda: harness.ledger.count(f"book_hotel-start:{trip}") == 1, 30,
-                 "the hotel step to start")
+        wait_for(
+            lambda: harness.ledger.count(f"book_hotel-start:{trip}") == 1,
+            30,
+            "the hotel step to start",
+        )
         assert harness.romancy.cancel(instance_id, "customer changed plans") is True
         assert harness.romancy.cancel(instance_id, "again") is False  # a no-op
         harness.gate(f"hotel-{trip}").open()
@@ -158,8 +176,10 @@ def test_cancel_stops_at_the_next_step_and_compensates(harness: Harness) -> None
     assert instance.cancel_reason == "customer changed plans"
     assert harness.ledger.count(f"book_car:{trip}") == 0  # stopped at the boundary
     assert effects(harness, trip)[-4:] == [
-        f"cancel_hotel-start:{trip}", f"cancel_hotel:{trip}:3:HT-{trip}",
-        f"send_apology:{trip}:email", f"cancel_flight:{trip}:FL-{trip}",
+        f"cancel_hotel-start:{trip}",
+        f"cancel_hotel:{trip}:3:HT-{trip}",
+        f"send_apology:{trip}:email",
+        f"cancel_flight:{trip}:FL-{trip}",
     ]
     assert harness.romancy.cancel(instance_id, "late") is False  # cancelled twice: no-op
 
@@ -171,8 +191,11 @@ def test_cancel_of_a_queued_instance_ends_it_at_once(harness: Harness) -> None:
     assert instance.status == "cancelled"  # nothing ran, so nothing to undo
     with harness.worker():
         # The first step's message is still queued: a worker drops it as stale.
-        wait_for(lambda: any(o[2] == "duplicate" for o in harness.outcomes), 30,
-                 "the stale message to be dropped")
+        wait_for(
+            lambda: any(o[2] == "duplicate" for o in harness.outcomes),
+            30,
+            "the stale message to be dropped",
+        )
     assert harness.ledger.count("book_flight:C2:12A") == 0
     assert harness.romancy.get_history(instance_id) == []
 

@@ -1,0 +1,70 @@
+"""The README's demo and the order-saga example work with no service running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quickstart_prints_its_steps_and_result(tmp_path: Path) -> None:
+    # No broker or database URL from the environment can leak in: the demo is embedded.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "ROMANCY"))}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "example_project" / "quickstart.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("started user_onboarding, instance id: ") for line in lines)
+    step1 = lines.index("  step 1: creating profile for user_123 <newuser@example.com>")
+    step2 = lines.index("  step 2: sending welcome email to newuser@example.com")
+    assert step1 < step2
+    assert (
+        "  create_user_profile:1 -> {'user_id': 'user_123', 'email': 'newuser@example.com'}"
+        in lines
+    )
+    assert "  send_welcome_email:1 -> True" in lines
+    assert lines.index("status: completed") > step2
+    assert "user_id: user_123" in lines
+    assert "email_sent: True" in lines
+    assert list(tmp_path.iterdir()) == []  # nothing left in the working directory
+
+
+def test_order_saga_completes(tmp_path: Path) -> None:
+    done = run_example("orders.py", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        "reserve_inventory: reserved 2 x ITEM-001, 1 x ITEM-002 for ORD-12345",
+        "process_payment: charged $109.97 to customer@example.com for ORD-12345",
+        "ship_order: shipped ORD-12345 to 1-2-3 Shibuya, Shibuya-ku, Tokyo, Japan",
+        "status: completed",
+        "total: $109.97",
+        "tracking: TRACK-ORD-12345",
+    ]
+
+
+def test_order_saga_with_failed_shipping_refunds_then_releases(tmp_path: Path) -> None:
+    done = run_example("orders.py", tmp_path, SHIPPING_FAILS="1")
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()[1:]
+    assert lines[:2] == [
+        "reserve_inventory: reserved 2 x ITEM-001, 1 x ITEM-002 for ORD-12345",
+        "process_payment: charged $109.97 to customer@example.com for ORD-12345",
+    ]
+    assert lines[2:5] == [
+        "refund_payment: refunded $109.97 for ORD-12345",
+        "cancel_inventory_reservation: released reservation RES-ORD-12345 for ORD-12345",
+        "status: failed",
+    ]
+    assert lines[5].startswith("error: __main__.ShippingError: carrier refused the parcel")
+    assert lines[5].endswith("(step ship_order:1)")
+    assert not any(line.startswith("ship_order: shipped") for line in lines)
