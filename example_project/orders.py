@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from celery import Celery
 
-from celery_romancy import Romancy, RetryPolicy, TerminalError, WorkflowContext
+from celery_romancy import RetryPolicy, Romancy, TerminalError, WorkflowContext
 from celery_romancy.embedded import embedded_celery, in_process_worker
 
 if os.environ.get("CELERY_BROKER_URL"):

@@ -10,18 +10,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quickstart_prints_its_steps_and_result(tmp_path: Path) -> None:
-    # No broker or database URL from the environment can leak in: the demo is embedded.
+def run_example(name: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    # No broker or database URL from the environment can leak in: examples are embedded.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "ROMANCY"))}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "example_project" / "quickstart.py")],
-        cwd=tmp_path,
-        env=env,
+    return subprocess.run(
+        [sys.executable, str(ROOT / "example_project" / name)],
+        cwd=cwd,
+        env={**env, **extra_env},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_quickstart_prints_its_steps_and_result(tmp_path: Path) -> None:
+    done = run_example("quickstart.py", tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any(line.startswith("started user_onboarding, instance id: ") for line in lines)
