@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
-from . import operations
+from . import maintenance, operations
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
 from .dispatch import NewInstance, publish
 from .errors import (
+    ConfigurationError,
     InvalidArgumentsError,
     LeaseHeldError,
     RomancyError,
@@ -20,6 +21,7 @@ from .errors import (
     WaitTimeoutError,
     WorkflowFailedError,
 )
+from .heartbeat import LeaseKeeper
 from .planning import plan_outcome
 from .registry import Registry
 from .replay import Next, replay_recording
@@ -61,8 +63,16 @@ class Romancy:
         self._storage: Store | None = None
         self.registry = Registry()
         self.runner = StepRunner(self)
-        _accept_json(celery_app)
+        self._lease_keeper: LeaseKeeper | None = None
         celery_app._celery_romancy = self  # for CLI and contrib
+        self._register_maintenance_tasks()
+        # Beat entries need the settings, which need the app's config: wait for it.
+        if celery_app.configured:
+            self._configure_celery()
+        else:
+            celery_app.on_after_configure.connect(self._configure_celery, weak=False)
+        # A user may replace ``beat_schedule`` after that: beat gets our entries anyway.
+        signals.beat_init.connect(self._add_beat_entries, weak=False)
 
     # -- settings and storage ------------------------------------------------------------
 
@@ -79,12 +89,57 @@ class Romancy:
         return self._storage
 
     @property
+    def lease_keeper(self) -> LeaseKeeper:
+        if self._lease_keeper is None:
+            self._lease_keeper = LeaseKeeper(self.storage, self.settings.lease_timeout)
+        return self._lease_keeper
+
+    @property
     def worker_id(self) -> str:
         return self.settings.resolved_worker_id()
 
     def migrate(self) -> None:
         """Create or upgrade the history tables now (first use does it too)."""
         self.storage.engine  # noqa: B018 - opening the engine applies the migrations
+
+    # -- Celery wiring ----------------------------------------------------------------------
+
+    def _configure_celery(self, *_: Any, **__: Any) -> None:
+        conf = self.app.conf
+        accepted = conf.get("accept_content") or ["json"]
+        if "json" not in accepted and "application/json" not in accepted:
+            conf.accept_content = [*accepted, "json"]  # the package's own messages are JSON
+        # The user's own entries stay; ours are added under their ``romancy.`` names.
+        try:
+            # Read, not cached: more config may follow this first access.
+            settings = RomancySettings.from_celery(conf, **self._overrides)
+        except ConfigurationError:
+            return  # reported on first use, where the caller can see it
+        conf.beat_schedule = {
+            **maintenance.beat_schedule(settings),
+            **(conf.beat_schedule or {}),
+        }
+
+    def _add_beat_entries(self, sender: Any = None, **_: Any) -> None:
+        if sender is not None and sender.app is self.app:
+            sender.scheduler.update_from_dict(maintenance.beat_schedule(self.settings))
+
+    def _register_maintenance_tasks(self) -> None:
+        def recover() -> dict[str, int]:
+            report = maintenance.recover(self)
+            return {"republished": report.republished, "failed": report.failed_publishes}
+
+        self.app.task(
+            name=maintenance.RECOVER_TASK,
+            lazy=False,
+            shared=False,
+            serializer="json",
+            ignore_result=True,
+        )(recover)
+
+    def recover(self) -> maintenance.RecoveryReport:
+        """Run the recovery sweep now (beat runs it every ``romancy_recovery_interval``)."""
+        return maintenance.recover(self)
 
     # -- decorators -----------------------------------------------------------------------
 
@@ -251,6 +306,11 @@ class Romancy:
         ``operations.cancel``. A finished instance raises ``InstanceStateError``."""
         return operations.cancel(self, instance_id, reason)
 
+    def resume(self, instance_id: str) -> None:
+        """Push an instance on: re-send its pending step, or replay a parked one
+        (nondeterminism or a poison step) after the cause was fixed."""
+        operations.resume(self, instance_id)
+
     def retry_compensation(self, instance_id: str) -> None:
         """Resume a rollback parked in ``compensation_failed``."""
         operations.retry_compensation(self, instance_id)
@@ -269,10 +329,3 @@ def _check_name(name: Any) -> None:
         raise RomancyError(
             "give the name as the decorator's first argument, e.g. @romancy.activity('charge')"
         )
-
-
-def _accept_json(app: Celery) -> None:
-    """The package's own messages are JSON; make sure workers accept it."""
-    accepted = app.conf.get("accept_content") or ["json"]
-    if "json" not in accepted and "application/json" not in accepted:
-        app.conf.accept_content = [*accepted, "json"]

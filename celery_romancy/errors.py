@@ -56,6 +56,19 @@ class NonDeterminismError(RomancyError):
         )
 
 
+class PoisonStepError(RomancyError):
+    """A step's worker died too many times in a row; the instance is parked for an operator."""
+
+    def __init__(self, instance_id: str, step_id: str, crashes: int) -> None:
+        self.instance_id = instance_id
+        self.step_id = step_id
+        self.crashes = crashes
+        super().__init__(
+            f"step {step_id} of instance {instance_id} lost its worker {crashes} times in a "
+            "row; parked: fix the cause, then call romancy.resume()"
+        )
+
+
 class TerminalError(RomancyError):
     """Raise from an activity to fail it at once: it is never retried."""
 

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 from .commands import ActivityCommand
 from .dispatch import publish
 from .errors import InstanceStateError
-from .planning import dispatch_command
-from .storage import StepWrite
+from .planning import dispatch_command, plan_outcome
+from .replay import Next, replay_recording
+from .runner import registrations_of
+from .storage import CompensationRecord, HistoryEvent, StepWrite
 
 if TYPE_CHECKING:
     from .app import Romancy
@@ -47,6 +49,57 @@ def cancel(romancy: Romancy, instance_id: str, reason: str) -> bool:
         # No step in flight: roll back now; the queued message, if any, goes stale.
         romancy.runner.roll_back(claim, claim.instance.error, "cancelled")
     return True
+
+
+PARKED_ERRORS = (
+    "celery_romancy.errors.NonDeterminismError",
+    "celery_romancy.errors.PoisonStepError",
+)
+MOVING = ("pending", "running", "compensating")
+
+
+def resume(romancy: Romancy, instance_id: str) -> None:
+    """Re-send a stuck instance's pending step, or replay an instance parked as ``failed``
+    by a nondeterminism or poison-step error (once the code or cause was fixed)."""
+    instance = romancy.get_instance(instance_id)
+    error_type = (instance.error or {}).get("type")
+    parked = instance.status == "failed" and error_type in PARKED_ERRORS
+    if instance.status not in MOVING and not parked:
+        raise InstanceStateError(
+            f"workflow instance {instance_id} is {instance.status}; only pending, running, "
+            "compensating or parked instances can be resumed"
+        )
+    claim = romancy.storage.take_over(
+        instance_id, romancy.worker_id, romancy.settings.lease_timeout, [instance.status]
+    )
+    if claim is None:
+        raise InstanceStateError(f"workflow instance {instance_id} is held by a worker right now")
+    if claim.instance.pending is not None:
+        command = ActivityCommand.from_json(claim.instance.pending)
+        status = "compensating" if command.kind == "compensation" else "running"
+        changes, dispatch = dispatch_command(claim.instance, command, status=status)
+        events: list[HistoryEvent] = []
+        registrations: list[CompensationRecord] = []
+        if parked:
+            changes["error"] = None
+    else:
+        workflow = romancy.registry.workflow(claim.instance.workflow_name)
+        outcome, events = replay_recording(
+            workflow, instance_id, claim.instance.input_data, claim.history
+        )
+        registrations = registrations_of(events)
+        changes, dispatch = plan_outcome(
+            claim.instance,
+            outcome,
+            lambda: [*romancy.storage.get_compensations(instance_id), *registrations],
+            romancy.registry.compensation_queue,
+        )
+        if isinstance(outcome, Next):
+            changes["error"] = None
+    if not romancy.storage.commit(claim, StepWrite(changes, events, registrations)):
+        raise InstanceStateError(f"workflow instance {instance_id} was taken over meanwhile")
+    if dispatch is not None:
+        publish(romancy.app, dispatch)
 
 
 def retry_compensation(romancy: Romancy, instance_id: str) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .commands import ActivityCommand
 from .context import ActivityInfo, _current_activity
 from .dispatch import Dispatch, publish
-from .errors import ConfigurationError, LeaseHeldError, SerializationError
+from .errors import ConfigurationError, LeaseHeldError, PoisonStepError, SerializationError
 from .failures import describe_error
 from .planning import dispatch_command, finish, plan_outcome, start_rollback
 from .replay import replay_recording
@@ -51,6 +51,9 @@ class StepRunner:
             logger.error("celery_romancy: %s is not the pending step of %s", task_name, instance_id)
             return "mismatch"
         command = ActivityCommand.from_json(pending)
+        crashes = claim.instance.step_takeovers
+        if crashes >= romancy.settings.max_step_crashes:
+            return self._park_poisoned(claim, command, crashes)
         if command.kind == "compensation":
             return self._compensate(claim, command)
         if claim.instance.cancel_reason is not None:
@@ -71,6 +74,20 @@ class StepRunner:
         committed = romancy.storage.commit(claim, StepWrite(instance_changes=changes))
         return self._published(claim, committed, dispatch)
 
+    def _park_poisoned(self, claim: Claim, command: ActivityCommand, crashes: int) -> str:
+        """Stop redelivering a step that keeps killing its worker; keep it for ``resume``."""
+        error = PoisonStepError(claim.instance.instance_id, command.step_id, crashes)
+        status = "compensation_failed" if command.kind == "compensation" else "failed"
+        changes, _ = finish(status, pending=command.to_json(), error=describe_error(error))
+        if command.kind == "compensation":
+            changes["error"] = {
+                **(claim.instance.error or {}),
+                "compensation_error": describe_error(error),
+            }
+        committed = self.romancy.storage.commit(claim, StepWrite(instance_changes=changes))
+        logger.error("celery_romancy: %s", error)
+        return self._published(claim, committed, None)
+
     # -- activities ---------------------------------------------------------------------
 
     def _activity(self, claim: Claim, command: ActivityCommand) -> str:
@@ -80,6 +97,7 @@ class StepRunner:
         activity = romancy.registry.activity(command.name)
         info = self._activity_info(claim, command)
         reset = _current_activity.set(info)
+        held = romancy.lease_keeper.hold(claim)
         try:
             try:
                 result = activity.shape.encode_result(activity.invoke(command.arguments))
@@ -134,6 +152,7 @@ class StepRunner:
             )
             committed = romancy.storage.commit(claim, write, info.recording_connection())
         finally:
+            romancy.lease_keeper.release(held)
             _current_activity.reset(reset)
             info.close()
         return self._published(claim, committed, dispatch)
@@ -146,6 +165,7 @@ class StepRunner:
         compensation = romancy.registry.compensation(command.name)
         info = self._activity_info(claim, command)
         reset = _current_activity.set(info)
+        held = romancy.lease_keeper.hold(claim)
         try:
             try:
                 compensation.invoke(command.arguments)
@@ -178,6 +198,7 @@ class StepRunner:
             )
             committed = romancy.storage.commit(claim, write, info.recording_connection())
         finally:
+            romancy.lease_keeper.release(held)
             _current_activity.reset(reset)
             info.close()
         return self._published(claim, committed, dispatch)

@@ -20,6 +20,10 @@ class RomancySettings:
     worker_id: str | None = None
     lease_timeout: float = 300.0
     recovery_interval: float = 60.0
+    # A dispatched step nobody picked up for this long is presumed lost and re-sent.
+    dispatch_timeout: float = 300.0
+    # A step whose worker died this many times in a row parks the instance.
+    max_step_crashes: int = 5
     timer_interval: float = 10.0
     outbox_interval: float = 2.0
 
@@ -38,7 +42,15 @@ class RomancySettings:
         return settings
 
     def validate(self) -> None:
-        for name in ("lease_timeout", "recovery_interval", "timer_interval", "outbox_interval"):
+        numbers = (
+            "lease_timeout",
+            "recovery_interval",
+            "dispatch_timeout",
+            "max_step_crashes",
+            "timer_interval",
+            "outbox_interval",
+        )
+        for name in numbers:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"romancy_{name} must be a positive number, not {value!r}")

@@ -36,6 +36,7 @@ class WorkflowInstance:
     lease_expires_at: datetime | None
     epoch: int
     cancel_reason: str | None
+    step_takeovers: int
     created_at: datetime
     updated_at: datetime
 

@@ -64,6 +64,9 @@ instances = sa.Table(
     # Fencing: raised by every claim; a commit must still see the epoch it claimed with.
     sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cancel_reason", sa.Text),
+    # Claims of the pending step that found its previous lease expired (its worker died
+    # or stalled); reset by every commit. Drives the poison-step guard.
+    sa.Column("step_takeovers", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Index("ix_romancy_instances_status_lease", "status", "lease_expires_at"),

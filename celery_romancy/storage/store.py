@@ -233,6 +233,11 @@ class Store:
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 epoch=t.c.epoch + 1,
                 status=sa.case((t.c.status == "pending", "running"), else_=t.c.status),
+                # An expired lease still set means the last holder died or stalled.
+                step_takeovers=sa.case(
+                    (t.c.lease_owner.is_not(None), t.c.step_takeovers + 1),
+                    else_=t.c.step_takeovers,
+                ),
                 updated_at=now,
             )
             .returning(*t.columns)
@@ -293,6 +298,7 @@ class Store:
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,
+                    step_takeovers=0,
                     updated_at=now,
                     **write.instance_changes,
                 )
@@ -405,6 +411,43 @@ class Store:
             instance = _instance(row._mapping)
             history = self._get_history(conn, instance_id)
         return Claim(instance=instance, history=history, worker_id=worker_id, epoch=instance.epoch)
+
+    def take_overdue(self, stale_before: datetime, limit: int) -> list[WorkflowInstance]:
+        """Instances whose pending step's message is presumed lost, marked as re-sent.
+
+        Overdue: dispatched before ``stale_before`` and either never picked up or picked up
+        by a worker whose lease has since expired (it died mid-step). ``dispatch_at`` is
+        moved to now for each one returned, so the next sweep leaves it alone for another
+        period; on PostgreSQL, SKIP LOCKED keeps concurrent sweepers off the same rows.
+        """
+        t = schema.instances
+        now = schema.utcnow()
+        stmt = (
+            sa.select(t)
+            .where(
+                t.c.status.in_(["pending", "running", "compensating"]),
+                t.c.dispatch_token.is_not(None),
+                t.c.dispatch_at < stale_before,
+                sa.or_(t.c.lease_owner.is_(None), t.c.lease_expires_at < now),
+            )
+            .order_by(t.c.dispatch_at)
+            .limit(limit)
+        )
+        taken: list[WorkflowInstance] = []
+        with self.transaction() as conn:
+            for row in conn.execute(self.lock_for_update(stmt)).all():
+                instance = _instance(row._mapping)
+                marked = conn.execute(
+                    sa.update(t)
+                    .where(
+                        t.c.instance_id == instance.instance_id,
+                        t.c.dispatch_token == instance.dispatch_token,
+                    )
+                    .values(dispatch_at=now)
+                )
+                if marked.rowcount == 1:
+                    taken.append(instance)
+        return taken
 
     def renew_lease(self, claim: Claim, lease_seconds: float) -> bool:
         """Extend a held lease (heartbeat for long activities); False if it was lost."""

@@ -1,0 +1,27 @@
+"""count lease takeovers of the pending step (poison-step guard)
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("romancy_instances") as batch_op:
+        batch_op.add_column(
+            sa.Column("step_takeovers", sa.Integer(), server_default="0", nullable=False)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("romancy_instances") as batch_op:
+        batch_op.drop_column("step_takeovers")
