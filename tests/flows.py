@@ -7,16 +7,24 @@ subprocesses, so the same code runs in either kind of worker.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypedDict
 
+import sqlalchemy as sa
 from celery import Celery
 from pydantic import BaseModel
 
-from celery_romancy import RetryPolicy, Romancy, TerminalError, WorkflowContext
+from celery_romancy import (
+    RetryPolicy,
+    Romancy,
+    TerminalError,
+    WorkflowContext,
+    current_activity,
+)
 
 from .ledger import Gate, Ledger
 from .saga_flows import register_sagas
@@ -186,6 +194,33 @@ def build(
         )
 
     register_sagas(romancy, folder)
+
+    @romancy.activity("record_sale", retry=NO_RETRY)
+    def record_sale(order_id: str) -> int:
+        # Written through the recording transaction: commits with the step, or not at all.
+        session = current_activity().session
+        session.execute(sa.text("INSERT INTO sales (order_id) VALUES (:o)"), {"o": order_id})
+        ledger.record(f"sale-written:{order_id}")
+        if order_id.startswith("held"):
+            Gate(folder, f"sale-{order_id}").wait()
+        return 1
+
+    @romancy.workflow("sale")
+    def sale(ctx: WorkflowContext, order_id: str) -> str:
+        record_sale.execute(ctx, order_id)
+        return ship.execute(ctx, order_id)
+
+    @romancy.activity("crashy", retry=NO_RETRY)
+    def crashy(order_id: str) -> str:
+        ledger.record(f"crashy:{order_id}")
+        if (folder / "crash-workers").exists():
+            os._exit(1)  # the worker process dies mid-step, every time
+        return "survived"
+
+    @romancy.workflow("poisoned")
+    def poisoned(ctx: WorkflowContext, order_id: str) -> str:
+        reserve.execute(ctx, order_id)
+        return crashy.execute(ctx, order_id)
 
     @romancy.workflow("instant")
     def instant(ctx: WorkflowContext, value: int) -> int:

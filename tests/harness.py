@@ -95,16 +95,61 @@ class WorkerProcess:
             self.kill()
 
 
+class BeatProcess(WorkerProcess):
+    """A real ``celery beat`` subprocess; its schedule file lives in the test's folder."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        super().__init__(env, folder / "beat.log", pool="", concurrency=0)
+        self.folder = folder
+
+    def start(self, timeout: float = 60.0) -> BeatProcess:
+        log = self.log_path.open("ab")
+        self._log_start = self.log_path.stat().st_size
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.worker_app",
+                "beat",
+                "-l",
+                "DEBUG",
+                "-s",
+                str(self.folder / "beat-schedule"),
+                "--max-interval",
+                "1",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for(self._ready, timeout, "celery beat to start")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"beat exited with {self.process.returncode}:\n{self.log()}")
+        return "beat: Starting..." in self.log()[self._log_start :]
+
+
 class Harness:
-    def __init__(self, database_url: str, folder: Path, **conf: Any) -> None:
-        self.redis = redis_client()
+    def __init__(
+        self, database_url: str, folder: Path, broker_url: str = REDIS_URL, **conf: Any
+    ) -> None:
+        self.broker_url = broker_url
+        self.redis = redis_client(broker_url)
         self.database_url = database_url
         self.folder = folder
         self.queue = f"romancy-test-{uuid.uuid4().hex[:10]}"
         self.conf = conf
         self.app: Celery
         self.romancy: Romancy
-        self.app, self.romancy = build(database_url, REDIS_URL, folder, self.queue, **conf)
+        self.app, self.romancy = build(database_url, broker_url, folder, self.queue, **conf)
         self.ledger = Ledger(folder / "ledger.log")
         self._processes: list[WorkerProcess] = []
         # (task name, instance id, what the runner did) for every step the in-process
@@ -131,16 +176,24 @@ class Harness:
             yield
 
     def worker_process(self, pool: str = "prefork", concurrency: int = 2) -> WorkerProcess:
-        env = {
+        process = WorkerProcess(self._env(), self.folder / "worker.log", pool, concurrency)
+        self._processes.append(process)
+        return process
+
+    def _env(self) -> dict[str, str]:
+        return {
             **os.environ,
             "ROMANCY_TEST_DB": self.database_url,
-            "ROMANCY_TEST_BROKER": REDIS_URL,
+            "ROMANCY_TEST_BROKER": self.broker_url,
             "ROMANCY_TEST_DIR": str(self.folder),
             "ROMANCY_TEST_QUEUE": self.queue,
             "ROMANCY_TEST_CONF": json.dumps(self.conf),
             "PYTHONPATH": str(ROOT),
         }
-        process = WorkerProcess(env, self.folder / "worker.log", pool, concurrency)
+
+    def beat_process(self) -> BeatProcess:
+        """A real ``celery beat`` subprocess for this app (runs the romancy.* jobs)."""
+        process = BeatProcess(self._env(), self.folder)
         self._processes.append(process)
         return process
 

@@ -25,8 +25,8 @@ def missing(service: str, error: Exception) -> None:
     pytest.skip(message)
 
 
-def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_client(url: str = REDIS_URL) -> redis.Redis:
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.RedisError as exc:
