@@ -9,9 +9,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from celery import Celery, Task, signals
 
-from . import maintenance, operations
+from . import events, maintenance, operations, outbox
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
-from .dispatch import NewInstance, publish
+from .dispatch import WAKE_TASK, NewInstance, publish
 from .errors import (
     ConfigurationError,
     InvalidArgumentsError,
@@ -125,17 +125,34 @@ class Romancy:
             sender.scheduler.update_from_dict(maintenance.beat_schedule(self.settings))
 
     def _register_maintenance_tasks(self) -> None:
+        options: dict[str, Any] = {
+            "lazy": False,
+            "shared": False,
+            "serializer": "json",
+            "ignore_result": True,
+        }
+
         def recover() -> dict[str, int]:
             report = maintenance.recover(self)
             return {"republished": report.republished, "failed": report.failed_publishes}
 
-        self.app.task(
-            name=maintenance.RECOVER_TASK,
-            lazy=False,
-            shared=False,
-            serializer="json",
-            ignore_result=True,
-        )(recover)
+        def fire_timers() -> int:
+            return maintenance.fire_due(self)
+
+        def relay_outbox() -> int:
+            return outbox.relay(self)
+
+        def wake(task: Task, instance_id: str, token: str) -> str:
+            # A timer's countdown message; beat's fire_timers is the fallback.
+            result = maintenance.fire(self, instance_id, token)
+            if result == "early":  # clocks differ between machines: come back shortly
+                raise task.retry(countdown=0.2, max_retries=50)
+            return result
+
+        self.app.task(name=maintenance.RECOVER_TASK, **options)(recover)
+        self.app.task(name=maintenance.FIRE_TASK, **options)(fire_timers)
+        self.app.task(name=maintenance.RELAY_TASK, **options)(relay_outbox)
+        self.app.task(name=WAKE_TASK, bind=True, acks_late=True, **options)(wake)
 
     def recover(self) -> maintenance.RecoveryReport:
         """Run the recovery sweep now (beat runs it every ``romancy_recovery_interval``)."""
@@ -305,6 +322,29 @@ class Romancy:
         """Cancel at the next step boundary, compensating succeeded steps; see
         ``operations.cancel``. A finished instance raises ``InstanceStateError``."""
         return operations.cancel(self, instance_id, reason)
+
+    def send_event(
+        self,
+        event_type: str,
+        data: Any = None,
+        instance_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> bool:
+        """Send an event to one instance, or to whichever waits with ``correlation_id``.
+
+        Callable from any process (a view, a script): it is kept until a matching
+        ``ctx.wait_event`` takes it, and wakes a waiting instance at once.
+        """
+        return events.send_event(self, event_type, data, instance_id, correlation_id)
+
+    def fire_due(self) -> int:
+        """Fire due timers and event timeouts now (beat does it every
+        ``romancy_timer_interval``)."""
+        return maintenance.fire_due(self)
+
+    def relay_outbox(self) -> int:
+        """Publish pending outbox rows now (beat does it every ``romancy_outbox_interval``)."""
+        return outbox.relay(self)
 
     def resume(self, instance_id: str) -> None:
         """Push an instance on: re-send its pending step, or replay a parked one

@@ -8,9 +8,12 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ActivityCommand:
-    """Run one activity (``kind="activity"``) or one compensation (``kind="compensation"``).
+    """What the instance waits for next.
 
-    For a compensation, ``step_id`` and ``seq`` name the activity step it undoes.
+    ``kind`` is ``activity`` or ``compensation`` (a Celery task named ``name`` runs it),
+    ``timer`` (``arguments["fire_at"]``, ISO 8601) or ``wait_event`` (``name`` is the event
+    type; ``arguments`` hold ``correlation_id`` and ``timeout_at``). For a compensation,
+    ``step_id`` and ``seq`` name the activity step it undoes.
     """
 
     kind: str
@@ -20,6 +23,10 @@ class ActivityCommand:
     arguments: dict[str, Any]
     queue: str | None = None
     attempt: int = 1
+
+    @property
+    def runs_as_task(self) -> bool:
+        return self.kind in ("activity", "compensation")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

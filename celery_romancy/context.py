@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec
 
 from .commands import ActivityCommand
 from .definitions import CompensationDefinition
 from .errors import ConfigurationError, NonDeterminismError, RomancyError, Suspend
 from .failures import rebuild_error
+from .serialization import decode, encode
 from .storage.records import HistoryEvent
+from .storage.schema import utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -88,38 +91,129 @@ class WorkflowContext:
         position, step_id, event = self._next_position(f"register:{compensation.name}")
         if event is not None:
             return
-        event = HistoryEvent(
-            seq=position,
-            step_id=step_id,
-            kind="compensation_registered",
-            name=compensation.name,
-            result=compensation.shape.bind(args, kwargs),
+        self._record(
+            HistoryEvent(
+                seq=position,
+                step_id=step_id,
+                kind="compensation_registered",
+                name=compensation.name,
+                result=compensation.shape.bind(args, kwargs),
+            )
         )
+
+    def publish_event(self, event_type: str, data: Any = None) -> None:
+        """Publish an event through the transactional outbox, once per workflow run.
+
+        The outbox row commits with the workflow's next step; replays do not add another.
+        Its CloudEvents id, ``<instance id>:<step id>``, lets consumers drop duplicates.
+        """
+        position, step_id, event = self._next_position(f"publish:{event_type}")
+        if event is not None:
+            return
+        self._record(
+            HistoryEvent(
+                seq=position,
+                step_id=step_id,
+                kind="event_published",
+                name=event_type,
+                result={"event_id": f"{self.instance_id}:{step_id}", "data": encode(data)},
+            )
+        )
+
+    def sleep(self, duration: float | timedelta) -> None:
+        """Suspend the workflow for ``duration`` (seconds or a timedelta); no worker waits."""
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
+        if not isinstance(seconds, int | float) or seconds < 0:
+            raise ValueError(f"sleep takes a non-negative duration, not {duration!r}")
+        position, step_id, event = self._next_position("sleep")
+        if event is None:
+            self._suspend_timer(position, step_id, utcnow() + timedelta(seconds=seconds))
+
+    def sleep_until(self, moment: datetime) -> None:
+        """Suspend the workflow until ``moment`` (an aware datetime)."""
+        if not isinstance(moment, datetime) or moment.tzinfo is None:
+            raise ValueError("sleep_until takes a timezone-aware datetime")
+        position, step_id, event = self._next_position("sleep")
+        if event is None:
+            self._suspend_timer(position, step_id, moment)
+
+    def wait_event(
+        self,
+        event_type: str,
+        timeout: float | timedelta | None = None,
+        correlation_id: str | None = None,
+        data_type: Any = Any,
+    ) -> Any:
+        """Suspend until an event of ``event_type`` arrives for this instance (or with
+        ``correlation_id``); return its data, decoded as ``data_type``.
+
+        An event sent before the workflow got here is kept and delivered. With a
+        ``timeout`` (seconds or timedelta), ``EventTimeoutError`` is raised instead.
+        """
+        position, step_id, event = self._next_position(f"wait_event:{event_type}")
+        if event is not None:
+            if event.error is not None:
+                raise self._recorded_error(event)
+            return decode(event.result, data_type, path=event_type)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        timeout_at = None if seconds is None else (utcnow() + timedelta(seconds=seconds))
+        self._suspend(
+            ActivityCommand(
+                kind="wait_event",
+                name=event_type,
+                step_id=step_id,
+                seq=position,
+                arguments={
+                    "correlation_id": correlation_id,
+                    "timeout": seconds,
+                    "timeout_at": timeout_at.isoformat() if timeout_at else None,
+                },
+            )
+        )
+
+    def _suspend_timer(self, position: int, step_id: str, fire_at: datetime) -> None:
+        self._suspend(
+            ActivityCommand(
+                kind="timer",
+                name="sleep",
+                step_id=step_id,
+                seq=position,
+                arguments={"fire_at": fire_at.isoformat()},
+            )
+        )
+
+    def _suspend(self, command: ActivityCommand) -> NoReturn:
+        self.suspended = Suspend(command)
+        raise self.suspended
+
+    def _record(self, event: HistoryEvent) -> None:
         self._history.append(event)
         self.new_events.append(event)
+
+    def _recorded_error(self, event: HistoryEvent) -> BaseException:
+        assert event.error is not None
+        error = rebuild_error(event.error)
+        self.reraised = (error, event.error)
+        return error
 
     def execute(self, activity: ActivityDefinition[Any, R], *args: Any, **kwargs: Any) -> R:
         """Run ``activity`` as the next step; see ``ActivityDefinition.execute``."""
         position, step_id, event = self._next_position(activity.name)
         if event is not None:
             if event.error is not None:
-                error = rebuild_error(event.error)
-                self.reraised = (error, event.error)
-                raise error
+                raise self._recorded_error(event)
             result: R = activity.shape.decode_result(event.result)
             return result
-        arguments = activity.shape.bind(args, kwargs)
-        self.suspended = Suspend(
+        self._suspend(
             ActivityCommand(
                 kind="activity",
                 name=activity.name,
                 step_id=step_id,
                 seq=position,
-                arguments=arguments,
+                arguments=activity.shape.bind(args, kwargs),
                 queue=activity.queue,
             )
         )
-        raise self.suspended
 
 
 @dataclass
@@ -138,6 +232,19 @@ class ActivityInfo:
     _open_connection: Callable[[], Connection] = field(repr=False)
     _connection: Connection | None = field(default=None, repr=False)
     _session: Session | None = field(default=None, repr=False)
+    outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def publish_event(self, event_type: str, data: Any = None) -> None:
+        """Publish through the outbox: the row commits with this step's result, or not at
+        all if the step fails. Retried attempts reuse the same CloudEvents ids."""
+        number = len(self.outbox) + 1
+        self.outbox.append(
+            {
+                "event_id": f"{self.idempotency_key}:{number}",
+                "event_type": event_type,
+                "data": encode(data, path=event_type),
+            }
+        )
 
     @property
     def idempotency_key(self) -> str:

@@ -47,11 +47,17 @@ class Dispatch:
         )
 
 
+WAKE_TASK = "romancy.wake"
+
+
 def publish(app: Celery, dispatch: Dispatch) -> bool:
     """Send the message; False if the broker refused (the dispatch sweep will resend it)."""
+    command = dispatch.command
+    # Activities and compensations are tasks of their own name; a timer wakes its instance.
+    task_name = command.name if command.runs_as_task else WAKE_TASK
     try:
         app.send_task(
-            dispatch.command.name,
+            task_name,
             args=(dispatch.instance_id, dispatch.token),
             task_id=dispatch.token,
             queue=dispatch.command.queue,

@@ -69,6 +69,15 @@ class PoisonStepError(RomancyError):
         )
 
 
+class EventTimeoutError(RomancyError):
+    """Raised in a workflow by ``ctx.wait_event`` when no matching event came in time."""
+
+    def __init__(self, event_type: str, timeout: float | None = None) -> None:
+        self.event_type = event_type
+        self.timeout = timeout
+        super().__init__(f"no {event_type!r} event arrived within {timeout} s")
+
+
 class TerminalError(RomancyError):
     """Raise from an activity to fail it at once: it is never retried."""
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .commands import ActivityCommand
 from .dispatch import Dispatch, publish
+from .errors import EventTimeoutError
+from .events import deliver_kept_event
+from .failures import describe_error
+from .storage import HistoryEvent
 from .storage.schema import utcnow
 
 if TYPE_CHECKING:
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RECOVER_TASK = "romancy.recover"
+FIRE_TASK = "romancy.fire_timers"
+RELAY_TASK = "romancy.relay_outbox"
 BATCH = 500
 
 
@@ -64,15 +70,69 @@ def recover(romancy: Romancy) -> RecoveryReport:
     return RecoveryReport(republished, failed)
 
 
+def fire(romancy: Romancy, instance_id: str, token: str) -> str:
+    """Resume one waiting instance whose timer or event timeout is due.
+
+    Idempotent: the claim on ``token`` lets one firing through; a second one finds the
+    token gone and does nothing. "early" if it is not due yet.
+    """
+    now = utcnow()
+
+    def fired(command: ActivityCommand) -> HistoryEvent | None:
+        if command.kind == "timer":
+            if datetime.fromisoformat(command.arguments["fire_at"]) > now:
+                return None
+            return HistoryEvent(command.seq, command.step_id, "timer", command.name)
+        timeout_at = command.arguments.get("timeout_at")
+        if timeout_at is None or datetime.fromisoformat(timeout_at) > now:
+            return None
+        timeout = EventTimeoutError(command.name, command.arguments.get("timeout"))
+        return HistoryEvent(
+            command.seq,
+            command.step_id,
+            "event",
+            command.name,
+            error=describe_error(timeout, command.step_id),
+        )
+
+    return romancy.runner.wake(instance_id, token, fired)
+
+
+def fire_due(romancy: Romancy) -> int:
+    """Fire every due timer and event timeout, whichever process started the workflow;
+    then hand kept events to waits that missed them (a sender that died mid-send)."""
+    fired = 0
+    for instance in romancy.storage.due_waits(utcnow(), BATCH):
+        if instance.workflow_name not in romancy.registry.workflows:
+            logger.warning(
+                "celery_romancy: no workflow %r here to resume %s",
+                instance.workflow_name,
+                instance.instance_id,
+            )
+            continue
+        if (
+            instance.dispatch_token
+            and fire(romancy, instance.instance_id, instance.dispatch_token) == "recorded"
+        ):
+            fired += 1
+    for instance in romancy.storage.waiting_with_kept_events(BATCH):
+        if instance.workflow_name in romancy.registry.workflows:
+            fired += deliver_kept_event(romancy, instance.instance_id)
+    return fired
+
+
 def beat_schedule(settings: RomancySettings) -> dict[str, dict[str, Any]]:
-    """The entries Romancy adds to ``beat_schedule`` (names prefixed ``romancy.``)."""
-    interval = settings.recovery_interval
+    """The entries Romancy adds to ``beat_schedule`` (names prefixed ``romancy.``).
+
+    Each expires after its own interval: a backlog of identical sweeps is useless, the
+    next one supersedes a sweep that waited that long.
+    """
+    jobs = {
+        RECOVER_TASK: settings.recovery_interval,
+        FIRE_TASK: settings.timer_interval,
+        RELAY_TASK: settings.outbox_interval,
+    }
     return {
-        RECOVER_TASK: {
-            "task": RECOVER_TASK,
-            "schedule": interval,
-            # A backlog of identical sweeps is useless: one that waited a whole
-            # interval is superseded by the next.
-            "options": {"expires": interval},
-        }
+        name: {"task": name, "schedule": interval, "options": {"expires": interval}}
+        for name, interval in jobs.items()
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .commands import ActivityCommand
@@ -24,21 +24,47 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+# Timers due within this many seconds also get a Celery countdown message, for
+# precision; later ones (and any message lost) are fired by the beat job.
+COUNTDOWN_HORIZON = 900.0
+
+
 def dispatch_command(
     instance: InstanceRef, command: ActivityCommand, *, status: str, delay: float = 0.0
 ) -> Plan:
-    """Make ``command`` the instance's pending step and the message that runs it."""
+    """Make ``command`` the instance's pending step, and the message that runs it.
+
+    Timers and event waits are not run by a task: the instance waits (no worker slot is
+    held) with ``dispatch_at`` as the time its timer or timeout is due.
+    """
     token = new_token()
-    changes = {
+    now = utcnow()
+    changes: dict[str, Any] = {
         "status": status,
         "pending": command.to_json(),
         "dispatch_token": token,
-        "dispatch_at": utcnow(),
+        "dispatch_at": now + timedelta(seconds=delay),
+        "wait_event_type": None,
+        "wait_correlation_id": None,
     }
-    if delay:
-        changes["dispatch_at"] = utcnow() + timedelta(seconds=delay)
+    countdown: float | None = delay or None
+    if command.kind == "timer":
+        fire_at = datetime.fromisoformat(command.arguments["fire_at"])
+        changes.update(status="waiting_for_timer", dispatch_at=fire_at)
+        countdown = max((fire_at - now).total_seconds(), 0.0)
+        if countdown > COUNTDOWN_HORIZON:
+            return changes, None
+    elif command.kind == "wait_event":
+        timeout_at = command.arguments.get("timeout_at")
+        changes.update(
+            status="waiting_for_event",
+            dispatch_at=datetime.fromisoformat(timeout_at) if timeout_at else None,
+            wait_event_type=command.name,
+            wait_correlation_id=command.arguments.get("correlation_id"),
+        )
+        return changes, None
     dispatch = Dispatch(
-        instance.instance_id, instance.workflow_name, token, command, countdown=delay or None
+        instance.instance_id, instance.workflow_name, token, command, countdown=countdown
     )
     return changes, dispatch
 
@@ -49,6 +75,8 @@ def finish(status: str, **columns: Any) -> Plan:
         "pending": None,
         "dispatch_token": None,
         "dispatch_at": None,
+        "wait_event_type": None,
+        "wait_correlation_id": None,
         **columns,
     }, None
 

@@ -8,6 +8,7 @@ command runs in this process, in memory, before that commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .commands import ActivityCommand
@@ -22,6 +23,8 @@ from .storage import Claim, CompensationRecord, HistoryEvent, StepWrite
 from .storage.schema import utcnow
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from .app import Romancy
 
 logger = logging.getLogger(__name__)
@@ -92,8 +95,8 @@ class StepRunner:
 
     def _activity(self, claim: Claim, command: ActivityCommand) -> str:
         romancy = self.romancy
-        instance = claim.instance
-        workflow = romancy.registry.workflow(instance.workflow_name)
+        # An unknown workflow fails here, before the activity body runs.
+        romancy.registry.workflow(claim.instance.workflow_name)
         activity = romancy.registry.activity(command.name)
         info = self._activity_info(claim, command)
         reset = _current_activity.set(info)
@@ -133,29 +136,78 @@ class StepRunner:
                         compensation.arguments_from(command.arguments, event.result),
                     )
                 )
-            outcome, new_events = replay_recording(
-                workflow, instance.instance_id, instance.input_data, [*claim.history, event]
-            )
-            registrations.extend(registrations_of(new_events))
-            changes, dispatch = plan_outcome(
-                instance,
-                outcome,
-                # Only read on failure: every compensation to run, this step's included.
-                lambda: [
-                    *romancy.storage.get_compensations(instance.instance_id),
-                    *registrations,
-                ],
-                romancy.registry.compensation_queue,
-            )
-            write = StepWrite(
-                instance_changes=changes, events=[event, *new_events], registrations=registrations
-            )
-            committed = romancy.storage.commit(claim, write, info.recording_connection())
+            write = StepWrite(events=[event], registrations=registrations, outbox=info.outbox)
+            return self._advance(claim, write, info.recording_connection())
         finally:
             romancy.lease_keeper.release(held)
             _current_activity.reset(reset)
             info.close()
-        return self._published(claim, committed, dispatch)
+
+    def _advance(self, claim: Claim, write: StepWrite, conn: Connection | None = None) -> str:
+        """Replay with ``write``'s new history, plan what follows, commit it all, publish.
+
+        ``write`` arrives with the step's own rows (its history event, its compensation,
+        its outbox rows); the replay may add compensation registrations and outbox rows
+        of its own, which commit in the same transaction.
+        """
+        romancy = self.romancy
+        instance = claim.instance
+        workflow = romancy.registry.workflow(instance.workflow_name)
+        outcome, new_events = replay_recording(
+            workflow, instance.instance_id, instance.input_data, [*claim.history, *write.events]
+        )
+        write.events.extend(new_events)
+        write.registrations.extend(registrations_of(new_events))
+        write.outbox.extend(outbox_of(new_events))
+        changes, dispatch = plan_outcome(
+            instance,
+            outcome,
+            # Only read on failure: every compensation to run, this step's included.
+            lambda: [
+                *romancy.storage.get_compensations(instance.instance_id),
+                *write.registrations,
+            ],
+            romancy.registry.compensation_queue,
+        )
+        write.instance_changes = changes
+        committed = romancy.storage.commit(claim, write, conn)
+        result = self._published(claim, committed, dispatch)
+        if committed and changes.get("status") == "waiting_for_event":
+            # An event may have come before the wait: deliver it now (see events.py).
+            from .events import deliver_kept_event
+
+            deliver_kept_event(romancy, instance.instance_id)
+        return result
+
+    # -- waits: timers and events ---------------------------------------------------------
+
+    def wake(
+        self,
+        instance_id: str,
+        token: str,
+        event_for: Callable[[ActivityCommand], HistoryEvent | None],
+        consume_event: int | None = None,
+    ) -> str:
+        """Resume a waiting instance with the history event ``event_for`` makes from its
+        wait (a fired timer, an event's data, a timeout); "early" if it returns None."""
+        romancy = self.romancy
+        claim = romancy.storage.claim(
+            instance_id, token, romancy.worker_id, romancy.settings.lease_timeout
+        )
+        if claim is None:
+            return "duplicate"  # fired already, or being fired by someone else right now
+        pending = claim.instance.pending
+        command = ActivityCommand.from_json(pending) if pending else None
+        if command is None or command.runs_as_task:
+            romancy.storage.release(claim)
+            return "mismatch"
+        if claim.instance.cancel_reason is not None:
+            return self.roll_back(claim, claim.instance.error, "cancelled")
+        event = event_for(command)
+        if event is None:
+            romancy.storage.release(claim)
+            return "early"
+        return self._advance(claim, StepWrite(events=[event], consume_event=consume_event))
 
     # -- compensations --------------------------------------------------------------------
 
@@ -275,6 +327,15 @@ def registrations_of(events: list[HistoryEvent]) -> list[CompensationRecord]:
         registration(e.seq, e.step_id, e.name, e.result)
         for e in events
         if e.kind == "compensation_registered"
+    ]
+
+
+def outbox_of(events: list[HistoryEvent]) -> list[dict[str, Any]]:
+    """The outbox rows that ``ctx.publish_event`` calls recorded."""
+    return [
+        {"event_id": e.result["event_id"], "event_type": e.name, "data": e.result["data"]}
+        for e in events
+        if e.kind == "event_published"
     ]
 
 

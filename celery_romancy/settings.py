@@ -26,6 +26,9 @@ class RomancySettings:
     max_step_crashes: int = 5
     timer_interval: float = 10.0
     outbox_interval: float = 2.0
+    # Where the outbox relay publishes (a topic exchange; routing key = event type).
+    outbox_exchange: str = "romancy.events"
+    outbox_source: str = "celery-romancy"
 
     @classmethod
     def from_celery(cls, conf: Any, **overrides: Any) -> RomancySettings:

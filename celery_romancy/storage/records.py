@@ -37,6 +37,8 @@ class WorkflowInstance:
     epoch: int
     cancel_reason: str | None
     step_takeovers: int
+    wait_event_type: str | None
+    wait_correlation_id: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -103,3 +105,30 @@ class StepWrite:
     # (step_id of the undone activity, column changes)
     compensation_update: tuple[str, dict[str, Any]] | None = None
     attempt: dict[str, Any] | None = None
+    # An event this step consumes; the commit fails if another wait consumed it first.
+    consume_event: int | None = None
+    # Outbox rows: dicts with event_id, event_type, data.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    event_type: str
+    instance_id: str | None
+    correlation_id: str | None
+    data: Any
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    id: int
+    event_id: str
+    event_type: str
+    instance_id: str
+    data: Any
+    status: str
+    attempts: int
+    created_at: datetime
+    published_at: datetime | None

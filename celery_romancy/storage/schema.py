@@ -67,12 +67,16 @@ instances = sa.Table(
     # Claims of the pending step that found its previous lease expired (its worker died
     # or stalled); reset by every commit. Drives the poison-step guard.
     sa.Column("step_takeovers", sa.Integer, nullable=False, server_default="0"),
+    # Set while waiting_for_event, so an arriving event finds its instance by index.
+    sa.Column("wait_event_type", sa.String(200)),
+    sa.Column("wait_correlation_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Index("ix_romancy_instances_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_romancy_instances_status_dispatch", "status", "dispatch_at"),
     sa.Index("ix_romancy_instances_workflow_status", "workflow_name", "status"),
     sa.Index("ix_romancy_instances_created", "created_at"),
+    sa.Index("ix_romancy_instances_waiting", "wait_event_type", "wait_correlation_id"),
 )
 
 history = sa.Table(
@@ -138,4 +142,42 @@ attempts = sa.Table(
     sa.Column("worker_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Index("ix_romancy_attempts_step", "instance_id", "step_id", "attempt"),
+)
+
+
+# Events sent to workflows; kept until a matching wait consumes them.
+events = sa.Table(
+    "romancy_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("event_type", sa.String(200), nullable=False),
+    sa.Column("instance_id", sa.String(100)),
+    sa.Column("correlation_id", sa.String(200)),
+    sa.Column("data", sa.JSON(none_as_null=True)),
+    # "<source> <id>" of a CloudEvent: the same event delivered twice is stored once.
+    sa.Column("dedupe_key", sa.String(700), unique=True),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("consumed_by", sa.String(100)),
+    sa.Column("consumed_at", UTCDateTime()),
+    sa.Index("ix_romancy_events_instance", "instance_id", "event_type", "consumed_by"),
+    sa.Index("ix_romancy_events_correlation", "correlation_id", "event_type", "consumed_by"),
+)
+
+# The transactional outbox: rows commit with a step, a beat job relays them.
+outbox = sa.Table(
+    "romancy_outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(300), nullable=False, unique=True),
+    sa.Column("event_type", sa.String(200), nullable=False),
+    sa.Column("instance_id", sa.String(100), nullable=False),
+    sa.Column("data", sa.JSON(none_as_null=True)),
+    # pending -> in_progress (locked until available_at) -> published
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("available_at", UTCDateTime(), nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("published_at", UTCDateTime()),
+    sa.Index("ix_romancy_outbox_status_available", "status", "available_at"),
 )

@@ -23,7 +23,9 @@ from .records import (
     AttemptRecord,
     Claim,
     CompensationRecord,
+    EventRecord,
     HistoryEvent,
+    OutboxRecord,
     StepWrite,
     WorkflowInstance,
 )
@@ -306,6 +308,16 @@ class Store:
             if fenced.rowcount != 1:
                 txn.rollback()
                 return False
+            if write.consume_event is not None:
+                e = schema.events
+                consumed = conn.execute(
+                    sa.update(e)
+                    .where(e.c.id == write.consume_event, e.c.consumed_by.is_(None))
+                    .values(consumed_by=instance_id, consumed_at=now)
+                )
+                if consumed.rowcount != 1:
+                    txn.rollback()  # another wait took the event first
+                    return False
             self._insert_step_rows(conn, instance_id, claim.worker_id, write, now)
             if write.compensation_update is not None:
                 step_id, changes = write.compensation_update
@@ -361,6 +373,21 @@ class Store:
                     for e in write.events
                 ],
             )
+        if write.outbox:
+            conn.execute(
+                sa.insert(schema.outbox),
+                [
+                    {
+                        "instance_id": instance_id,
+                        "status": "pending",
+                        "attempts": 0,
+                        "available_at": now,
+                        "created_at": now,
+                        **row,
+                    }
+                    for row in write.outbox
+                ],
+            )
         if write.registrations:
             conn.execute(
                 sa.insert(schema.compensations),
@@ -378,6 +405,145 @@ class Store:
                     for r in write.registrations
                 ],
             )
+
+    # -- events and waits -------------------------------------------------------------------
+
+    def insert_event(self, values: dict[str, Any]) -> bool:
+        """Keep an event for a wait; False if its dedupe key was stored already."""
+        row = {"received_at": schema.utcnow(), **values}
+        with self.transaction() as conn:
+            if row.get("dedupe_key") is None:
+                conn.execute(sa.insert(schema.events).values(**row))
+                return True
+            result = conn.execute(self.insert_ignoring_conflict(schema.events).values(**row))
+            return bool(result.rowcount == 1)
+
+    def find_event(
+        self, event_type: str, instance_id: str, correlation_id: str | None
+    ) -> EventRecord | None:
+        """The oldest unconsumed event of ``event_type`` for this instance or correlation id."""
+        e = schema.events
+        target = e.c.instance_id == instance_id
+        if correlation_id is not None:
+            target = sa.or_(target, e.c.correlation_id == correlation_id)
+        stmt = (
+            sa.select(
+                e.c.id,
+                e.c.event_type,
+                e.c.instance_id,
+                e.c.correlation_id,
+                e.c.data,
+                e.c.received_at,
+            )
+            .where(e.c.event_type == event_type, e.c.consumed_by.is_(None), target)
+            .order_by(e.c.id)
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return EventRecord(**row._mapping) if row is not None else None
+
+    def waiting_for(
+        self, event_type: str, instance_id: str | None, correlation_id: str | None
+    ) -> list[WorkflowInstance]:
+        """Instances waiting for ``event_type`` that an event so addressed would reach."""
+        t = schema.instances
+        stmt = sa.select(t).where(
+            t.c.status == "waiting_for_event", t.c.wait_event_type == event_type
+        )
+        if instance_id is not None:
+            stmt = stmt.where(t.c.instance_id == instance_id)
+        else:
+            stmt = stmt.where(t.c.wait_correlation_id == correlation_id)
+        with self.engine.connect() as conn:
+            return [_instance(r._mapping) for r in conn.execute(stmt.limit(1000))]
+
+    def due_waits(self, now: datetime, limit: int) -> list[WorkflowInstance]:
+        """Instances sleeping or waiting for an event whose time (timer, timeout) has come."""
+        t = schema.instances
+        stmt = (
+            sa.select(t)
+            .where(
+                t.c.status.in_(["waiting_for_timer", "waiting_for_event"]),
+                t.c.dispatch_at <= now,
+            )
+            .order_by(t.c.dispatch_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_instance(r._mapping) for r in conn.execute(stmt)]
+
+    def waiting_with_kept_events(self, limit: int) -> list[WorkflowInstance]:
+        """Instances waiting for an event that is already kept for them."""
+        t, e = schema.instances, schema.events
+        kept = (
+            sa.select(e.c.id)
+            .where(
+                e.c.event_type == t.c.wait_event_type,
+                e.c.consumed_by.is_(None),
+                sa.or_(
+                    e.c.instance_id == t.c.instance_id,
+                    e.c.correlation_id == t.c.wait_correlation_id,
+                ),
+            )
+            .exists()
+        )
+        stmt = sa.select(t).where(t.c.status == "waiting_for_event", kept).limit(limit)
+        with self.engine.connect() as conn:
+            return [_instance(r._mapping) for r in conn.execute(stmt)]
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def claim_outbox(self, lock_seconds: float, limit: int) -> list[OutboxRecord]:
+        """Take due outbox rows for relaying: pending ones whose retry time has come, and
+        in-progress ones whose relayer died (their lock ran out)."""
+        o = schema.outbox
+        now = schema.utcnow()
+        stmt = (
+            sa.select(o)
+            .where(o.c.status.in_(["pending", "in_progress"]), o.c.available_at <= now)
+            .order_by(o.c.id)
+            .limit(limit)
+        )
+        taken: list[OutboxRecord] = []
+        with self.transaction() as conn:
+            for row in conn.execute(self.lock_for_update(stmt)).all():
+                locked = conn.execute(
+                    sa.update(o)
+                    .where(o.c.id == row.id, o.c.available_at == row.available_at)
+                    .values(
+                        status="in_progress",
+                        available_at=now + timedelta(seconds=lock_seconds),
+                        attempts=o.c.attempts + 1,
+                    )
+                )
+                if locked.rowcount == 1:
+                    taken.append(_outbox(row._mapping, attempts=row.attempts + 1))
+        return taken
+
+    def finish_outbox(
+        self, record: OutboxRecord, *, error: str | None = None, retry_in: float = 0.0
+    ) -> None:
+        o = schema.outbox
+        now = schema.utcnow()
+        if error is None:
+            changes: dict[str, Any] = {"status": "published", "published_at": now}
+        else:
+            changes = {
+                "status": "pending",
+                "last_error": error,
+                "available_at": now + timedelta(seconds=retry_in),
+            }
+        with self.transaction() as conn:
+            conn.execute(sa.update(o).where(o.c.id == record.id).values(**changes))
+
+    def get_outbox(self, instance_id: str | None = None) -> list[OutboxRecord]:
+        o = schema.outbox
+        stmt = sa.select(o).order_by(o.c.id)
+        if instance_id is not None:
+            stmt = stmt.where(o.c.instance_id == instance_id)
+        with self.engine.connect() as conn:
+            return [_outbox(r._mapping) for r in conn.execute(stmt)]
 
     def take_over(
         self, instance_id: str, worker_id: str, lease_seconds: float, status_in: Sequence[str]
@@ -475,6 +641,21 @@ class Store:
 
     def now(self) -> datetime:
         return schema.utcnow()
+
+
+def _outbox(mapping: Any, **overrides: Any) -> OutboxRecord:
+    names = (
+        "id",
+        "event_id",
+        "event_type",
+        "instance_id",
+        "data",
+        "status",
+        "attempts",
+        "created_at",
+        "published_at",
+    )
+    return OutboxRecord(**{**{name: mapping[name] for name in names}, **overrides})
 
 
 def _instance(mapping: Any) -> WorkflowInstance:

@@ -1,0 +1,307 @@
+"""``celery -A proj romancy ...``: look at workflow instances and act on them from a shell.
+
+A Celery subcommand (registered under the ``celery.commands`` entry point, like
+Flower), so it runs with the app that ``-A`` names and that app's configuration.
+
+Exit codes: 0 done; 1 refused (the instance's status does not allow it) or the
+history database failed; 2 a usage error: a bad option or argument, including an
+instance id that does not exist. Errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import click
+import sqlalchemy as sa
+
+from .app import Romancy
+from .contrib.status import instance_status
+from .errors import RomancyError, UnknownInstanceError
+from .storage import STATUSES, WorkflowInstance
+from .storage.migrate import current_revision
+
+
+def romancy_of(app: Any) -> Romancy:
+    """The ``Romancy`` bound to a Celery app (``Romancy(app)`` registers itself)."""
+    found = getattr(app, "_celery_romancy", None)
+    if found is None:
+        # The Romancy may live in a module the app imports lazily (autodiscovered tasks).
+        app.loader.import_default_modules()
+        found = getattr(app, "_celery_romancy", None)
+    if not isinstance(found, Romancy):
+        raise click.UsageError(
+            f"no Romancy is bound to the Celery app {app.main!r}: create Romancy(app) in the "
+            "module -A names, or in one that module imports"
+        )
+    return found
+
+
+@contextmanager
+def reported(instance_param: str = "INSTANCE_ID") -> Iterator[None]:
+    """Turn the package's errors into click errors with the documented exit codes."""
+    try:
+        yield
+    except UnknownInstanceError as exc:
+        raise click.BadParameter(str(exc), param_hint=instance_param) from None
+    except RomancyError as exc:
+        raise click.ClickException(str(exc)) from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise click.ClickException(f"history database error: {exc}") from None
+
+
+@click.group(name="romancy")
+@click.pass_context
+def romancy(ctx: click.Context) -> None:
+    """Durable workflows: list, show, cancel, resume, retry-compensation, send-event, migrate."""
+    if ctx.obj is None or not hasattr(ctx.obj, "app"):
+        raise click.UsageError("run it as a Celery subcommand: celery -A proj romancy ...")
+
+
+def _romancy(ctx: click.Context) -> Romancy:
+    return romancy_of(ctx.obj.app)
+
+
+@romancy.command(name="list")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(sorted(STATUSES)),
+    help="Only instances in this status (repeatable).",
+)
+@click.option("--workflow", help="Only instances of this workflow.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+@click.pass_context
+def list_instances(
+    ctx: click.Context,
+    statuses: tuple[str, ...],
+    workflow: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Instances, newest first."""
+    with reported():
+        found = _romancy(ctx).find_instances(
+            status=list(statuses) or None, workflow=workflow, limit=limit
+        )
+    if as_json:
+        click.echo(json.dumps([instance_status(i) for i in found], indent=2))
+        return
+    rows = [
+        (i.instance_id, i.workflow_name, i.status, _time(i.updated_at), _note(i)) for i in found
+    ]
+    _table(("INSTANCE", "WORKFLOW", "STATUS", "UPDATED", "NOTE"), rows)
+
+
+@romancy.command()
+@click.argument("instance_id")
+@click.option("--json", "as_json", is_flag=True, help="Everything, as one JSON object.")
+@click.pass_context
+def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
+    """One instance with its steps, failed attempts and compensations."""
+    with reported():
+        engine = _romancy(ctx)
+        instance = engine.get_instance(instance_id)
+        history = engine.storage.get_history(instance_id)
+        attempts = engine.storage.get_attempts(instance_id)
+        compensations = engine.storage.get_compensations(instance_id)
+    if as_json:
+        document = {
+            "instance": dataclasses.asdict(instance),
+            "history": [dataclasses.asdict(e) for e in history],
+            "attempts": [dataclasses.asdict(a) for a in attempts],
+            "compensations": [dataclasses.asdict(c) for c in compensations],
+        }
+        click.echo(json.dumps(document, indent=2, default=_json_default))
+        return
+    fields = [
+        ("instance", instance.instance_id),
+        ("workflow", instance.workflow_name),
+        ("status", instance.status),
+        ("created", _time(instance.created_at)),
+        ("updated", _time(instance.updated_at)),
+        ("input", _json(instance.input_data)),
+        ("output", _json(instance.output_data)),
+    ]
+    if instance.error:
+        fields.append(("error", _error(instance.error)))
+    if instance.pending:
+        fields.append(("pending", _pending(instance.pending)))
+    if instance.lease_owner:
+        expires = _time(instance.lease_expires_at) if instance.lease_expires_at else "?"
+        fields.append(("lease", f"{instance.lease_owner} until {expires}"))
+    if instance.cancel_reason is not None:
+        fields.append(("cancel", f"requested: {instance.cancel_reason}"))
+    for name, value in fields:
+        click.echo(f"{name:<9} {value}")
+    click.echo(f"\nsteps ({len(history)})")
+    _table(
+        ("#", "STEP", "KIND", "ATTEMPT", "OUTCOME", "WORKER"),
+        [
+            (
+                str(e.seq),
+                e.step_id,
+                e.kind,
+                str(e.attempt),
+                f"error {_error(e.error)}" if e.error else f"ok {_json(e.result)}",
+                e.worker_id or "",
+            )
+            for e in history
+        ],
+        indent="  ",
+    )
+    if attempts:
+        click.echo(f"\nfailed attempts ({len(attempts)})")
+        _table(
+            ("STEP", "ATTEMPT", "ERROR", "RETRY IN", "WORKER"),
+            [
+                (
+                    a.step_id,
+                    str(a.attempt),
+                    _error(a.error),
+                    "-" if a.retry_in is None else f"{a.retry_in:g} s",
+                    a.worker_id or "",
+                )
+                for a in attempts
+            ],
+            indent="  ",
+        )
+    if compensations:
+        click.echo(f"\ncompensations, newest first ({len(compensations)})")
+        _table(
+            ("COMPENSATION", "UNDOES", "STATUS", "ATTEMPTS", "ERROR"),
+            [
+                (c.name, c.step_id, c.status, str(c.attempts), _error(c.error) if c.error else "")
+                for c in compensations
+            ],
+            indent="  ",
+        )
+
+
+@romancy.command()
+@click.argument("instance_id")
+@click.option("--reason", default="cancelled by an operator", show_default=True)
+@click.pass_context
+def cancel(ctx: click.Context, instance_id: str, reason: str) -> None:
+    """Cancel at the next step boundary; succeeded steps are compensated."""
+    with reported():
+        requested = _romancy(ctx).cancel(instance_id, reason)
+    if requested:
+        click.echo(f"cancellation of {instance_id} requested")
+    else:
+        click.echo(f"{instance_id} is already being cancelled or rolled back")
+
+
+@romancy.command()
+@click.argument("instance_id")
+@click.pass_context
+def resume(ctx: click.Context, instance_id: str) -> None:
+    """Send a stuck instance's next step again, or replay a parked one."""
+    with reported():
+        _romancy(ctx).resume(instance_id)
+    click.echo(f"resumed {instance_id}")
+
+
+@romancy.command(name="retry-compensation")
+@click.argument("instance_id")
+@click.pass_context
+def retry_compensation(ctx: click.Context, instance_id: str) -> None:
+    """Resume a rollback parked in compensation_failed, from the failed compensation."""
+    with reported():
+        _romancy(ctx).retry_compensation(instance_id)
+    click.echo(f"retrying the compensation of {instance_id}")
+
+
+@romancy.command(name="send-event")
+@click.argument("event_type")
+@click.option("--data", "data_json", default="null", help="The event's data, as JSON.")
+@click.option("--instance-id", help="Deliver to this instance ...")
+@click.option("--correlation-id", help="... or to whichever waits with this correlation id.")
+@click.pass_context
+def send_event(
+    ctx: click.Context,
+    event_type: str,
+    data_json: str,
+    instance_id: str | None,
+    correlation_id: str | None,
+) -> None:
+    """Send an event; it is kept until a matching ctx.wait_event takes it."""
+    if (instance_id is None) == (correlation_id is None):
+        raise click.UsageError("give exactly one of --instance-id or --correlation-id")
+    try:
+        data = json.loads(data_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    with reported("--instance-id"):
+        _romancy(ctx).send_event(
+            event_type, data, instance_id=instance_id, correlation_id=correlation_id
+        )
+    target = f"instance {instance_id}" if instance_id else f"correlation id {correlation_id}"
+    click.echo(f"event {event_type} sent to {target}")
+
+
+@romancy.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the history tables (first use does it too)."""
+    with reported():
+        engine = _romancy(ctx)
+        engine.migrate()
+        with engine.storage.engine.connect() as conn:
+            revision = current_revision(conn)
+    url = sa.make_url(engine.settings.database_url).render_as_string(hide_password=True)
+    click.echo(f"history schema at revision {revision} ({url})")
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], indent: str = "") -> None:
+    if not rows:
+        click.echo(f"{indent}(none)")
+        return
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo(f"{indent}{line.rstrip()}")
+
+
+def _time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _json(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value, default=_json_default, ensure_ascii=False)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _json_default(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _error(error: dict[str, Any]) -> str:
+    step = f" (step {error['step']})" if error.get("step") else ""
+    return f"{error.get('type')}: {error.get('message')}{step}"
+
+
+def _pending(pending: dict[str, Any]) -> str:
+    what = f"{pending.get('kind')} {pending.get('name')}"
+    return f"{what} ({pending.get('step_id')}, attempt {pending.get('attempt', 1)})"
+
+
+def _note(instance: WorkflowInstance) -> str:
+    if instance.error:
+        kind = str(instance.error.get("type", "")).rpartition(".")[2]
+        note = f"{kind}: {instance.error.get('message')}"
+    elif instance.pending and not instance.is_terminal:
+        note = f"next: {instance.pending.get('step_id')}"
+    else:
+        note = ""
+    return note if len(note) <= 60 else f"{note[:57]}..."
