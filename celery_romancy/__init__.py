@@ -6,6 +6,7 @@ from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDef
 from .errors import (
     ActivityError,
     ConfigurationError,
+    EventTimeoutError,
     InstanceStateError,
     InvalidArgumentsError,
     NonDeterminismError,
@@ -28,6 +29,7 @@ __all__ = [
     "ActivityInfo",
     "CompensationDefinition",
     "ConfigurationError",
+    "EventTimeoutError",
     "HistoryEvent",
     "InstanceStateError",
     "InvalidArgumentsError",

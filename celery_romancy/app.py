@@ -26,9 +26,9 @@ from .planning import plan_outcome
 from .registry import Registry
 from .replay import Next, replay_recording
 from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
-from .runner import StepRunner, registrations_of
+from .runner import StepRunner, recorded_rows
 from .settings import RomancySettings
-from .storage import HistoryEvent, StepWrite, Store, WorkflowInstance, open_store
+from .storage import HistoryEvent, Store, WorkflowInstance, open_store
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -254,9 +254,9 @@ class Romancy:
         ref = NewInstance(instance_id, definition.name)
         # Replaying with empty history finds the first step (or an immediate end).
         outcome, events = replay_recording(definition, instance_id, input_data, [])
-        registrations = registrations_of(events)
+        recorded = recorded_rows(events)
         changes, dispatch = plan_outcome(
-            ref, outcome, lambda: registrations, self.registry.compensation_queue
+            ref, outcome, lambda: recorded.registrations, self.registry.compensation_queue
         )
         if isinstance(outcome, Next):
             changes["status"] = "pending"
@@ -267,7 +267,7 @@ class Romancy:
                 "input_data": input_data,
                 **changes,
             },
-            StepWrite(events=events, registrations=registrations),
+            recorded,
         )
         if not created:
             if instance.workflow_name != definition.name:

@@ -12,10 +12,8 @@ from typing import TYPE_CHECKING
 from .commands import ActivityCommand
 from .dispatch import publish
 from .errors import InstanceStateError
-from .planning import dispatch_command, plan_outcome
-from .replay import Next, replay_recording
-from .runner import registrations_of
-from .storage import CompensationRecord, HistoryEvent, StepWrite
+from .planning import dispatch_command
+from .storage import StepWrite
 
 if TYPE_CHECKING:
     from .app import Romancy
@@ -78,28 +76,15 @@ def resume(romancy: Romancy, instance_id: str) -> None:
         command = ActivityCommand.from_json(claim.instance.pending)
         status = "compensating" if command.kind == "compensation" else "running"
         changes, dispatch = dispatch_command(claim.instance, command, status=status)
-        events: list[HistoryEvent] = []
-        registrations: list[CompensationRecord] = []
         if parked:
             changes["error"] = None
-    else:
-        workflow = romancy.registry.workflow(claim.instance.workflow_name)
-        outcome, events = replay_recording(
-            workflow, instance_id, claim.instance.input_data, claim.history
-        )
-        registrations = registrations_of(events)
-        changes, dispatch = plan_outcome(
-            claim.instance,
-            outcome,
-            lambda: [*romancy.storage.get_compensations(instance_id), *registrations],
-            romancy.registry.compensation_queue,
-        )
-        if isinstance(outcome, Next):
-            changes["error"] = None
-    if not romancy.storage.commit(claim, StepWrite(changes, events, registrations)):
+        if not romancy.storage.commit(claim, StepWrite(instance_changes=changes)):
+            raise InstanceStateError(f"workflow instance {instance_id} was taken over meanwhile")
+        if dispatch is not None:
+            publish(romancy.app, dispatch)
+    elif romancy.runner.advance(claim, StepWrite()) == "fenced":
+        # Parked without a pending step (nondeterminism): replay to find it.
         raise InstanceStateError(f"workflow instance {instance_id} was taken over meanwhile")
-    if dispatch is not None:
-        publish(romancy.app, dispatch)
 
 
 def retry_compensation(romancy: Romancy, instance_id: str) -> None:

@@ -88,7 +88,9 @@ def plan_outcome(
     compensation_queue: Callable[[str], str | None],
 ) -> Plan:
     if isinstance(outcome, Next):
-        return dispatch_command(instance, outcome.command, status="running")
+        changes, dispatch = dispatch_command(instance, outcome.command, status="running")
+        changes["error"] = None  # moving forward: clears a parked instance's error
+        return changes, dispatch
     if isinstance(outcome, Completed):
         return finish("completed", output_data=outcome.output, error=None)
     if isinstance(outcome, Diverged):

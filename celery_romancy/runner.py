@@ -137,13 +137,13 @@ class StepRunner:
                     )
                 )
             write = StepWrite(events=[event], registrations=registrations, outbox=info.outbox)
-            return self._advance(claim, write, info.recording_connection())
+            return self.advance(claim, write, info.recording_connection())
         finally:
             romancy.lease_keeper.release(held)
             _current_activity.reset(reset)
             info.close()
 
-    def _advance(self, claim: Claim, write: StepWrite, conn: Connection | None = None) -> str:
+    def advance(self, claim: Claim, write: StepWrite, conn: Connection | None = None) -> str:
         """Replay with ``write``'s new history, plan what follows, commit it all, publish.
 
         ``write`` arrives with the step's own rows (its history event, its compensation,
@@ -156,9 +156,10 @@ class StepRunner:
         outcome, new_events = replay_recording(
             workflow, instance.instance_id, instance.input_data, [*claim.history, *write.events]
         )
-        write.events.extend(new_events)
-        write.registrations.extend(registrations_of(new_events))
-        write.outbox.extend(outbox_of(new_events))
+        replayed = recorded_rows(new_events)
+        write.events.extend(replayed.events)
+        write.registrations.extend(replayed.registrations)
+        write.outbox.extend(replayed.outbox)
         changes, dispatch = plan_outcome(
             instance,
             outcome,
@@ -207,7 +208,7 @@ class StepRunner:
         if event is None:
             romancy.storage.release(claim)
             return "early"
-        return self._advance(claim, StepWrite(events=[event], consume_event=consume_event))
+        return self.advance(claim, StepWrite(events=[event], consume_event=consume_event))
 
     # -- compensations --------------------------------------------------------------------
 
@@ -318,6 +319,15 @@ def registration(
         attempts=0,
         created_at=utcnow(),
         finished_at=None,
+    )
+
+
+def recorded_rows(events: list[HistoryEvent]) -> StepWrite:
+    """The rows to commit for events a replay recorded on its own: the events, and the
+    compensations (``ctx.register_compensation``) and outbox rows (``ctx.publish_event``)
+    they stand for."""
+    return StepWrite(
+        events=list(events), registrations=registrations_of(events), outbox=outbox_of(events)
     )
 
 

@@ -28,6 +28,7 @@ from celery_romancy import (
 
 from .ledger import Gate, Ledger
 from .saga_flows import register_sagas
+from .wait_flows import register_waits
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 
@@ -194,6 +195,7 @@ def build(
         )
 
     register_sagas(romancy, folder)
+    register_waits(romancy, folder)
 
     @romancy.activity("record_sale", retry=NO_RETRY)
     def record_sale(order_id: str) -> int:

@@ -10,6 +10,7 @@ PUBLIC = {
     "ActivityInfo",
     "CompensationDefinition",
     "ConfigurationError",
+    "EventTimeoutError",
     "HistoryEvent",
     "InstanceStateError",
     "InvalidArgumentsError",

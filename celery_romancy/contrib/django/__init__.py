@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
@@ -30,7 +31,12 @@ from ...definitions import WorkflowDefinition
 from ...errors import ConfigurationError, InvalidArgumentsError
 from ...settings import RomancySettings
 
-__all__ = ["DjangoRomancy", "database_url_from_django", "start_workflow_on_commit"]
+__all__ = [
+    "DjangoRomancy",
+    "database_url_from_django",
+    "sqlalchemy_url",
+    "start_workflow_on_commit",
+]
 
 POSTGRES_ENGINES = ("django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis")
 SQLITE_ENGINES = ("django.db.backends.sqlite3", "django.contrib.gis.db.backends.spatialite")
@@ -53,7 +59,12 @@ LIBPQ_OPTIONS = frozenset(
 
 def database_url_from_django(alias: str = "default") -> str:
     """The SQLAlchemy URL of a Django database (PostgreSQL or SQLite)."""
-    entry = connections[alias].settings_dict  # the test database's, during a test run
+    # The connection's settings: during a Django test run, those of the test database.
+    return sqlalchemy_url(connections[alias].settings_dict, alias)
+
+
+def sqlalchemy_url(entry: Mapping[str, Any], alias: str = "default") -> str:
+    """A ``DATABASES`` entry as a SQLAlchemy URL (PostgreSQL or SQLite)."""
     engine = entry.get("ENGINE", "")
     if engine in POSTGRES_ENGINES:
         host = entry.get("HOST") or None

@@ -1,0 +1,434 @@
+"""Timers, external events (and their CloudEvents intake), and the transactional outbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from werkzeug.test import Client
+
+from celery_romancy import InvalidArgumentsError, UnknownInstanceError
+from celery_romancy.contrib.cloudevents import CloudEventsIntake
+from celery_romancy.maintenance import fire
+
+from .harness import ROOT, Harness
+from .ledger import wait_for
+from .services import CI
+
+TIMERS = {
+    "romancy_timer_interval": 1,
+    "romancy_lease_timeout": 5,
+    "romancy_outbox_interval": 1,
+}
+
+
+@pytest.fixture
+def waits(database_url: str, tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(database_url, tmp_path, **TIMERS)
+    yield h
+    h.close()
+
+
+# -- timers -------------------------------------------------------------------------------
+
+
+def test_a_sleeping_workflow_holds_no_worker_and_resumes_on_time(waits: Harness) -> None:
+    worker = waits.worker_process().start()
+    waits.beat_process().start()
+    instance_id = waits.romancy.start_workflow("napper", "Z-1", 2.0)
+
+    wait_for(
+        lambda: waits.romancy.get_instance(instance_id).status == "waiting_for_timer",
+        30,
+        "the workflow to fall asleep",
+    )
+    asleep = waits.romancy.get_instance(instance_id)
+    inspector = waits.app.control.inspect(timeout=5)
+    active = inspector.active()
+    assert active, "the worker answered no inspect request"
+    assert all(tasks == [] for tasks in active.values())  # no worker slot held
+    fire_at = datetime.fromisoformat(asleep.pending["arguments"]["fire_at"])
+
+    done = waits.romancy.wait(instance_id, timeout=30)
+    assert done.status == "completed" and done.output_data == "after-Z-1"
+    timer = next(e for e in waits.romancy.get_history(instance_id) if e.kind == "timer")
+    assert timer.created_at is not None
+    # Never early; late by at most one beat interval plus a step's latency.
+    assert fire_at <= timer.created_at
+    assert (timer.created_at - fire_at).total_seconds() < TIMERS["romancy_timer_interval"] + 1
+    worker.stop()
+
+
+def test_a_timer_fired_twice_resumes_once(waits: Harness) -> None:
+    instance_id = waits.romancy.start_workflow("napper", "Z-2", 0.0)
+    with waits.worker():
+        wait_for(
+            lambda: (
+                waits.romancy.get_instance(instance_id).status
+                in ("waiting_for_timer", "running", "completed")
+            ),
+            30,
+            "the first step",
+        )
+        asleep = waits.romancy.get_instance(instance_id)
+        if asleep.status == "waiting_for_timer":
+            token = asleep.dispatch_token
+            assert token is not None
+            results = [fire(waits.romancy, instance_id, token) for _ in range(2)]
+            assert sorted(results) == ["duplicate", "recorded"] or results == [
+                "duplicate",
+                "duplicate",
+            ]  # the countdown message won the race
+        done = waits.romancy.wait(instance_id, timeout=30)
+    assert done.status == "completed"
+    assert waits.ledger.count("note:after-Z-2") == 1
+    assert [e.kind for e in waits.romancy.get_history(instance_id)] == [
+        "activity",
+        "timer",
+        "activity",
+    ]
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+def test_an_event_sent_before_the_wait_is_kept_and_delivered(waits: Harness) -> None:
+    instance_id = waits.romancy.start_workflow("await_payment", "gated-E1")
+    with waits.worker():
+        wait_for(lambda: waits.ledger.count("hold_stock:gated-E1") == 1, 30, "the first step")
+        # The workflow is not waiting yet: the event must be kept, not lost.
+        assert waits.romancy.send_event(
+            "payment.received",
+            {"order_id": "gated-E1", "amount": 109.97},
+            correlation_id="gated-E1",
+        )
+        waits.gate("gated-E1").open()
+        done = waits.romancy.wait(instance_id, timeout=30)
+    assert done.status == "completed"
+    assert done.output_data == "paid-gated-E1-109.97"
+
+
+def test_an_event_sent_to_a_waiting_workflow_resumes_it_at_once(waits: Harness) -> None:
+    instance_id = waits.romancy.start_workflow("await_payment", "E2")
+    with waits.worker():
+        wait_for(
+            lambda: waits.romancy.get_instance(instance_id).status == "waiting_for_event",
+            30,
+            "the wait",
+        )
+        waits.romancy.send_event(
+            "payment.received", {"order_id": "E2", "amount": 5.0}, instance_id=instance_id
+        )
+        # No polling delay: the send itself recorded the event and dispatched the next step.
+        resumed = waits.romancy.get_instance(instance_id)
+        assert resumed.status != "waiting_for_event"
+        assert resumed.pending is not None and resumed.pending["name"] == "note"
+        done = waits.romancy.wait(instance_id, timeout=30)
+    assert done.output_data == "paid-E2-5.0"
+    assert [e.kind for e in waits.romancy.get_history(instance_id)] == [
+        "activity",
+        "event",
+        "activity",
+    ]
+
+
+@pytest.mark.parametrize("on_timeout", ["catch", "raise"])
+def test_a_wait_that_times_out_raises_event_timeout_error(waits: Harness, on_timeout: str) -> None:
+    order = f"T-{on_timeout}"
+    instance_id = waits.romancy.start_workflow("await_payment", order, 0.5, on_timeout)
+    with waits.worker():
+        wait_for(
+            lambda: waits.romancy.get_instance(instance_id).status == "waiting_for_event",
+            30,
+            "the wait",
+        )
+        # The beat job's work, done here: fire the timeout once it is due.
+        wait_for(lambda: waits.romancy.fire_due() == 1, 30, "the timeout to fire")
+        done = waits.romancy.wait(instance_id, timeout=30)
+    if on_timeout == "catch":
+        assert done.status == "completed"
+        assert done.output_data == f"expired-{order}"
+        assert waits.ledger.count(f"release_hold:{order}") == 0
+    else:
+        assert done.status == "failed"
+        assert done.error is not None
+        assert done.error["type"] == "celery_romancy.errors.EventTimeoutError"
+        assert waits.ledger.count(f"release_hold:{order}") == 1  # compensated
+
+
+def test_send_event_rejects_bad_input_and_writes_nothing(waits: Harness) -> None:
+    with pytest.raises(UnknownInstanceError):
+        waits.romancy.send_event("payment.received", {}, instance_id="nope")
+    with pytest.raises(InvalidArgumentsError, match="exactly one of"):
+        waits.romancy.send_event("payment.received", {})
+    with pytest.raises(InvalidArgumentsError, match="non-empty"):
+        waits.romancy.send_event("", {}, correlation_id="x")
+    assert waits.romancy.storage.waiting_with_kept_events(10) == []
+    assert waits.romancy.storage.find_event("payment.received", "x", "x") is None
+
+
+# -- CloudEvents intake --------------------------------------------------------------------
+
+
+def post(client: Client, body: bytes | str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    response = client.post("/", data=body, **kwargs)
+    return response.status_code, json.loads(response.get_data())
+
+
+def test_cloudevents_intake_accepts_structured_and_binary_events(waits: Harness) -> None:
+    client = Client(CloudEventsIntake(waits.romancy))
+    first = waits.romancy.start_workflow("await_payment", "CE-1")
+    second = waits.romancy.start_workflow("await_payment", "CE-2")
+    structured = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "/payments",
+        "type": "payment.received",
+        "romancycorrelationid": "CE-1",
+        "data": {"order_id": "CE-1", "amount": 1.5},
+    }
+    with waits.worker():
+        for instance_id in (first, second):
+            wait_for(
+                lambda i=instance_id: waits.romancy.get_instance(i).status == "waiting_for_event",
+                30,
+                "the wait",
+            )
+        status, body = post(
+            client, json.dumps(structured), content_type="application/cloudevents+json"
+        )
+        assert (status, body) == (202, {"accepted": "evt-1", "duplicate": False})
+        # The sender retries: the same source + id is accepted and stored once.
+        assert (
+            post(client, json.dumps(structured), content_type="application/cloudevents+json")[1][
+                "duplicate"
+            ]
+            is True
+        )
+        status, _ = post(
+            client,
+            json.dumps({"order_id": "CE-2", "amount": 2.5}),
+            content_type="application/json",
+            headers={
+                "ce-specversion": "1.0",
+                "ce-id": "evt-2",
+                "ce-source": "/payments",
+                "ce-type": "payment.received",
+                "ce-romancyinstanceid": second,
+            },
+        )
+        assert status == 202
+        assert waits.romancy.wait(first, timeout=30).output_data == "paid-CE-1-1.5"
+        assert waits.romancy.wait(second, timeout=30).output_data == "paid-CE-2-2.5"
+
+
+@pytest.mark.parametrize(
+    ("body", "kwargs", "status", "message"),
+    [
+        ("{not json", {"content_type": "application/cloudevents+json"}, 400, "not valid JSON"),
+        (
+            json.dumps({"specversion": "1.0", "id": "x", "type": "t"}),
+            {"content_type": "application/cloudevents+json"},
+            400,
+            "missing CloudEvents attributes",
+        ),
+        (
+            json.dumps(
+                {
+                    "specversion": "1.0",
+                    "id": "x",
+                    "source": "s",
+                    "type": "t",
+                    "romancyinstanceid": "no-such-instance",
+                }
+            ),
+            {"content_type": "application/cloudevents+json"},
+            404,
+            "no workflow instance",
+        ),
+        (
+            "{}",
+            {"content_type": "application/json", "headers": {"ce-id": "x"}},
+            400,
+            "missing CloudEvents attributes: specversion, source, type",
+        ),
+        (
+            json.dumps({"specversion": "1.0", "id": "x", "source": "s", "type": "t"}),
+            {"content_type": "application/cloudevents+json"},
+            400,
+            "exactly one of",
+        ),
+    ],
+)
+def test_cloudevents_intake_rejects_bad_requests_and_writes_nothing(
+    waits: Harness, body: str, kwargs: dict[str, Any], status: int, message: str
+) -> None:
+    client = Client(CloudEventsIntake(waits.romancy))
+    got, payload = post(client, body, **kwargs)
+    assert got == status
+    assert message in payload["error"]
+    with waits.romancy.storage.engine.connect() as conn:
+        from celery_romancy.storage.schema import events
+
+        assert conn.execute(events.select()).all() == []
+
+
+# -- outbox -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def consumer_queue(waits: Harness) -> Iterator[tuple[Connection, Queue]]:
+    """A real consumer bound to the outbox exchange before anything is published."""
+    connection = Connection(waits.broker_url)
+    exchange = Exchange(waits.romancy.settings.outbox_exchange, type="topic", durable=True)
+    queue = Queue(f"outbox-test-{uuid.uuid4().hex[:8]}", exchange, routing_key="#")
+    queue(connection.channel()).declare()
+    yield connection, queue
+    queue(connection.channel()).delete()
+    connection.release()
+
+
+def received(connection: Connection, queue: Queue) -> list[dict[str, Any]]:
+    messages = []
+    bound = queue(connection.channel())
+    while (message := bound.get(accept=["json"])) is not None:
+        messages.append(message.payload)
+        message.ack()
+    return messages
+
+
+def test_outbox_events_are_published_exactly_once_per_run(
+    waits: Harness, consumer_queue: tuple[Connection, Queue]
+) -> None:
+    instance_id = waits.romancy.start_workflow("publisher", "O-1")
+    with waits.worker():
+        assert waits.romancy.wait(instance_id, timeout=30).status == "completed"
+    rows = waits.romancy.storage.get_outbox(instance_id)
+    # Two from the workflow, one from each of two activity runs: replays added none.
+    assert sorted(r.event_type for r in rows) == [
+        "order.finished",
+        "order.noted",
+        "order.noted",
+        "order.started",
+    ]
+    assert waits.romancy.relay_outbox() == 4
+    assert waits.romancy.relay_outbox() == 0  # nothing left to send
+    events = received(*consumer_queue)
+    assert sorted(e["type"] for e in events) == [
+        "order.finished",
+        "order.noted",
+        "order.noted",
+        "order.started",
+    ]
+    assert len({e["id"] for e in events}) == 4
+    started = next(e for e in events if e["type"] == "order.started")
+    assert started["specversion"] == "1.0" and started["data"] == {"order_id": "O-1"}
+    assert started["id"] == f"{instance_id}:publish:order.started:1"
+
+
+def test_a_relayer_killed_mid_publish_loses_no_row(
+    waits: Harness, consumer_queue: tuple[Connection, Queue]
+) -> None:
+    instance_id = waits.romancy.start_workflow("publisher", "O-2")
+    with waits.worker():
+        waits.romancy.wait(instance_id, timeout=30)
+    # A relayer process takes the rows (marks them in progress), then is SIGKILLed
+    # before it can publish them or mark them published.
+    script = (
+        "import os, signal\n"
+        "from tests.worker_app import romancy\n"
+        "taken = romancy.storage.claim_outbox(1.0, 100)\n"
+        "print(len(taken), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    relayer = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=waits_env(waits),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert relayer.returncode == -signal.SIGKILL
+    assert relayer.stdout.strip() == "4"
+    assert {r.status for r in waits.romancy.storage.get_outbox(instance_id)} == {"in_progress"}
+    assert waits.romancy.relay_outbox() == 0  # locked: the dead relayer's rows are not due yet
+
+    wait_for(lambda: waits.romancy.relay_outbox() > 0, 30, "the rows' locks to run out")
+    assert {r.status for r in waits.romancy.storage.get_outbox(instance_id)} == {"published"}
+    assert len(received(*consumer_queue)) == 4
+
+
+def waits_env(h: Harness) -> dict[str, str]:
+    return {
+        **os.environ,
+        **{k: v for k, v in h._env().items() if k.startswith(("ROMANCY", "PYTHON"))},
+    }
+
+
+def test_outbox_relays_to_rabbitmq(database_url: str, tmp_path: Path) -> None:
+    url = "amqp://guest:guest@127.0.0.1:5672//"
+    try:
+        with Connection(url, connect_timeout=3) as probe:
+            probe.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001
+        if CI:
+            pytest.fail(f"RabbitMQ is not reachable: {exc}")
+        pytest.skip(f"RabbitMQ is not reachable: {exc}")
+    h = Harness(database_url, tmp_path, **TIMERS)
+    try:
+        h.app.conf.broker_url = url
+        with Connection(url) as connection:
+            exchange = Exchange(h.romancy.settings.outbox_exchange, type="topic", durable=True)
+            queue = Queue(
+                f"outbox-test-{uuid.uuid4().hex[:8]}",
+                exchange,
+                routing_key="order.#",
+                auto_delete=True,
+            )
+            queue(connection.channel()).declare()
+            from celery_romancy.storage import StepWrite
+            from celery_romancy.storage.schema import utcnow
+
+            h.romancy.storage.create_instance(
+                {
+                    "instance_id": "rmq-1",
+                    "workflow_name": "publisher",
+                    "status": "completed",
+                    "input_data": {},
+                },
+                StepWrite(
+                    outbox=[
+                        {
+                            "event_id": "rmq-1:e1",
+                            "event_type": "order.done",
+                            "data": {"at": utcnow().isoformat()},
+                        }
+                    ]
+                ),
+            )
+            assert h.romancy.relay_outbox() == 1
+            messages = []
+            bound = queue(connection.channel())
+            wait_for(
+                lambda: (
+                    (m := bound.get(accept=["json"])) is not None
+                    and messages.append(m.payload) is None
+                ),
+                30,
+                "the event on RabbitMQ",
+            )
+            assert messages[0]["id"] == "rmq-1:e1" and messages[0]["type"] == "order.done"
+    finally:
+        h.close()
