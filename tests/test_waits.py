@@ -432,3 +432,18 @@ def test_outbox_relays_to_rabbitmq(database_url: str, tmp_path: Path) -> None:
             assert messages[0]["id"] == "rmq-1:e1" and messages[0]["type"] == "order.done"
     finally:
         h.close()
+
+
+def test_cancelling_a_waiting_workflow_compensates_at_once(waits: Harness) -> None:
+    instance_id = waits.romancy.start_workflow("await_payment", "X-1")
+    with waits.worker():
+        wait_for(lambda: waits.romancy.get_instance(instance_id).status == "waiting_for_event",
+                 30, "the wait")
+        assert waits.romancy.cancel(instance_id, "customer left") is True
+        done = waits.romancy.wait(instance_id, timeout=30)
+    assert done.status == "cancelled"
+    assert waits.ledger.count("release_hold:X-1") == 1
+    # The event that comes too late is refused: nothing waits for it any more.
+    with pytest.raises(Exception, match="already ended cancelled"):
+        waits.romancy.send_event("payment.received", {"order_id": "X-1", "amount": 1.0},
+                                 instance_id=instance_id)
