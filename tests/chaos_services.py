@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,7 +44,7 @@ def binary(name: str, *patterns: str) -> str:
     found = shutil.which(name)
     if found is None:
         for pattern in patterns:
-            matches = sorted(glob.glob(pattern))
+            matches = sorted(glob.glob(pattern), key=_version_key)
             if matches:
                 found = matches[-1]  # the newest version directory
                 break
@@ -51,6 +52,10 @@ def binary(name: str, *patterns: str) -> str:
         missing(name, FileNotFoundError(f"{name} is not installed (PATH, {', '.join(patterns)})"))
     assert found is not None
     return found
+
+
+def _version_key(path: str) -> list[int]:
+    return [int(part) for part in re.findall(r"\d+", path)]
 
 
 # -- celery worker / celery beat ---------------------------------------------------------
@@ -202,7 +207,11 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> RedisServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(
         self,
@@ -280,9 +289,12 @@ class PostgresServer:
     """
 
     def __init__(self, port: int | None = None) -> None:
-        self.bindir = Path(
-            binary("pg_ctl", "/usr/lib/postgresql/*/bin/pg_ctl", "/usr/pgsql-*/bin/pg_ctl")
-        ).parent
+        # The real bin directory (PATH may hold symlinks), where initdb sits next to pg_ctl.
+        self.bindir = (
+            Path(binary("pg_ctl", "/usr/lib/postgresql/*/bin/pg_ctl", "/usr/pgsql-*/bin/pg_ctl"))
+            .resolve()
+            .parent
+        )
         self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix="romancy-pg-"))
         self.data = self.root / "data"
@@ -296,8 +308,12 @@ class PostgresServer:
         self.running = False
 
     def __enter__(self) -> PostgresServer:
-        self.init()
-        return self.start()
+        try:
+            self.init()
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(
         self,
