@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import sqlalchemy as sa
 from celery import Celery, Task, signals
 
 from . import events, maintenance, operations, outbox
@@ -30,6 +32,7 @@ from .runner import StepRunner, recorded_rows
 from .settings import RomancySettings
 from .storage import HistoryEvent, Store, WorkflowInstance, open_store
 
+logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -226,6 +229,12 @@ class Romancy:
                 return runner.run(instance_id, token, name)
             except LeaseHeldError as busy:
                 raise task.retry(countdown=busy.retry_in, max_retries=None) from None
+            except sa.exc.DBAPIError as exc:
+                # The history database is unreachable (restarting, failing over): the
+                # step is not recorded, so keep its message instead of acking it away
+                # and waiting for the recovery sweep.
+                logger.warning("celery_romancy: database error in %s, retrying: %s", name, exc)
+                raise task.retry(countdown=2.0, max_retries=None) from None
 
         run_step.__name__ = run_step.__qualname__ = name.replace(".", "_")
         self.app.task(name=name, bind=True, lazy=False, shared=False, **TASK_OPTIONS)(run_step)

@@ -28,17 +28,16 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def hold(self, claim: Claim) -> int:
-        """Keep ``claim`` renewed until ``release`` is called with the returned handle."""
+    def hold(self, claim: Claim) -> None:
+        """Keep ``claim`` renewed until ``release(claim)``."""
         with self._lock:
             self._ensure_thread()
-            handle = id(claim)
-            self._claims[handle] = claim
-        return handle
+            self._claims[id(claim)] = claim
 
-    def release(self, handle: int) -> None:
+    def release(self, claim: Claim) -> None:
+        """Stop renewing; call it before the commit that gives the lease back."""
         with self._lock:
-            self._claims.pop(handle, None)
+            self._claims.pop(id(claim), None)
 
     def _ensure_thread(self) -> None:
         # A thread does not survive fork: a prefork child starts its own.
@@ -54,10 +53,14 @@ class LeaseKeeper:
         interval = self.lease_seconds / 3
         while not self._wake.wait(interval):
             with self._lock:
-                claims = list(self._claims.values())
-            for claim in claims:
+                claims = list(self._claims.items())
+            for handle, claim in claims:
                 try:
-                    if not self.store.renew_lease(claim, self.lease_seconds):
+                    renewed = self.store.renew_lease(claim, self.lease_seconds)
+                    with self._lock:
+                        # A step that just committed released its lease itself: not lost.
+                        still_running = handle in self._claims
+                    if not renewed and still_running:
                         logger.warning(
                             "celery_romancy: lost the lease on %s while its step ran",
                             claim.instance.instance_id,

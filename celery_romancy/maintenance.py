@@ -124,15 +124,17 @@ def fire_due(romancy: Romancy) -> int:
 def beat_schedule(settings: RomancySettings) -> dict[str, dict[str, Any]]:
     """The entries Romancy adds to ``beat_schedule`` (names prefixed ``romancy.``).
 
-    Each expires after its own interval: a backlog of identical sweeps is useless, the
-    next one supersedes a sweep that waited that long.
+    They do not expire: a sweep stuck behind a backlog of steps must still run when it
+    gets its turn (an expiry would drop exactly the sweeps a busy system needs). Route
+    them past the backlog with ``romancy_maintenance_queue``.
     """
     jobs = {
         RECOVER_TASK: settings.recovery_interval,
         FIRE_TASK: settings.timer_interval,
         RELAY_TASK: settings.outbox_interval,
     }
+    options = {"queue": settings.maintenance_queue} if settings.maintenance_queue else {}
     return {
-        name: {"task": name, "schedule": interval, "options": {"expires": interval}}
+        name: {"task": name, "schedule": interval, "options": dict(options)}
         for name, interval in jobs.items()
     }

@@ -100,7 +100,7 @@ class StepRunner:
         activity = romancy.registry.activity(command.name)
         info = self._activity_info(claim, command)
         reset = _current_activity.set(info)
-        held = romancy.lease_keeper.hold(claim)
+        romancy.lease_keeper.hold(claim)
         try:
             try:
                 result = activity.shape.encode_result(activity.invoke(command.arguments))
@@ -137,9 +137,12 @@ class StepRunner:
                     )
                 )
             write = StepWrite(events=[event], registrations=registrations, outbox=info.outbox)
+            # Renewals stop before the commit releases the lease (one just ran, so at
+            # least two thirds of it remain): a renewal after the commit would look lost.
+            romancy.lease_keeper.release(claim)
             return self.advance(claim, write, info.recording_connection())
         finally:
-            romancy.lease_keeper.release(held)
+            romancy.lease_keeper.release(claim)
             _current_activity.reset(reset)
             info.close()
 
@@ -218,7 +221,7 @@ class StepRunner:
         compensation = romancy.registry.compensation(command.name)
         info = self._activity_info(claim, command)
         reset = _current_activity.set(info)
-        held = romancy.lease_keeper.hold(claim)
+        romancy.lease_keeper.hold(claim)
         try:
             try:
                 compensation.invoke(command.arguments)
@@ -249,9 +252,10 @@ class StepRunner:
             write = StepWrite(
                 instance_changes=changes, compensation_update=(command.step_id, update)
             )
+            romancy.lease_keeper.release(claim)  # see _activity
             committed = romancy.storage.commit(claim, write, info.recording_connection())
         finally:
-            romancy.lease_keeper.release(held)
+            romancy.lease_keeper.release(claim)
             _current_activity.reset(reset)
             info.close()
         return self._published(claim, committed, dispatch)
@@ -261,6 +265,7 @@ class StepRunner:
     def _retry(
         self, claim: Claim, command: ActivityCommand, policy: RetryPolicy, error: Exception
     ) -> str:
+        self.romancy.lease_keeper.release(claim)  # see _activity
         delay = policy.delay_after(command.attempt)
         changes, dispatch = dispatch_command(
             claim.instance, command.next_attempt(), status=claim.instance.status, delay=delay

@@ -29,6 +29,8 @@ class RomancySettings:
     # Where the outbox relay publishes (a topic exchange; routing key = event type).
     outbox_exchange: str = "romancy.events"
     outbox_source: str = "celery-romancy"
+    # Queue for the beat jobs (recovery, timers, outbox); None: the default queue.
+    maintenance_queue: str | None = None
 
     @classmethod
     def from_celery(cls, conf: Any, **overrides: Any) -> RomancySettings:

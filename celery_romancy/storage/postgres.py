@@ -20,7 +20,15 @@ class PostgresStore(Store):
         if url.drivername == "postgresql":
             # SQLAlchemy 2.1 would pick psycopg 3 for a bare URL; we ship psycopg2.
             url = url.set(drivername="postgresql+psycopg2")
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            # A process paused while holding a row lock (SIGSTOP, a debugger) must not
+            # block the worker taking its step over forever: fail, and retry the step.
+            connect_args={"options": "-c lock_timeout=30000"},
+        )
 
     def insert_ignoring_conflict(self, table: sa.Table) -> Any:
         return pg_insert(table).on_conflict_do_nothing()
