@@ -267,8 +267,8 @@ class Romancy:
         changes, dispatch = plan_outcome(
             ref, outcome, lambda: recorded.registrations, self.registry.compensation_queue
         )
-        if isinstance(outcome, Next):
-            changes["status"] = "pending"
+        if isinstance(outcome, Next) and outcome.command.runs_as_task:
+            changes["status"] = "pending"  # not picked up yet (a wait keeps its status)
         instance, created = self.storage.create_instance(
             {
                 "instance_id": instance_id,

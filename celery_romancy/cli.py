@@ -132,6 +132,9 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
     ]
     if instance.error:
         fields.append(("error", _error(instance.error)))
+        undo_error = instance.error.get("compensation_error")
+        if isinstance(undo_error, dict):
+            fields.append(("undo", f"failed: {_error(undo_error)}"))
     if instance.pending:
         fields.append(("pending", _pending(instance.pending)))
     if instance.lease_owner:
@@ -150,7 +153,7 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
                 e.step_id,
                 e.kind,
                 str(e.attempt),
-                f"error {_error(e.error)}" if e.error else f"ok {_json(e.result)}",
+                f"error {_error(e.error, step=False)}" if e.error else f"ok {_json(e.result)}",
                 e.worker_id or "",
             )
             for e in history
@@ -165,7 +168,7 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
                 (
                     a.step_id,
                     str(a.attempt),
-                    _error(a.error),
+                    _error(a.error, step=False),
                     "-" if a.retry_in is None else f"{a.retry_in:g} s",
                     a.worker_id or "",
                 )
@@ -178,7 +181,13 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         _table(
             ("COMPENSATION", "UNDOES", "STATUS", "ATTEMPTS", "ERROR"),
             [
-                (c.name, c.step_id, c.status, str(c.attempts), _error(c.error) if c.error else "")
+                (
+                    c.name,
+                    c.step_id,
+                    c.status,
+                    str(c.attempts),
+                    _error(c.error, step=False) if c.error else "",
+                )
                 for c in compensations
             ],
             indent="  ",
@@ -286,9 +295,9 @@ def _json_default(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-def _error(error: dict[str, Any]) -> str:
-    step = f" (step {error['step']})" if error.get("step") else ""
-    return f"{error.get('type')}: {error.get('message')}{step}"
+def _error(error: dict[str, Any], step: bool = True) -> str:
+    where = f" (step {error['step']})" if step and error.get("step") else ""
+    return f"{error.get('type')}: {error.get('message')}{where}"
 
 
 def _pending(pending: dict[str, Any]) -> str:

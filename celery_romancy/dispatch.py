@@ -40,11 +40,12 @@ class Dispatch:
     countdown: float | None = None
 
     @property
-    def shadow(self) -> str:
-        # What Flower shows instead of the bare task name.
-        return (
-            f"{self.workflow_name}[{self.instance_id}] {self.command.kind} {self.command.step_id}"
-        )
+    def argsrepr(self) -> str:
+        """What Flower and the worker log show as the task's arguments: which saga and
+        which step. (A ``shadow`` name would replace the task name itself, so Flower
+        could no longer group and count steps by activity.)"""
+        command = self.command
+        return f"{self.workflow_name}[{self.instance_id}] {command.kind} {command.step_id}"
 
 
 WAKE_TASK = "romancy.wake"
@@ -62,7 +63,7 @@ def publish(app: Celery, dispatch: Dispatch) -> bool:
             task_id=dispatch.token,
             queue=dispatch.command.queue,
             countdown=dispatch.countdown,
-            shadow=dispatch.shadow,
+            argsrepr=dispatch.argsrepr,
             serializer="json",
         )
     except Exception:

@@ -34,6 +34,7 @@ class WorkerProcess:
         self.pool = pool
         self.concurrency = concurrency
         self.process: subprocess.Popen[bytes] | None = None
+        self.hostname = f"w{uuid.uuid4().hex[:8]}@localhost"
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
         log = self.log_path.open("ab")
@@ -53,7 +54,7 @@ class WorkerProcess:
                 "-l",
                 "INFO",
                 "-n",
-                f"w{uuid.uuid4().hex[:8]}@localhost",
+                self.hostname,
                 "-Q",
                 self.env["ROMANCY_TEST_QUEUE"],
                 "--without-gossip",

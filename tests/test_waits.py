@@ -53,7 +53,8 @@ def test_a_sleeping_workflow_holds_no_worker_and_resumes_on_time(waits: Harness)
         "the workflow to fall asleep",
     )
     asleep = waits.romancy.get_instance(instance_id)
-    inspector = waits.app.control.inspect(timeout=5)
+    # Ask this test's worker only: others may share the broker.
+    inspector = waits.app.control.inspect(destination=[worker.hostname], timeout=5)
     active = inspector.active()
     assert active, "the worker answered no inspect request"
     assert all(tasks == [] for tasks in active.values())  # no worker slot held
@@ -437,13 +438,27 @@ def test_outbox_relays_to_rabbitmq(database_url: str, tmp_path: Path) -> None:
 def test_cancelling_a_waiting_workflow_compensates_at_once(waits: Harness) -> None:
     instance_id = waits.romancy.start_workflow("await_payment", "X-1")
     with waits.worker():
-        wait_for(lambda: waits.romancy.get_instance(instance_id).status == "waiting_for_event",
-                 30, "the wait")
+        wait_for(
+            lambda: waits.romancy.get_instance(instance_id).status == "waiting_for_event",
+            30,
+            "the wait",
+        )
         assert waits.romancy.cancel(instance_id, "customer left") is True
         done = waits.romancy.wait(instance_id, timeout=30)
     assert done.status == "cancelled"
     assert waits.ledger.count("release_hold:X-1") == 1
     # The event that comes too late is refused: nothing waits for it any more.
     with pytest.raises(Exception, match="already ended cancelled"):
-        waits.romancy.send_event("payment.received", {"order_id": "X-1", "amount": 1.0},
-                                 instance_id=instance_id)
+        waits.romancy.send_event(
+            "payment.received", {"order_id": "X-1", "amount": 1.0}, instance_id=instance_id
+        )
+
+
+def test_a_workflow_that_starts_by_waiting_waits_from_the_start(waits: Harness) -> None:
+    instance_id = waits.romancy.start_workflow("await_first", "W-1")
+    assert waits.romancy.get_instance(instance_id).status == "waiting_for_event"
+    assert waits.queued() == 0  # waiting holds no message, and no worker
+    with waits.worker():
+        waits.romancy.send_event("go", "now", correlation_id="W-1")
+        done = waits.romancy.wait(instance_id, timeout=30)
+    assert done.output_data == "go-W-1-now"

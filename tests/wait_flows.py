@@ -73,3 +73,8 @@ def register_waits(romancy: Romancy, folder: Path) -> None:
         note.execute(ctx, f"two-{order_id}")
         ctx.publish_event("order.finished", {"order_id": order_id})
         return "done"
+
+    @romancy.workflow("await_first")
+    def await_first(ctx: WorkflowContext, key: str) -> str:
+        signal = ctx.wait_event("go", correlation_id=key)
+        return note.execute(ctx, f"go-{key}-{signal}")

@@ -221,9 +221,21 @@ class Store:
         One conditional UPDATE decides, so two workers given the same message cannot
         both win, on any dialect.
         """
+        stmt = self.claim_statement(instance_id, token, worker_id, lease_seconds)
+        with self.transaction() as conn:
+            row = conn.execute(stmt.returning(*schema.instances.columns)).first()
+            if row is None:
+                return None
+            instance = _instance(row._mapping)
+            history = self._get_history(conn, instance_id)
+        return Claim(instance=instance, history=history, worker_id=worker_id, epoch=instance.epoch)
+
+    def claim_statement(
+        self, instance_id: str, token: str, worker_id: str, lease_seconds: float
+    ) -> sa.Update:
         t = schema.instances
         now = schema.utcnow()
-        stmt = (
+        return (
             sa.update(t)
             .where(
                 t.c.instance_id == instance_id,
@@ -242,15 +254,7 @@ class Store:
                 ),
                 updated_at=now,
             )
-            .returning(*t.columns)
         )
-        with self.transaction() as conn:
-            row = conn.execute(stmt).first()
-            if row is None:
-                return None
-            instance = _instance(row._mapping)
-            history = self._get_history(conn, instance_id)
-        return Claim(instance=instance, history=history, worker_id=worker_id, epoch=instance.epoch)
 
     def lease_held_for(self, instance_id: str, token: str) -> float | None:
         """Seconds left on a live lease over dispatch ``token``; None if there is none.
@@ -284,27 +288,12 @@ class Store:
         return self._commit(conn, claim, write)
 
     def _commit(self, conn: Connection, claim: Claim, write: StepWrite) -> bool:
-        t = schema.instances
         now = schema.utcnow()
         instance_id = claim.instance.instance_id
         txn = conn.get_transaction() or conn.begin()
         try:
             # The fencing check first: it also row-locks the instance until commit.
-            fenced = conn.execute(
-                sa.update(t)
-                .where(
-                    t.c.instance_id == instance_id,
-                    t.c.epoch == claim.epoch,
-                    t.c.lease_owner == claim.worker_id,
-                )
-                .values(
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    step_takeovers=0,
-                    updated_at=now,
-                    **write.instance_changes,
-                )
-            )
+            fenced = conn.execute(self.fence_statement(claim, write, now))
             if fenced.rowcount != 1:
                 txn.rollback()
                 return False
@@ -327,15 +316,6 @@ class Store:
                     .where(c.c.instance_id == instance_id, c.c.step_id == step_id)
                     .values(**changes)
                 )
-            if write.attempt is not None:
-                conn.execute(
-                    sa.insert(schema.attempts).values(
-                        instance_id=instance_id,
-                        worker_id=claim.worker_id,
-                        created_at=now,
-                        **write.attempt,
-                    )
-                )
             txn.commit()
         except sa.exc.IntegrityError:
             # The step is already recorded: a duplicate that slipped past the claim.
@@ -346,6 +326,103 @@ class Store:
             raise
         return True
 
+    def fence_statement(self, claim: Claim, write: StepWrite, now: datetime) -> sa.Update:
+        """The instance's update for a step: applies only if the claim still holds."""
+        t = schema.instances
+        return (
+            sa.update(t)
+            .where(
+                t.c.instance_id == claim.instance.instance_id,
+                t.c.epoch == claim.epoch,
+                t.c.lease_owner == claim.worker_id,
+            )
+            .values(
+                lease_owner=None,
+                lease_expires_at=None,
+                step_takeovers=0,
+                updated_at=now,
+                **write.instance_changes,
+            )
+        )
+
+    def step_rows(
+        self, instance_id: str, worker_id: str | None, write: StepWrite, now: datetime
+    ) -> list[tuple[sa.Table, list[dict[str, Any]]]]:
+        """The rows a step inserts, per table."""
+        rows: list[tuple[sa.Table, list[dict[str, Any]]]] = []
+        if write.events:
+            rows.append(
+                (
+                    schema.history,
+                    [
+                        {
+                            "instance_id": instance_id,
+                            "seq": e.seq,
+                            "step_id": e.step_id,
+                            "kind": e.kind,
+                            "name": e.name,
+                            "result": e.result,
+                            "error": e.error,
+                            "attempt": e.attempt,
+                            "worker_id": worker_id,
+                            "created_at": now,
+                        }
+                        for e in write.events
+                    ],
+                )
+            )
+        if write.outbox:
+            rows.append(
+                (
+                    schema.outbox,
+                    [
+                        {
+                            "instance_id": instance_id,
+                            "status": "pending",
+                            "attempts": 0,
+                            "available_at": now,
+                            "created_at": now,
+                            **row,
+                        }
+                        for row in write.outbox
+                    ],
+                )
+            )
+        if write.registrations:
+            rows.append(
+                (
+                    schema.compensations,
+                    [
+                        {
+                            "instance_id": instance_id,
+                            "seq": r.seq,
+                            "step_id": r.step_id,
+                            "name": r.name,
+                            "arguments": r.arguments,
+                            "status": "registered",
+                            "attempts": 0,
+                            "created_at": now,
+                        }
+                        for r in write.registrations
+                    ],
+                )
+            )
+        if write.attempt is not None:
+            rows.append(
+                (
+                    schema.attempts,
+                    [
+                        {
+                            "instance_id": instance_id,
+                            "worker_id": worker_id,
+                            "created_at": now,
+                            **write.attempt,
+                        }
+                    ],
+                )
+            )
+        return rows
+
     def _insert_step_rows(
         self,
         conn: Connection,
@@ -354,59 +431,8 @@ class Store:
         write: StepWrite,
         now: datetime,
     ) -> None:
-        if write.events:
-            conn.execute(
-                sa.insert(schema.history),
-                [
-                    {
-                        "instance_id": instance_id,
-                        "seq": e.seq,
-                        "step_id": e.step_id,
-                        "kind": e.kind,
-                        "name": e.name,
-                        "result": e.result,
-                        "error": e.error,
-                        "attempt": e.attempt,
-                        "worker_id": worker_id,
-                        "created_at": now,
-                    }
-                    for e in write.events
-                ],
-            )
-        if write.outbox:
-            conn.execute(
-                sa.insert(schema.outbox),
-                [
-                    {
-                        "instance_id": instance_id,
-                        "status": "pending",
-                        "attempts": 0,
-                        "available_at": now,
-                        "created_at": now,
-                        **row,
-                    }
-                    for row in write.outbox
-                ],
-            )
-        if write.registrations:
-            conn.execute(
-                sa.insert(schema.compensations),
-                [
-                    {
-                        "instance_id": instance_id,
-                        "seq": r.seq,
-                        "step_id": r.step_id,
-                        "name": r.name,
-                        "arguments": r.arguments,
-                        "status": "registered",
-                        "attempts": 0,
-                        "created_at": now,
-                    }
-                    for r in write.registrations
-                ],
-            )
-
-    # -- events and waits -------------------------------------------------------------------
+        for table, rows in self.step_rows(instance_id, worker_id, write, now):
+            conn.execute(sa.insert(table), rows)
 
     def insert_event(self, values: dict[str, Any]) -> bool:
         """Keep an event for a wait; False if its dedupe key was stored already."""

@@ -1,0 +1,56 @@
+"""The Flask shop: POST /orders starts the order saga, GET /orders/<id> shows it.
+
+    flask --app example_project.flask_shop:create_app run
+
+The instance id is derived from the order id, so a client that retries its POST
+(a timeout, a double click) gets the same saga back instead of a second charge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, request
+
+from celery_romancy import UnknownInstanceError
+from celery_romancy.contrib.flask import FlaskRomancy, current_romancy
+from celery_romancy.contrib.status import instance_status
+from example_project.celery_app import romancy
+from example_project.orders import order_processing
+from example_project.shop import BadOrderError, order_from_json
+
+romancy_ext = FlaskRomancy(romancy)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_prefixed_env()  # FLASK_ROMANCY_LEASE_TIMEOUT=600 -> ROMANCY_LEASE_TIMEOUT
+    app.config.update(config or {})
+    romancy_ext.init_app(app)
+
+    @app.post("/orders")
+    def checkout() -> tuple[dict[str, Any], int]:
+        try:
+            order = order_from_json(request.get_json(force=True))
+        except BadOrderError as exc:
+            return {"error": str(exc)}, 400
+        instance_id = current_romancy().start_workflow(
+            order_processing, order, instance_id=f"order-{order.order_id}"
+        )
+        return {"order_id": order.order_id, "instance_id": instance_id}, 202
+
+    @app.get("/orders/<instance_id>")
+    def order_status(instance_id: str) -> tuple[dict[str, Any], int]:
+        try:
+            instance = current_romancy().get_instance(instance_id)
+        except UnknownInstanceError:
+            return {"error": f"no order saga {instance_id}"}, 404
+        return instance_status(instance), 200
+
+    @app.get("/health")
+    def health() -> dict[str, bool]:
+        current_romancy().find_instances(limit=1)  # the workflow history answers
+        return {"ok": True}
+
+    return app

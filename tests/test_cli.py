@@ -1,0 +1,317 @@
+"""``celery -A proj romancy ...`` on a real PostgreSQL database with a real worker process.
+
+Most calls go through click's runner against the real command (fast); the first test
+runs the ``celery`` program itself, to prove the subcommand is registered and that
+exit codes and stderr reach the shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.bin.base import CLIContext
+from click.testing import CliRunner, Result
+
+from celery_romancy import Romancy, WorkflowInstance
+from celery_romancy.cli import romancy as romancy_command
+
+from .cli_flows import build_cli
+from .ledger import Gate, Ledger, wait_for
+from .processes import ROOT, ServiceProcess, celery, log_says
+from .services import REDIS_URL, create_pg_database, drop_pg_database, redis_client
+
+COMMANDS = ("list", "show", "cancel", "resume", "retry-compensation", "send-event", "migrate")
+
+
+@dataclass
+class Cli:
+    app: Celery
+    romancy: Romancy
+    folder: Path
+    env: dict[str, str]
+
+    def __call__(self, *args: str) -> Result:
+        context = CLIContext(app=self.app, no_color=True, workdir=None)
+        return CliRunner().invoke(romancy_command, list(args), obj=context)
+
+    def program(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """``celery -A tests.cli_app romancy ...``, as an operator types it."""
+        return subprocess.run(
+            celery("tests.cli_app", "romancy", *args),
+            cwd=ROOT,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def start(self, workflow: str, *args: Any, **kwargs: Any) -> str:
+        return self.romancy.start_workflow(workflow, *args, **kwargs)
+
+    def finished(self, instance_id: str) -> WorkflowInstance:
+        return self.romancy.wait(instance_id, timeout=60)
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.folder / "ledger.log")
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    redis = redis_client()
+    database_url = create_pg_database()  # of its own, so listings hold only these tests' runs
+    folder = tmp_path_factory.mktemp("cli")
+    queue = f"romancy-cli-{uuid.uuid4().hex[:10]}"
+    app, romancy = build_cli(database_url, REDIS_URL, folder, queue)
+    env = {
+        **os.environ,
+        "ROMANCY_TEST_DB": database_url,
+        "ROMANCY_TEST_BROKER": REDIS_URL,
+        "ROMANCY_TEST_DIR": str(folder),
+        "ROMANCY_TEST_QUEUE": queue,
+        "PYTHONPATH": str(ROOT),
+    }
+    worker = ServiceProcess(
+        "cli-worker",
+        celery(
+            "tests.cli_app",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "-l",
+            "INFO",
+            "-n",
+            f"cli-{uuid.uuid4().hex[:6]}@localhost",
+            "-Q",
+            queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ),
+        env,
+        folder,
+    ).start(log_says(" ready."))
+    yield Cli(app, romancy, folder, env)
+    worker.stop()
+    redis.delete(queue)
+    romancy.storage.dispose()
+    drop_pg_database(database_url)
+
+
+def test_romancy_is_a_celery_subcommand(cli: Cli, tmp_path: Path) -> None:
+    done = cli.program("--help")
+    assert done.returncode == 0, done.stderr
+    for command in COMMANDS:
+        assert f"  {command} " in done.stdout
+
+    fresh = tmp_path / "fresh.db"
+    done = cli.program("migrate", ROMANCY_TEST_DB=f"sqlite:///{fresh}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("history schema at revision ")
+    with sqlite3.connect(fresh) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"romancy_instances", "romancy_history", "romancy_compensations"} <= tables
+
+    done = cli.program("show", "no-such-id")
+    assert done.returncode == 2
+    assert "no workflow instance 'no-such-id'" in done.stderr
+    assert done.stdout == ""
+
+
+def test_list_and_show(cli: Cli) -> None:
+    completed = cli.start("order_saga", "L1")
+    failed = cli.start("trip", "L2", fail_car=True)
+    assert cli.finished(completed).status == "completed"
+    assert cli.finished(failed).status == "failed"
+
+    listing = cli("list")
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["INSTANCE", "WORKFLOW", "STATUS", "UPDATED", "NOTE"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows[completed][1:3] == ["order_saga", "completed"]
+    assert rows[failed][1:3] == ["trip", "failed"]
+    assert "TerminalError: no car for L2" in listing.stdout
+
+    assert _ids(cli("list", "--status", "failed")) == [failed]
+    assert _ids(cli("list", "--status", "failed", "--status", "completed")) == [failed, completed]
+    assert _ids(cli("list", "--workflow", "order_saga")) == [completed]
+    assert _ids(cli("list", "--limit", "1")) == [failed]  # newest first
+    as_json = json.loads(cli("list", "--json").stdout)
+    assert [(i["instance_id"], i["status"]) for i in as_json] == [
+        (failed, "failed"),
+        (completed, "completed"),
+    ]
+
+    shown = cli("show", failed)
+    assert shown.exit_code == 0, shown.output
+    text = shown.stdout
+    assert f"instance  {failed}" in text
+    assert "status    failed" in text
+    assert "error     celery_romancy.errors.TerminalError: no car for L2 (step book_car:1)" in text
+    assert 'input     {"trip_id": "L2", "fail_car": true}' in text
+    section = text.split("\nsteps (")[1].split("\n\n")[0]
+    steps = {line.split()[1]: line for line in section.splitlines()[2:]}
+    assert 'ok "FL-L2"' in steps["book_flight:1"]
+    assert 'ok "HT-L2"' in steps["book_hotel:1"]
+    assert "error celery_romancy.errors.TerminalError: no car for L2" in steps["book_car:1"]
+    assert "compensations, newest first (3)" in text
+    for name in ("cancel_hotel", "send_apology", "cancel_flight"):
+        assert any(line.split()[:1] == [name] and "done" in line for line in text.splitlines())
+
+    document = json.loads(cli("show", "--json", completed).stdout)
+    assert document["instance"]["status"] == "completed"
+    assert [e["step_id"] for e in document["history"]] == ["reserve:1", "charge:1", "ship:1"]
+    assert document["history"][2]["result"] == "TRACK-L1"
+
+
+def test_bad_ids_and_bad_arguments(cli: Cli) -> None:
+    for command in ("show", "cancel", "resume", "retry-compensation"):
+        result = cli(command, "no-such-id")
+        assert result.exit_code == 2, (command, result.output)
+        assert "Invalid value for INSTANCE_ID: no workflow instance 'no-such-id'" in result.stderr
+    result = cli("send-event", "payment", "--instance-id", "no-such-id")
+    assert result.exit_code == 2
+    assert "Invalid value for --instance-id: no workflow instance 'no-such-id'" in result.stderr
+
+    usage_errors = [
+        ("list", "--status", "sleeping"),
+        ("list", "--limit", "0"),
+        ("list", "--limit", "many"),
+        ("show",),
+        ("cancel",),
+        ("frobnicate",),
+        ("send-event", "payment"),  # no addressee
+        ("send-event", "payment", "--instance-id", "a", "--correlation-id", "b"),
+        ("send-event", "payment", "--instance-id", "a", "--data", "{not json"),
+    ]
+    for args in usage_errors:
+        result = cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith("Usage: "), (args, result.stderr)
+        assert result.stdout == ""
+
+    bare = Celery("no_romancy_here", set_as_current=False)
+    context = CLIContext(app=bare, no_color=True, workdir=None)
+    result = CliRunner().invoke(romancy_command, ["list"], obj=context)
+    assert result.exit_code == 2
+    assert "no Romancy is bound to the Celery app 'no_romancy_here'" in result.stderr
+
+
+def test_cancel(cli: Cli) -> None:
+    instance_id = cli.start("held_saga", "C1")
+    wait_for(lambda: "held-start:C1" in cli.ledger.events(), 60, "the held step to start")
+    result = cli("cancel", instance_id, "--reason", "customer asked")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"cancellation of {instance_id} requested\n"
+    assert cli("cancel", instance_id).stdout == (
+        f"{instance_id} is already being cancelled or rolled back\n"
+    )
+    Gate(cli.folder, "C1").open()
+    instance = cli.finished(instance_id)
+    assert instance.status == "cancelled"
+    assert instance.cancel_reason == "customer asked"
+    assert "ship:C1" not in cli.ledger.events()
+
+    done = cli.start("order_saga", "C2")
+    assert cli.finished(done).status == "completed"
+    result = cli("cancel", done)
+    assert result.exit_code == 1
+    assert "cannot cancel workflow instance" in result.stderr
+    assert "already ended completed" in result.stderr
+
+
+def test_resume_after_the_cause_is_fixed(cli: Cli) -> None:
+    instance_id = cli.start("versioned", "R1")
+    wait_for(lambda: "held-start:R1" in cli.ledger.events(), 60, "the held step to start")
+    busy = cli("resume", instance_id)
+    assert busy.exit_code == 1
+    assert "is held by a worker right now" in busy.stderr
+
+    # A deploy changes which step comes second while the instance is in flight.
+    version_file = cli.folder / "workflow-version"
+    version_file.write_text("2")
+    Gate(cli.folder, "R1").open()
+    parked = cli.finished(instance_id)
+    assert parked.status == "failed"
+    assert parked.error is not None
+    assert parked.error["type"] == "celery_romancy.errors.NonDeterminismError"
+
+    version_file.unlink()  # the fix is deployed
+    result = cli("resume", instance_id)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"resumed {instance_id}\n"
+    assert cli.finished(instance_id).status == "completed"
+    assert "ship:R1" in cli.ledger.events()
+
+    result = cli("resume", instance_id)
+    assert result.exit_code == 1
+    assert "is completed; only pending, running, compensating or parked" in result.stderr
+
+
+def test_retry_compensation(cli: Cli) -> None:
+    api_down = cli.folder / "flight-api-down"
+    api_down.touch()
+    try:
+        instance_id = cli.start("trip", "X1", fail_car=True)
+        assert cli.finished(instance_id).status == "compensation_failed"
+    finally:
+        api_down.unlink()
+    shown = cli("show", instance_id).stdout
+    assert "status    compensation_failed" in shown
+    assert any(
+        line.split()[:1] == ["cancel_flight"] and " failed " in line for line in shown.splitlines()
+    )
+
+    result = cli("retry-compensation", instance_id)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"retrying the compensation of {instance_id}\n"
+    assert cli.finished(instance_id).status == "failed"  # rolled back: the original failure
+    assert "cancel_flight:X1:FL-X1" in cli.ledger.events()
+
+    result = cli("retry-compensation", instance_id)
+    assert result.exit_code == 1
+    assert "is failed, not compensation_failed" in result.stderr
+
+
+def test_send_event(cli: Cli) -> None:
+    by_id = cli.start("awaiting_payment", "E1")
+    wait_for(
+        lambda: cli.romancy.get_instance(by_id).status == "waiting_for_event",
+        30,
+        "the instance to wait for its event",
+    )
+    result = cli("send-event", "payment", "--data", '{"amount": 12.5}', "--instance-id", by_id)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"event payment sent to instance {by_id}\n"
+    instance = cli.finished(by_id)
+    assert instance.status == "completed"
+    assert instance.output_data == {"invoice": "INV-E1", "payment": {"amount": 12.5}}
+
+    # Sent before anyone waits: kept, and taken by the instance that waits later.
+    result = cli("send-event", "payment", "--data", '"paid"', "--correlation-id", "E2")
+    assert result.exit_code == 0, result.output
+    by_correlation = cli.start("awaiting_payment", "E2", by_correlation=True)
+    assert cli.finished(by_correlation).output_data == {"invoice": "INV-E2", "payment": "paid"}
+
+    result = cli("send-event", "payment", "--instance-id", by_id)
+    assert result.exit_code == 1
+    assert "already ended completed" in result.stderr
+
+
+def _ids(result: Result) -> list[str]:
+    assert result.exit_code == 0, result.output
+    return [line.split()[0] for line in result.stdout.splitlines()[1:]]
