@@ -9,6 +9,7 @@ serves commits that must share the activity's own transaction or consume an even
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,29 +37,58 @@ class PostgresStore(Store):
     dialect_name = "postgresql"
     multi_node = True
 
-    def _create_engine(self) -> Engine:
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._autocommit_engine: Engine | None = None
+        self._autocommit_pid = 0
+
+    def _create_engine(self, **options: Any) -> Engine:
         url = sa.make_url(self.url)
         if url.drivername == "postgresql":
             # SQLAlchemy 2.1 would pick psycopg 3 for a bare URL; we ship psycopg2.
             url = url.set(drivername="postgresql+psycopg2")
         return sa.create_engine(
             url,
-            pool_pre_ping=True,
+            # No ping per checkout (a round trip on every step): a connection that died
+            # with the server fails its statement, SQLAlchemy drops the whole pool, and
+            # the step task is retried (see Romancy._step_task).
+            pool_pre_ping=False,
             pool_size=5,
             max_overflow=10,
             # A process paused while holding a row lock (SIGSTOP, a debugger) must not
             # block the worker taking its step over forever: fail, and retry the step.
             connect_args={"options": "-c lock_timeout=30000"},
+            **options,
         )
+
+    def _autocommit(self) -> Connection:
+        """A connection whose every statement is its own transaction.
+
+        A pool of its own: switching a pooled connection in and out of autocommit costs
+        a ``SET`` round trip each way.
+        """
+        self.engine  # noqa: B018 - per-process set-up and migrations happen there
+        pid = os.getpid()
+        if self._autocommit_engine is None or self._autocommit_pid != pid:
+            with self._lock:
+                if self._autocommit_engine is None or self._autocommit_pid != pid:
+                    if self._autocommit_engine is not None:
+                        self._autocommit_engine.dispose(close=False)  # the parent's
+                    self._autocommit_engine = self._create_engine(isolation_level="AUTOCOMMIT")
+                    self._autocommit_pid = pid
+        return self._autocommit_engine.connect()
+
+    def dispose(self) -> None:
+        if self._autocommit_engine is not None:
+            self._autocommit_engine.dispose()
+            self._autocommit_engine = None
+        super().dispose()
 
     def insert_ignoring_conflict(self, table: sa.Table) -> Any:
         return pg_insert(table).on_conflict_do_nothing()
 
     def lock_for_update(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         return stmt.with_for_update(skip_locked=True)
-
-    def _autocommit(self) -> Connection:
-        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def claim(
         self, instance_id: str, token: str, worker_id: str, lease_seconds: float
