@@ -9,6 +9,7 @@ serves commits that must share the activity's own transaction or consume an even
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import schema
 from .records import Claim, HistoryEvent, StepWrite
-from .store import Store, _instance
+from .store import Store, _instance, claim_parameters
 
 _HISTORY_COLUMNS = (
     "seq",
@@ -93,19 +94,10 @@ class PostgresStore(Store):
     def claim(
         self, instance_id: str, token: str, worker_id: str, lease_seconds: float
     ) -> Claim | None:
-        t, h = schema.instances, schema.history
-        claimed = (
-            self.claim_statement(instance_id, token, worker_id, lease_seconds)
-            .returning(*t.columns)
-            .cte("claimed")
-        )
-        stmt = (
-            sa.select(claimed, *(h.c[name].label(f"h_{name}") for name in _HISTORY_COLUMNS))
-            .select_from(claimed.outerjoin(h, h.c.instance_id == claimed.c.instance_id))
-            .order_by(h.c.seq)
-        )
+        stmt = _claim_with_history()
+        params = claim_parameters(instance_id, token, worker_id, lease_seconds)
         with self._autocommit() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(stmt, params).all()
         if not rows:
             return None
         instance = _instance(rows[0]._mapping)
@@ -157,3 +149,15 @@ class PostgresStore(Store):
                 return bool(own.execute(stmt).scalar_one() == 1)
         except sa.exc.IntegrityError:
             return False  # the step is already recorded: a duplicate past the claim
+
+
+@functools.cache
+def _claim_with_history() -> sa.Select[Any]:
+    """The claim and the instance's history in one statement, built once."""
+    t, h = schema.instances, schema.history
+    claimed = Store.claim_statement().returning(*t.columns).cte("claimed")
+    return (
+        sa.select(claimed, *(h.c[name].label(f"h_{name}") for name in _HISTORY_COLUMNS))
+        .select_from(claimed.outerjoin(h, h.c.instance_id == claimed.c.instance_id))
+        .order_by(h.c.seq)
+    )

@@ -8,6 +8,7 @@ so that no connection is ever shared between processes.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -221,30 +222,35 @@ class Store:
         One conditional UPDATE decides, so two workers given the same message cannot
         both win, on any dialect.
         """
-        stmt = self.claim_statement(instance_id, token, worker_id, lease_seconds)
+        params = claim_parameters(instance_id, token, worker_id, lease_seconds)
+        stmt = self.claim_statement().returning(*schema.instances.columns)
         with self.transaction() as conn:
-            row = conn.execute(stmt.returning(*schema.instances.columns)).first()
+            row = conn.execute(stmt, params).first()
             if row is None:
                 return None
             instance = _instance(row._mapping)
             history = self._get_history(conn, instance_id)
         return Claim(instance=instance, history=history, worker_id=worker_id, epoch=instance.epoch)
 
-    def claim_statement(
-        self, instance_id: str, token: str, worker_id: str, lease_seconds: float
-    ) -> sa.Update:
+    @staticmethod
+    @functools.cache
+    def claim_statement() -> sa.Update:
+        """The claim's UPDATE, with bind parameters named as in ``claim_parameters``.
+
+        Built once: it runs on every step, and building it costs more than running it.
+        """
         t = schema.instances
-        now = schema.utcnow()
+        now = sa.bindparam("claim_now", type_=schema.UTCDateTime())
         return (
             sa.update(t)
             .where(
-                t.c.instance_id == instance_id,
-                t.c.dispatch_token == token,
+                t.c.instance_id == sa.bindparam("claim_instance_id"),
+                t.c.dispatch_token == sa.bindparam("claim_token"),
                 sa.or_(t.c.lease_owner.is_(None), t.c.lease_expires_at < now),
             )
             .values(
-                lease_owner=worker_id,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                lease_owner=sa.bindparam("claim_worker_id"),
+                lease_expires_at=sa.bindparam("claim_expires", type_=schema.UTCDateTime()),
                 epoch=t.c.epoch + 1,
                 status=sa.case((t.c.status == "pending", "running"), else_=t.c.status),
                 # An expired lease still set means the last holder died or stalled.
@@ -667,6 +673,19 @@ class Store:
 
     def now(self) -> datetime:
         return schema.utcnow()
+
+
+def claim_parameters(
+    instance_id: str, token: str, worker_id: str, lease_seconds: float
+) -> dict[str, Any]:
+    now = schema.utcnow()
+    return {
+        "claim_instance_id": instance_id,
+        "claim_token": token,
+        "claim_worker_id": worker_id,
+        "claim_now": now,
+        "claim_expires": now + timedelta(seconds=lease_seconds),
+    }
 
 
 def _outbox(mapping: Any, **overrides: Any) -> OutboxRecord:
