@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -254,12 +255,34 @@ class Romancy:
         anything is written. With a caller-chosen ``instance_id`` a second start returns
         the same instance and runs nothing.
         """
+        return self.start_prepared(
+            self.prepare_start(workflow, *args, instance_id=instance_id, **kwargs)
+        )
+
+    def prepare_start(
+        self,
+        workflow: WorkflowDefinition[Any, Any] | str,
+        *args: Any,
+        instance_id: str | None = None,
+        **kwargs: Any,
+    ) -> PreparedStart:
+        """Check a start and take its JSON snapshot, writing nothing (for starting
+        later, e.g. after a transaction commits: ``start_prepared``)."""
         definition = self.registry.resolve_workflow(workflow)
         input_data = definition.shape.bind(args, kwargs)
         if instance_id is None:
             instance_id = uuid.uuid4().hex
         elif not isinstance(instance_id, str) or not 0 < len(instance_id) <= 100:
             raise InvalidArgumentsError("instance_id must be a string of 1 to 100 characters")
+        return PreparedStart(definition, input_data, instance_id)
+
+    def start_prepared(self, prepared: PreparedStart) -> str:
+        """Start what ``prepare_start`` checked; idempotent on its instance id."""
+        definition, input_data, instance_id = (
+            prepared.workflow,
+            prepared.input_data,
+            prepared.instance_id,
+        )
         ref = NewInstance(instance_id, definition.name)
         # Replaying with empty history finds the first step (or an immediate end).
         outcome, events = replay_recording(definition, instance_id, input_data, [])
@@ -371,6 +394,15 @@ class Romancy:
             raise WorkflowFailedError(instance_id, instance.status, instance.error)
         definition = self.registry.workflow(instance.workflow_name)
         return definition.shape.decode_result(instance.output_data)
+
+
+@dataclass(frozen=True)
+class PreparedStart:
+    """A checked start: the workflow, its input as stored JSON, and the instance id."""
+
+    workflow: WorkflowDefinition[Any, Any]
+    input_data: dict[str, Any]
+    instance_id: str
 
 
 def _check_name(name: Any) -> None:

@@ -17,7 +17,6 @@ task, and every step is a task.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
@@ -28,7 +27,7 @@ from django.db import connections, transaction
 
 from ...app import Romancy
 from ...definitions import WorkflowDefinition
-from ...errors import ConfigurationError, InvalidArgumentsError
+from ...errors import ConfigurationError
 from ...settings import RomancySettings
 
 __all__ = [
@@ -153,16 +152,6 @@ def start_workflow_on_commit(
     transaction rolls back. Returns the instance id at once (chosen now unless given),
     so it can be saved in the same transaction. Outside a transaction it starts at once.
     """
-    definition = romancy.registry.resolve_workflow(workflow)
-    input_data = definition.shape.bind(args, kwargs)
-    if instance_id is None:
-        instance_id = uuid.uuid4().hex
-    elif not isinstance(instance_id, str) or not 0 < len(instance_id) <= 100:
-        raise InvalidArgumentsError("instance_id must be a string of 1 to 100 characters")
-    # Rebuilt from the JSON: later changes to the caller's objects are not seen.
-    positional, keyword = definition.shape.decode_arguments(input_data)
-    start = functools.partial(
-        romancy.start_workflow, definition, *positional, instance_id=instance_id, **keyword
-    )
-    transaction.on_commit(start, using=using)
-    return instance_id
+    prepared = romancy.prepare_start(workflow, *args, instance_id=instance_id, **kwargs)
+    transaction.on_commit(functools.partial(romancy.start_prepared, prepared), using=using)
+    return prepared.instance_id
