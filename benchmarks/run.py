@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
@@ -36,6 +37,14 @@ def report(name: str, value: float, unit: str) -> None:
     print(f"{name} {value:.4g} {unit}", flush=True)
 
 
+def naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)  # as the history stores it
+
+
+def aware(stored: datetime) -> float:
+    return stored.replace(tzinfo=UTC).timestamp()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -46,7 +55,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+        time.sleep(0.02)
 
 
 @contextmanager
@@ -67,11 +76,31 @@ def database() -> Iterator[str]:
 def worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "benchmarks.bench_app", "worker",
-             "-P", "prefork", "-c", "2", "-l", "INFO", "-Q", env["BENCH_QUEUE"],
-             "-n", f"bench{uuid.uuid4().hex[:6]}@localhost",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "benchmarks.bench_app",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                "2",
+                "-l",
+                "INFO",
+                "-Q",
+                env["BENCH_QUEUE"],
+                "-n",
+                f"bench{uuid.uuid4().hex[:6]}@localhost",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_until(lambda: "ready." in log.read_text(errors="replace"), 60, "the worker")
@@ -97,8 +126,12 @@ def rss_mb(pid: int) -> float:
 
 class Bench:
     def __init__(self, db_url: str, queue: str) -> None:
-        os.environ.update(BENCH_DB=db_url, BENCH_QUEUE=queue,
-                          BENCH_BROKER=f"{REDIS}/12", BENCH_BACKEND=f"{REDIS}/13")
+        os.environ.update(
+            BENCH_DB=db_url,
+            BENCH_QUEUE=queue,
+            BENCH_BROKER=f"{REDIS}/12",
+            BENCH_BACKEND=f"{REDIS}/13",
+        )
         from benchmarks import bench_app
 
         self.bench_app = bench_app
@@ -111,30 +144,48 @@ class Bench:
             isolation_level="AUTOCOMMIT",
         )
 
-    def completed(self, prefix: str) -> int:
+    # Instances of one phase are the ones created since it began: a range on the
+    # created_at index, however many rows the history holds (a LIKE on the id would
+    # scan them all, and measure the benchmark's own polling).
+    def completed(self, since: datetime) -> int:
         with self.poll.connect() as conn:
-            return int(conn.execute(sa.text(
-                "SELECT count(*) FROM romancy_instances WHERE instance_id LIKE :p "
-                "AND status = 'completed'"), {"p": f"{prefix}-%"}).scalar_one())
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM romancy_instances WHERE created_at >= :since "
+                        "AND status = 'completed'"
+                    ),
+                    {"since": naive_utc(since)},
+                ).scalar_one()
+            )
 
-    def timings(self, prefix: str) -> list[tuple[float, float]]:
+    def timings(self, since: datetime) -> list[tuple[float, float]]:
         with self.poll.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT created_at, updated_at FROM romancy_instances "
-                "WHERE instance_id LIKE :p"), {"p": f"{prefix}-%"}).all()
-        return [(r.created_at.timestamp(), r.updated_at.timestamp()) for r in rows]
+            rows = conn.execute(
+                sa.text(
+                    "SELECT created_at, updated_at FROM romancy_instances "
+                    "WHERE created_at >= :since"
+                ),
+                {"since": naive_utc(since)},
+            ).all()
+        return [(aware(r.created_at), aware(r.updated_at)) for r in rows]
 
     def workflows(self, n: int, prefix: str) -> dict[str, float]:
         """Start ``n`` workflows as fast as possible; wait for all; throughput and latency."""
+        since = datetime.now(UTC)
         began = time.time()
         for i in range(n):
             self.romancy.start_workflow("bench.saga3", f"o{i}", instance_id=f"{prefix}-{i}")
-        wait_until(lambda: self.completed(prefix) == n, 600, f"{n} workflows")
-        times = self.timings(prefix)
+        wait_until(lambda: self.completed(since) == n, 600, f"{n} workflows")
+        times = self.timings(since)
         ended = max(done for _, done in times)
         latencies = [done - start for start, done in times]
-        return {"per_s": n / (ended - began), "p50": percentile(latencies, 50),
-                "p95": percentile(latencies, 95), "p99": percentile(latencies, 99)}
+        return {
+            "per_s": n / (ended - began),
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "p99": percentile(latencies, 99),
+        }
 
     def chains(self, n: int) -> dict[str, float]:
         from celery import chain
@@ -143,59 +194,81 @@ class Bench:
         began = time.time()
         sent = []
         for i in range(n):
-            sent.append((time.time(), chain(app.plain_reserve.s(f"c{i}"), app.plain_charge.s(),
-                                            app.plain_ship.s()).apply_async()))
+            sent.append(
+                (
+                    time.time(),
+                    chain(
+                        app.plain_reserve.s(f"c{i}"), app.plain_charge.s(), app.plain_ship.s()
+                    ).apply_async(),
+                )
+            )
         done = [(start, result.get(timeout=600)[2]) for start, result in sent]
         ended = max(finish for _, finish in done)
         latencies = [finish - start for start, finish in done]
-        return {"per_s": n / (ended - began), "p50": percentile(latencies, 50),
-                "p95": percentile(latencies, 95), "p99": percentile(latencies, 99)}
+        return {
+            "per_s": n / (ended - began),
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "p99": percentile(latencies, 99),
+        }
 
     def single_latencies(self, runs: int, prefix: str) -> tuple[float, float]:
         from celery import chain
 
         app = self.bench_app
-        ours = []
+        since = datetime.now(UTC)
         for i in range(runs):
             instance_id = f"{prefix}-{i}"
             self.romancy.start_workflow("bench.saga3", f"s{i}", instance_id=instance_id)
             wait_until(lambda i=instance_id: self.status(i) == "completed", 60, "a workflow")
-        ours = [done - start for start, done in self.timings(prefix)]
+        ours = [done - start for start, done in self.timings(since)]
         plain = []
         for i in range(runs):
             start = time.time()
-            result = chain(app.plain_reserve.s(f"p{i}"), app.plain_charge.s(),
-                           app.plain_ship.s()).apply_async()
+            result = chain(
+                app.plain_reserve.s(f"p{i}"), app.plain_charge.s(), app.plain_ship.s()
+            ).apply_async()
             plain.append(result.get(timeout=60)[2] - start)
         return statistics.median(ours), statistics.median(plain)
 
     def status(self, instance_id: str) -> str | None:
         with self.poll.connect() as conn:
-            return conn.execute(sa.text(
-                "SELECT status FROM romancy_instances WHERE instance_id = :i"),
-                {"i": instance_id}).scalar()
+            return conn.execute(
+                sa.text("SELECT status FROM romancy_instances WHERE instance_id = :i"),
+                {"i": instance_id},
+            ).scalar()
 
     def seed_history(self, rows: int) -> None:
         """Fill the history with finished instances of 3 steps, 1,000,000 rows by default."""
         instances = rows // 3 + 1
+        # A day old: before every phase's start, and out of its created_at range.
+        at = naive_utc(datetime.now(UTC)) - timedelta(days=1)
         with self.poll.begin() as conn:
-            conn.execute(sa.text(
-                "INSERT INTO romancy_instances (instance_id, workflow_name, status, input_data,"
-                " output_data, epoch, step_takeovers, created_at, updated_at) "
-                "SELECT 'seed-' || g, 'bench.saga3', 'completed', '{}', '\"x\"', 3, 0, now(), now()"
-                " FROM generate_series(1, :n) g"), {"n": instances})
-            conn.execute(sa.text(
-                "INSERT INTO romancy_history (instance_id, seq, step_id, kind, name, result,"
-                " attempt, created_at) "
-                "SELECT 'seed-' || (g / 3 + 1), g % 3, 'bench.step:' || (g % 3 + 1), 'activity',"
-                " 'bench.step', '\"r\"', 1, now() FROM generate_series(0, :n - 1) g"),
-                {"n": rows})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO romancy_instances (instance_id, workflow_name, status, input_data,"
+                    " output_data, epoch, step_takeovers, created_at, updated_at) "
+                    "SELECT 'seed-' || g, 'bench.saga3', 'completed', '{}', '\"x\"', 3, 0,"
+                    " :at, :at FROM generate_series(1, :n) g"
+                ),
+                {"n": instances, "at": at},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO romancy_history (instance_id, seq, step_id, kind, name, result,"
+                    " attempt, created_at) "
+                    "SELECT 'seed-' || (g / 3 + 1), g % 3, 'bench.step:' || (g % 3 + 1),"
+                    " 'activity', 'bench.step', '\"r\"', 1, :at FROM generate_series(0, :n - 1) g"
+                ),
+                {"n": rows, "at": at},
+            )
             conn.execute(sa.text("ANALYZE"))
 
 
 def server_log() -> Path | None:
-    logs = sorted(Path("/var/log/postgresql").glob("postgresql-*.log"),
-                  key=lambda p: p.stat().st_mtime)
+    logs = sorted(
+        Path("/var/log/postgresql").glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime
+    )
     return logs[-1] if logs else None
 
 
@@ -215,20 +288,23 @@ def count_round_trips(bench: Bench, db_url: str, n: int) -> float | None:
         conn.commit()
     romancy = bench.romancy
     romancy.storage.dispose()  # new connections pick the setting up
+    since = datetime.now(UTC)
     for i in range(n):  # started before counting: starts are the client's work
         romancy.start_workflow("bench.saga3", f"rt{i}", instance_id=f"rt-{i}")
     mark = log.stat().st_size
     with worker(bench.bench_app.app, pool="threads", concurrency=2):
-        wait_until(lambda: bench.completed("rt") == n, 300, "the counted workflows")
+        wait_until(lambda: bench.completed(since) == n, 300, "the counted workflows")
     with log.open(errors="replace") as text:
         text.seek(mark)
         lines = [
-            line for line in text
-            if f"@{name} " in line and " statement: " in line
-            and "instance_id LIKE" not in line  # this script's own polling
+            line
+            for line in text
+            if f"@{name} " in line
+            and " statement: " in line
+            and "created_at >=" not in line  # this script's own polling
         ]
     with bench.poll.connect() as conn:
-        conn.execute(sa.text(f"ALTER DATABASE \"{name}\" RESET log_statement"))
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" RESET log_statement'))
         conn.commit()
     return len(lines) / (3 * n)
 

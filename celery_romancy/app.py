@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import sqlalchemy as sa
-from celery import Celery, Task, signals
+from celery import Celery
 
-from . import events, maintenance, operations, outbox
+from . import events, maintenance, operations, outbox, tasks
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
-from .dispatch import WAKE_TASK, NewInstance, publish
+from .dispatch import NewInstance, publish
 from .errors import (
-    ConfigurationError,
     InvalidArgumentsError,
-    LeaseHeldError,
     RomancyError,
     UnknownInstanceError,
     WaitTimeoutError,
@@ -33,18 +29,8 @@ from .runner import StepRunner, recorded_rows
 from .settings import RomancySettings
 from .storage import HistoryEvent, Store, WorkflowInstance, open_store
 
-logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
-
-TASK_OPTIONS: dict[str, Any] = {
-    # Ack after the step is recorded: a worker that dies mid-step leaves the message
-    # to be redelivered, and the dispatch token makes the redelivery harmless.
-    "acks_late": True,
-    "reject_on_worker_lost": True,
-    "serializer": "json",
-    "ignore_result": True,
-}
 
 
 class Romancy:
@@ -62,28 +48,21 @@ class Romancy:
         **settings: Any,
     ) -> None:
         self.app = celery_app
-        self._overrides = {"database_url": database_url, "worker_id": worker_id, **settings}
+        self.overrides = {"database_url": database_url, "worker_id": worker_id, **settings}
         self._settings: RomancySettings | None = None
         self._storage: Store | None = None
         self.registry = Registry()
         self.runner = StepRunner(self)
         self._lease_keeper: LeaseKeeper | None = None
         celery_app._celery_romancy = self  # for CLI and contrib
-        self._register_maintenance_tasks()
-        # Beat entries need the settings, which need the app's config: wait for it.
-        if celery_app.configured:
-            self._configure_celery()
-        else:
-            celery_app.on_after_configure.connect(self._configure_celery, weak=False)
-        # A user may replace ``beat_schedule`` after that: beat gets our entries anyway.
-        signals.beat_init.connect(self._add_beat_entries, weak=False)
+        tasks.install(self)
 
     # -- settings and storage ------------------------------------------------------------
 
     @property
     def settings(self) -> RomancySettings:
         if self._settings is None:
-            self._settings = RomancySettings.from_celery(self.app.conf, **self._overrides)
+            self._settings = RomancySettings.from_celery(self.app.conf, **self.overrides)
         return self._settings
 
     @property
@@ -105,58 +84,6 @@ class Romancy:
     def migrate(self) -> None:
         """Create or upgrade the history tables now (first use does it too)."""
         self.storage.engine  # noqa: B018 - opening the engine applies the migrations
-
-    # -- Celery wiring ----------------------------------------------------------------------
-
-    def _configure_celery(self, *_: Any, **__: Any) -> None:
-        conf = self.app.conf
-        accepted = conf.get("accept_content") or ["json"]
-        if "json" not in accepted and "application/json" not in accepted:
-            conf.accept_content = [*accepted, "json"]  # the package's own messages are JSON
-        # The user's own entries stay; ours are added under their ``romancy.`` names.
-        try:
-            # Read, not cached: more config may follow this first access.
-            settings = RomancySettings.from_celery(conf, **self._overrides)
-        except ConfigurationError:
-            return  # reported on first use, where the caller can see it
-        conf.beat_schedule = {
-            **maintenance.beat_schedule(settings),
-            **(conf.beat_schedule or {}),
-        }
-
-    def _add_beat_entries(self, sender: Any = None, **_: Any) -> None:
-        if sender is not None and sender.app is self.app:
-            sender.scheduler.update_from_dict(maintenance.beat_schedule(self.settings))
-
-    def _register_maintenance_tasks(self) -> None:
-        options: dict[str, Any] = {
-            "lazy": False,
-            "shared": False,
-            "serializer": "json",
-            "ignore_result": True,
-        }
-
-        def recover() -> dict[str, int]:
-            report = maintenance.recover(self)
-            return {"republished": report.republished, "failed": report.failed_publishes}
-
-        def fire_timers() -> int:
-            return maintenance.fire_due(self)
-
-        def relay_outbox() -> int:
-            return outbox.relay(self)
-
-        def wake(task: Task, instance_id: str, token: str) -> str:
-            # A timer's countdown message; beat's fire_timers is the fallback.
-            result = maintenance.fire(self, instance_id, token)
-            if result == "early":  # clocks differ between machines: come back shortly
-                raise task.retry(countdown=0.2, max_retries=50)
-            return result
-
-        self.app.task(name=maintenance.RECOVER_TASK, **options)(recover)
-        self.app.task(name=maintenance.FIRE_TASK, **options)(fire_timers)
-        self.app.task(name=maintenance.RELAY_TASK, **options)(relay_outbox)
-        self.app.task(name=WAKE_TASK, bind=True, acks_late=True, **options)(wake)
 
     def recover(self) -> maintenance.RecoveryReport:
         """Run the recovery sweep now (beat runs it every ``romancy_recovery_interval``)."""
@@ -202,7 +129,7 @@ class Romancy:
                 queue=queue,
             )
             self.registry.add(definition)
-            self._step_task(name)
+            tasks.register_step_task(self, name)
             return definition
 
         return register
@@ -216,29 +143,10 @@ class Romancy:
         def register(fn: Callable[P, Any]) -> CompensationDefinition[P]:
             definition = CompensationDefinition(name, fn, retry or DEFAULT_RETRY_POLICY, queue)
             self.registry.add(definition)
-            self._step_task(name)
+            tasks.register_step_task(self, name)
             return definition
 
         return register
-
-    def _step_task(self, name: str) -> None:
-        # The queue travels with each message (``send_task(queue=...)``), not on the task.
-        runner = self.runner
-
-        def run_step(task: Task, instance_id: str, token: str) -> str:
-            try:
-                return runner.run(instance_id, token, name)
-            except LeaseHeldError as busy:
-                raise task.retry(countdown=busy.retry_in, max_retries=None) from None
-            except sa.exc.DBAPIError as exc:
-                # The history database is unreachable (restarting, failing over): the
-                # step is not recorded, so keep its message instead of acking it away
-                # and waiting for the recovery sweep.
-                logger.warning("celery_romancy: database error in %s, retrying: %s", name, exc)
-                raise task.retry(countdown=2.0, max_retries=None) from None
-
-        run_step.__name__ = run_step.__qualname__ = name.replace(".", "_")
-        self.app.task(name=name, bind=True, lazy=False, shared=False, **TASK_OPTIONS)(run_step)
 
     # -- starting and reading -----------------------------------------------------------------
 

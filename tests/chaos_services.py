@@ -10,17 +10,13 @@ under ``CI=true``.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -56,140 +52,6 @@ def binary(name: str, *patterns: str) -> str:
 
 def _version_key(path: str) -> list[int]:
     return [int(part) for part in re.findall(r"\d+", path)]
-
-
-# -- celery worker / celery beat ---------------------------------------------------------
-
-
-class CeleryProcess:
-    """``celery -A <module> <args>`` in its own process group, logging to its own file."""
-
-    def __init__(
-        self, module: str, args: list[str], env: dict[str, str], log_path: Path, ready: str
-    ) -> None:
-        self.module = module
-        self.args = args
-        self.env = env
-        self.log_path = log_path
-        self.ready_marker = ready
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def pgid(self) -> int:
-        return self.pid  # start_new_session: the main process leads its group
-
-    def start(self, timeout: float = 60.0) -> CeleryProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", self.module, *self.args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(self._ready, timeout, f"{self.log_path.name} to be ready")
-        return self
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(
-                f"{self.args[0]} exited with {self.process.returncode}:\n{self.log()[-5000:]}"
-            )
-        return self.ready_marker in self.log()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, signum)
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: main process and pool children, no cleanup at all."""
-        assert self.process is not None
-        self.signal_group(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def pause(self) -> None:
-        self.signal_group(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.signal_group(signal.SIGCONT)
-
-    def stop(self) -> None:
-        """Warm shutdown if it can, SIGKILL if it will not; never leaves a child behind."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.signal_group(signal.SIGCONT)  # a paused process cannot handle SIGTERM
-            self.signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=15)
-        self.signal_group(signal.SIGKILL)  # pool children that outlived their parent
-        if self.process.poll() is None:
-            self.process.wait(timeout=30)
-
-
-def celery_worker(
-    module: str,
-    env: dict[str, str],
-    folder: Path,
-    queue: str,
-    concurrency: int = 2,
-    pool: str = "prefork",
-) -> CeleryProcess:
-    name = f"w{uuid.uuid4().hex[:8]}"
-    return CeleryProcess(
-        module,
-        [
-            "worker",
-            "-P",
-            pool,
-            "-c",
-            str(concurrency),
-            "-l",
-            "INFO",
-            "-n",
-            f"{name}@localhost",
-            "-Q",
-            queue,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env,
-        folder / f"worker-{name}.log",
-        ready="ready.",
-    )
-
-
-def celery_beat(module: str, env: dict[str, str], folder: Path) -> CeleryProcess:
-    name = uuid.uuid4().hex[:8]
-    return CeleryProcess(
-        module,
-        [
-            "beat",
-            "-l",
-            "INFO",
-            "-s",
-            str(folder / f"beat-schedule-{name}"),
-            "--max-interval",
-            "1",
-        ],
-        env,
-        folder / f"beat-{name}.log",
-        ready="beat: Starting...",
-    )
 
 
 # -- redis-server ------------------------------------------------------------------------

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,123 +16,9 @@ from celery_romancy import Romancy
 from celery_romancy.testing import worker
 
 from .flows import build
-from .ledger import Gate, Ledger, wait_for
+from .ledger import Gate, Ledger
+from .processes import ROOT, CeleryProcess, celery_beat, celery_worker
 from .services import REDIS_URL, redis_client
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class WorkerProcess:
-    """A real ``celery worker`` subprocess (its own process group, so it can be killed)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, pool: str, concurrency: int) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.pool = pool
-        self.concurrency = concurrency
-        self.process: subprocess.Popen[bytes] | None = None
-        self.hostname = f"w{uuid.uuid4().hex[:8]}@localhost"
-
-    def start(self, timeout: float = 60.0) -> WorkerProcess:
-        log = self.log_path.open("ab")
-        self._log_start = self.log_path.stat().st_size
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.worker_app",
-                "worker",
-                "-P",
-                self.pool,
-                "-c",
-                str(self.concurrency),
-                "-l",
-                "INFO",
-                "-n",
-                self.hostname,
-                "-Q",
-                self.env["ROMANCY_TEST_QUEUE"],
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        wait_for(self._ready, timeout, "the celery worker to be ready")
-        return self
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
-        return "ready." in self.log()[self._log_start :]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker: main process and pool children, no cleanup at all."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
-class BeatProcess(WorkerProcess):
-    """A real ``celery beat`` subprocess; its schedule file lives in the test's folder."""
-
-    def __init__(self, env: dict[str, str], folder: Path) -> None:
-        super().__init__(env, folder / "beat.log", pool="", concurrency=0)
-        self.folder = folder
-
-    def start(self, timeout: float = 60.0) -> BeatProcess:
-        log = self.log_path.open("ab")
-        self._log_start = self.log_path.stat().st_size
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.worker_app",
-                "beat",
-                "-l",
-                "DEBUG",
-                "-s",
-                str(self.folder / "beat-schedule"),
-                "--max-interval",
-                "1",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        wait_for(self._ready, timeout, "celery beat to start")
-        return self
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"beat exited with {self.process.returncode}:\n{self.log()}")
-        return "beat: Starting..." in self.log()[self._log_start :]
 
 
 class Harness:
@@ -152,7 +35,7 @@ class Harness:
         self.romancy: Romancy
         self.app, self.romancy = build(database_url, broker_url, folder, self.queue, **conf)
         self.ledger = Ledger(folder / "ledger.log")
-        self._processes: list[WorkerProcess] = []
+        self._processes: list[CeleryProcess] = []
         # (task name, instance id, what the runner did) for every step the in-process
         # worker handled: "recorded", "duplicate", "fenced", ...
         self.outcomes: list[tuple[str, str, object]] = []
@@ -176,8 +59,11 @@ class Harness:
         with worker(self.app, pool="threads", concurrency=2):
             yield
 
-    def worker_process(self, pool: str = "prefork", concurrency: int = 2) -> WorkerProcess:
-        process = WorkerProcess(self._env(), self.folder / "worker.log", pool, concurrency)
+    def worker_process(self, pool: str = "prefork", concurrency: int = 2) -> CeleryProcess:
+        """A real ``celery worker`` subprocess for this app (not started yet)."""
+        process = celery_worker(
+            "tests.worker_app", self._env(), self.folder, self.queue, concurrency, pool
+        )
         self._processes.append(process)
         return process
 
@@ -192,9 +78,9 @@ class Harness:
             "PYTHONPATH": str(ROOT),
         }
 
-    def beat_process(self) -> BeatProcess:
+    def beat_process(self) -> CeleryProcess:
         """A real ``celery beat`` subprocess for this app (runs the romancy.* jobs)."""
-        process = BeatProcess(self._env(), self.folder)
+        process = celery_beat("tests.worker_app", self._env(), self.folder)
         self._processes.append(process)
         return process
 

@@ -7,6 +7,7 @@ SIGTERM (SIGKILL if it does not go).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ class ServiceProcess:
         self.cwd = cwd
         self.log_path = folder / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.hostname: str | None = None  # a worker's node name
 
     def start(
         self, ready: Callable[[ServiceProcess], bool], timeout: float = 60.0
@@ -78,15 +81,115 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def pid(self) -> int:
+        """The main process; with ``start_new_session`` it also names the process group."""
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (a worker's pool children too): no cleanup at all."""
+        assert self.process is not None
+        self.signal_group(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def pause(self) -> None:
+        self.signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal_group(signal.SIGCONT)
+
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """Warm shutdown if it can, SIGKILL if it will not; never leaves a child behind."""
+        if self.process is None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
+        if self.process.poll() is None:
+            self.signal_group(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+            self.signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=15)
+        self.signal_group(signal.SIGKILL)  # pool children that outlived their parent
+        if self.process.poll() is None:
             self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+
+
+class CeleryProcess(ServiceProcess):
+    """``celery -A <module> ...``, ready when its log says ``ready_marker``."""
+
+    def __init__(
+        self,
+        module: str,
+        args: list[str],
+        env: Mapping[str, str],
+        folder: Path,
+        name: str,
+        ready_marker: str,
+    ) -> None:
+        super().__init__(name, celery(module, *args), env, folder)
+        self.ready_marker = ready_marker
+
+    def start(
+        self, ready: Callable[[ServiceProcess], bool] | None = None, timeout: float = 60.0
+    ) -> CeleryProcess:
+        super().start(ready or log_says(self.ready_marker), timeout)
+        return self
+
+
+def celery_worker(
+    module: str,
+    env: Mapping[str, str],
+    folder: Path,
+    queue: str,
+    concurrency: int = 2,
+    pool: str = "prefork",
+) -> CeleryProcess:
+    """A real ``celery worker`` with its own node name and log file."""
+    name = f"w{uuid.uuid4().hex[:8]}"
+    worker = CeleryProcess(
+        module,
+        [
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-l",
+            "INFO",
+            "-n",
+            f"{name}@localhost",
+            "-Q",
+            queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env,
+        folder,
+        f"worker-{name}",
+        ready_marker=" ready.",
+    )
+    worker.hostname = f"{name}@localhost"
+    return worker
+
+
+def celery_beat(module: str, env: Mapping[str, str], folder: Path) -> CeleryProcess:
+    """A real ``celery beat`` (schedule file in ``folder``), ticking at least every second."""
+    name = uuid.uuid4().hex[:8]
+    return CeleryProcess(
+        module,
+        ["beat", "-l", "DEBUG", "-s", str(folder / f"beat-schedule-{name}"), "--max-interval", "1"],
+        env,
+        folder,
+        f"beat-{name}",
+        ready_marker="beat: Starting...",
+    )
 
 
 def log_says(marker: str) -> Callable[[ServiceProcess], bool]:

@@ -31,15 +31,9 @@ import sqlalchemy as sa
 from celery_romancy.storage.schema import history, instances
 
 from .chaos_flows import LEDGER, build_chaos, expected_output, gate_name
-from .chaos_services import (
-    ROOT,
-    CeleryProcess,
-    PostgresServer,
-    RedisServer,
-    celery_beat,
-    celery_worker,
-)
+from .chaos_services import PostgresServer, RedisServer
 from .ledger import Gate, Ledger, wait_for
+from .processes import ROOT, CeleryProcess, celery_beat, celery_worker
 from .services import REDIS_URL, redis_client
 
 pytestmark = pytest.mark.chaos
@@ -328,7 +322,7 @@ def test_sigkilled_workers_lose_no_workflow_and_record_every_step_once(
         worker.kill()
         killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
         at_kill = rig.recorded()  # nothing runs now: the count is stable
-        kills.append({"pgid": worker.pgid, "at": killed_wall, "recorded": at_kill})
+        kills.append({"pgid": worker.pid, "at": killed_wall, "recorded": at_kill})
         worker = rig.worker()
         rig.wait_recorded(at_kill + 1, 120, "a step recorded after the kill")
         kills[-1]["next_step_after"] = time.monotonic() - killed_at
@@ -500,7 +494,7 @@ def test_a_paused_worker_cannot_commit_over_the_worker_that_took_its_step_over(
     wait_for(lambda: len(gated_starts()) == 1, 60, "the gated step to start")
     first.pause()  # SIGSTOP mid-step: its lease is no longer renewed
     paused = gated_starts()[0]
-    assert paused.pgid == first.pgid
+    assert paused.pgid == first.pid
 
     Gate(tmp_path, gate_name(instance_id)).open()
     second = rig.worker(concurrency=1)
@@ -508,7 +502,7 @@ def test_a_paused_worker_cannot_commit_over_the_worker_that_took_its_step_over(
     assert instance.status == "completed"
     assert instance.output_data == expected_output(7)
     before = rig.romancy.get_history(instance_id)
-    taken_over = [s for s in gated_starts() if s.pgid == second.pgid]
+    taken_over = [s for s in gated_starts() if s.pgid == second.pid]
     assert len(taken_over) == 1
     gated_row = next(e for e in before if e.step_id == "chaos_gated:1")
     assert gated_row.worker_id is not None

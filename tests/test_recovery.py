@@ -83,12 +83,12 @@ def test_a_real_beat_heals_a_dispatch_the_broker_lost(fast: Harness) -> None:
     fast.redis.delete(fast.queue)  # the broker loses the first step's message
     assert fast.queued() == 0
     fast.worker_process().start()
-    fast.beat_process().start()
+    beat = fast.beat_process().start()
 
     instance = fast.romancy.wait(instance_id, timeout=60)
     assert instance.status == "completed"
     assert fast.ledger.count("reserve:L-1") == 1
-    assert "romancy.recover" in fast.folder.joinpath("beat.log").read_text()
+    assert "romancy.recover" in beat.log()
 
 
 # -- depth 1: stored state rewritten to look mid-flight ----------------------------------

@@ -1,0 +1,114 @@
+"""The package's Celery tasks and its place in the app's config.
+
+Each activity and compensation is a task of its own name (so Flower and routing see
+it); the maintenance jobs are ``romancy.*`` tasks that beat sends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from celery import Task, signals
+
+from . import maintenance, outbox
+from .dispatch import WAKE_TASK
+from .errors import ConfigurationError, LeaseHeldError
+from .settings import RomancySettings
+
+if TYPE_CHECKING:
+    from .app import Romancy
+
+logger = logging.getLogger(__name__)
+
+STEP_TASK_OPTIONS: dict[str, Any] = {
+    # Ack after the step is recorded: a worker that dies mid-step leaves the message
+    # to be redelivered, and the dispatch token makes the redelivery harmless.
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "serializer": "json",
+    "ignore_result": True,
+}
+MAINTENANCE_TASK_OPTIONS: dict[str, Any] = {"serializer": "json", "ignore_result": True}
+
+
+def install(romancy: Romancy) -> None:
+    """Register the maintenance tasks and, once the app is configured, the config."""
+    app = romancy.app
+    register_maintenance_tasks(romancy)
+    # Beat entries need the settings, which need the app's config: wait for it.
+    if app.configured:
+        configure(romancy)
+    else:
+        app.on_after_configure.connect(lambda *_, **__: configure(romancy), weak=False)
+
+    def add_beat_entries(sender: Any = None, **_: Any) -> None:
+        # A user may replace ``beat_schedule`` after configuration: beat gets ours anyway.
+        if sender is not None and sender.app is app:
+            sender.scheduler.update_from_dict(maintenance.beat_schedule(romancy.settings))
+
+    signals.beat_init.connect(add_beat_entries, weak=False)
+
+
+def configure(romancy: Romancy) -> None:
+    conf = romancy.app.conf
+    accepted = conf.get("accept_content") or ["json"]
+    if "json" not in accepted and "application/json" not in accepted:
+        conf.accept_content = [*accepted, "json"]  # the package's own messages are JSON
+    try:
+        # Read, not cached: more config may follow this first access.
+        settings = RomancySettings.from_celery(conf, **romancy.overrides)
+    except ConfigurationError:
+        return  # reported on first use, where the caller can see it
+    # The user's own entries stay; ours are added under their ``romancy.`` names.
+    conf.beat_schedule = {**maintenance.beat_schedule(settings), **(conf.beat_schedule or {})}
+
+
+def register_step_task(romancy: Romancy, name: str) -> None:
+    """The Celery task that runs activity or compensation ``name`` for one instance.
+
+    The queue travels with each message (``send_task(queue=...)``), not on the task.
+    """
+    runner = romancy.runner
+
+    def run_step(task: Task, instance_id: str, token: str) -> str:
+        try:
+            return runner.run(instance_id, token, name)
+        except LeaseHeldError as busy:
+            raise task.retry(countdown=busy.retry_in, max_retries=None) from None
+        except sa.exc.DBAPIError as exc:
+            # The history database is unreachable (restarting, failing over): the step
+            # is not recorded, so keep its message rather than ack it away and wait for
+            # the recovery sweep.
+            logger.warning("celery_romancy: database error in %s, retrying: %s", name, exc)
+            raise task.retry(countdown=2.0, max_retries=None) from None
+
+    run_step.__name__ = run_step.__qualname__ = name.replace(".", "_")
+    romancy.app.task(name=name, bind=True, lazy=False, shared=False, **STEP_TASK_OPTIONS)(run_step)
+
+
+def register_maintenance_tasks(romancy: Romancy) -> None:
+    def recover() -> dict[str, int]:
+        report = maintenance.recover(romancy)
+        return {"republished": report.republished, "failed": report.failed_publishes}
+
+    def fire_timers() -> int:
+        return maintenance.fire_due(romancy)
+
+    def relay_outbox() -> int:
+        return outbox.relay(romancy)
+
+    def wake(task: Task, instance_id: str, token: str) -> str:
+        # A timer's countdown message; beat's fire_timers is the fallback.
+        result = maintenance.fire(romancy, instance_id, token)
+        if result == "early":  # clocks differ between machines: come back shortly
+            raise task.retry(countdown=0.2, max_retries=50)
+        return result
+
+    register = romancy.app.task
+    options = {"lazy": False, "shared": False, **MAINTENANCE_TASK_OPTIONS}
+    register(name=maintenance.RECOVER_TASK, **options)(recover)
+    register(name=maintenance.FIRE_TASK, **options)(fire_timers)
+    register(name=maintenance.RELAY_TASK, **options)(relay_outbox)
+    register(name=WAKE_TASK, bind=True, acks_late=True, **options)(wake)
