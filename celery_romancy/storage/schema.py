@@ -72,7 +72,8 @@ instances = sa.Table(
     sa.Column("wait_correlation_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
-    sa.Index("ix_romancy_instances_status_lease", "status", "lease_expires_at"),
+    # No index on lease_expires_at: the sweeps find work through (status, dispatch_at), and
+    # a claim that touches no indexed column is an in-place (HOT) update on PostgreSQL.
     sa.Index("ix_romancy_instances_status_dispatch", "status", "dispatch_at"),
     sa.Index("ix_romancy_instances_workflow_status", "workflow_name", "status"),
     sa.Index("ix_romancy_instances_created", "created_at"),
