@@ -50,6 +50,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def summary(began: float, spans: list[tuple[float, float]]) -> dict[str, float]:
+    """Throughput since ``began`` and latency percentiles of (started, finished) spans."""
+    latencies = [finished - started for started, finished in spans]
+    ended = max(finished for _, finished in spans)
+    return {
+        "per_s": len(spans) / (ended - began),
+        **{f"p{q}": percentile(latencies, q) for q in (50, 95, 99)},
+    }
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -177,15 +187,7 @@ class Bench:
         for i in range(n):
             self.romancy.start_workflow("bench.saga3", f"o{i}", instance_id=f"{prefix}-{i}")
         wait_until(lambda: self.completed(since) == n, 600, f"{n} workflows")
-        times = self.timings(since)
-        ended = max(done for _, done in times)
-        latencies = [done - start for start, done in times]
-        return {
-            "per_s": n / (ended - began),
-            "p50": percentile(latencies, 50),
-            "p95": percentile(latencies, 95),
-            "p99": percentile(latencies, 99),
-        }
+        return summary(began, self.timings(since))
 
     def chains(self, n: int) -> dict[str, float]:
         from celery import chain
@@ -202,15 +204,7 @@ class Bench:
                     ).apply_async(),
                 )
             )
-        done = [(start, result.get(timeout=600)[2]) for start, result in sent]
-        ended = max(finish for _, finish in done)
-        latencies = [finish - start for start, finish in done]
-        return {
-            "per_s": n / (ended - began),
-            "p50": percentile(latencies, 50),
-            "p95": percentile(latencies, 95),
-            "p99": percentile(latencies, 99),
-        }
+        return summary(began, [(start, result.get(timeout=600)[2]) for start, result in sent])
 
     def single_latencies(self, runs: int, prefix: str) -> tuple[float, float]:
         from celery import chain
