@@ -15,6 +15,7 @@ from .commands import ActivityCommand
 from .context import ActivityInfo, _current_activity
 from .dispatch import Dispatch, publish
 from .errors import ConfigurationError, LeaseHeldError, PoisonStepError, SerializationError
+from .events import deliver_kept_event
 from .failures import describe_error
 from .planning import dispatch_command, finish, plan_outcome, start_rollback
 from .replay import replay_recording
@@ -178,8 +179,6 @@ class StepRunner:
         result = self._published(claim, committed, dispatch)
         if committed and changes.get("status") == "waiting_for_event":
             # An event may have come before the wait: deliver it now (see events.py).
-            from .events import deliver_kept_event
-
             deliver_kept_event(romancy, instance.instance_id)
         return result
 

@@ -55,12 +55,17 @@ def test_a_sleeping_workflow_holds_no_worker_and_resumes_on_time(waits: Harness)
     asleep = waits.romancy.get_instance(instance_id)
     # Ask this test's worker only: others may share the broker.
     inspector = waits.app.control.inspect(destination=[worker.hostname], timeout=5)
-    active = inspector.active()
-    assert active, "the worker answered no inspect request"
-    # No worker slot is held for the sleeping workflow: at most a beat job runs.
-    running = [task for tasks in active.values() for task in tasks]
+
+    def workflow_tasks_running() -> list[str]:
+        active = inspector.active()
+        assert active, "the worker answered no inspect request"
+        names = [task["name"] for tasks in active.values() for task in tasks]
+        return [name for name in names if not name.startswith("romancy.")]  # beat jobs aside
+
+    # The step that put the workflow to sleep finishes, and then no worker slot is held
+    # for the sleeping workflow (the timer is 3 s; a held slot would fail this wait).
+    wait_for(lambda: workflow_tasks_running() == [], 2, "the worker to hold no workflow task")
     assert waits.romancy.get_instance(instance_id).status == "waiting_for_timer"  # still
-    assert [t["name"] for t in running if not t["name"].startswith("romancy.")] == []
     fire_at = datetime.fromisoformat(asleep.pending["arguments"]["fire_at"])
 
     done = waits.romancy.wait(instance_id, timeout=30)

@@ -36,7 +36,6 @@ _HISTORY_COLUMNS = (
 
 class PostgresStore(Store):
     dialect_name = "postgresql"
-    multi_node = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

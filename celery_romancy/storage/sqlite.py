@@ -14,9 +14,8 @@ from .store import Store
 
 class SQLiteStore(Store):
     dialect_name = "sqlite"
-    # Without SELECT ... FOR UPDATE SKIP LOCKED, two nodes running maintenance could both
-    # claim the same row; a SQLite file is meant for one machine.
-    multi_node = False
+    # No SELECT ... FOR UPDATE SKIP LOCKED (``lock_for_update`` stays a no-op): a SQLite
+    # file is meant for one machine, with one beat.
 
     def _create_engine(self) -> Engine:
         url = sa.make_url(self.url)

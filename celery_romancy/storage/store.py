@@ -38,8 +38,6 @@ class Store:
     """History storage. Subclasses set the dialect details; the SQL is here."""
 
     dialect_name = "generic"
-    #: Whether several nodes may run maintenance at once (row locks with SKIP LOCKED).
-    multi_node = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -670,9 +668,6 @@ class Store:
             {"lease_owner": None, "lease_expires_at": None},
             only_if={"epoch": claim.epoch, "lease_owner": claim.worker_id},
         )
-
-    def now(self) -> datetime:
-        return schema.utcnow()
 
 
 def claim_parameters(
