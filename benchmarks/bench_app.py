@@ -24,6 +24,8 @@ app.conf.update(
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    # BENCH_PREPARED=0 measures PostgreSQL without server-side prepared statements.
+    romancy_prepared_statements=os.environ.get("BENCH_PREPARED", "1") != "0",
 )
 romancy = Romancy(
     app, database_url=os.environ.get("BENCH_DB", "postgresql://postgres@127.0.0.1:5432/bench")

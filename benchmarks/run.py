@@ -1,6 +1,6 @@
 """Benchmark: celery_romancy against a plain Celery chain, measured in the same run.
 
-    python -m benchmarks.run            # full run (about 5-10 minutes)
+    python -m benchmarks.run            # full run (about 12 minutes)
     python -m benchmarks.run --quick    # smaller numbers, for a smoke test
 
 Needs PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379). Starts a real
@@ -11,6 +11,7 @@ Prints one ``name value unit`` line per figure, then a short table.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import redis
 import sqlalchemy as sa
+
+from celery_romancy.storage import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -60,12 +63,19 @@ def summary(began: float, spans: list[tuple[float, float]]) -> dict[str, float]:
     }
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def median_round(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run of median throughput, with its own latencies."""
+    return sorted(runs, key=lambda run: run["per_s"])[len(runs) // 2]
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, every: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(every)
 
 
 @contextmanager
@@ -134,6 +144,55 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(worker_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by each part of a run: this client, the worker's consumer,
+    its pool processes, and every PostgreSQL and Redis process."""
+    used: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid, parent = int(proc.name), int(fields[1])
+        if pid == os.getpid():
+            part = "client"
+        elif pid == worker_pid:
+            part = "consumer"
+        elif parent == worker_pid:
+            part = "pool"
+        elif name.startswith(("postgres", "redis-server")):
+            part = name.split("-")[0]
+        else:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # user + system
+        used[part] = used.get(part, 0.0) + seconds
+    return used
+
+
+def cpu_between(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
+    return {part: end[part] - start.get(part, 0.0) for part in end}
+
+
+def report_cpu(label: str, rounds: list[dict[str, float]], workflows: int) -> float:
+    """CPU milliseconds per workflow, in all and per part; returns the total."""
+    per_workflow: dict[str, float] = {}
+    for used in rounds:
+        for part, seconds in used.items():
+            per_workflow[part] = per_workflow.get(part, 0.0) + 1000 * seconds / workflows
+    total = sum(per_workflow.values())
+    report(f"{label}_cpu_per_workflow", total, "ms")
+    parts = ", ".join(f"{part} {ms:.2f}" for part, ms in sorted(per_workflow.items()))
+    print(f"# {label} cpu ms per workflow: {parts}", flush=True)
+    return total
+
+
 class Bench:
     def __init__(self, db_url: str, queue: str) -> None:
         os.environ.update(
@@ -149,10 +208,7 @@ class Bench:
         self.romancy.migrate()
         # Polling through its own connections, one statement each (autocommit), so that
         # it can be told apart from the project's statements.
-        self.poll = sa.create_engine(
-            db_url.replace("postgresql://", "postgresql+psycopg2://"),
-            isolation_level="AUTOCOMMIT",
-        )
+        self.poll = poll_engine(db_url)
 
     # Instances of one phase are the ones created since it began: a range on the
     # created_at index, however many rows the history holds (a LIKE on the id would
@@ -186,7 +242,9 @@ class Bench:
         began = time.time()
         for i in range(n):
             self.romancy.start_workflow("bench.saga3", f"o{i}", instance_id=f"{prefix}-{i}")
-        wait_until(lambda: self.completed(since) == n, 600, f"{n} workflows")
+        # Timings come from the rows, not from this loop: polling more often would only
+        # take CPU from the run it measures.
+        wait_until(lambda: self.completed(since) == n, 600, f"{n} workflows", every=0.25)
         return summary(began, self.timings(since))
 
     def chains(self, n: int) -> dict[str, float]:
@@ -232,31 +290,98 @@ class Bench:
                 {"i": instance_id},
             ).scalar()
 
-    def seed_history(self, rows: int) -> None:
-        """Fill the history with finished instances of 3 steps, 1,000,000 rows by default."""
-        instances = rows // 3 + 1
-        # A day old: before every phase's start, and out of its created_at range.
-        at = naive_utc(datetime.now(UTC)) - timedelta(days=1)
-        with self.poll.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO romancy_instances (instance_id, workflow_name, status, input_data,"
-                    " output_data, epoch, step_takeovers, created_at, updated_at) "
-                    "SELECT 'seed-' || g, 'bench.saga3', 'completed', '{}', '\"x\"', 3, 0,"
-                    " :at, :at FROM generate_series(1, :n) g"
-                ),
-                {"n": instances, "at": at},
+
+def seed_history(engine: sa.Engine, rows: int) -> None:
+    """Fill the history with finished instances of 3 steps, 1,000,000 rows by default."""
+    instances = rows // 3 + 1
+    # A day old: before every phase's start, and out of its created_at range.
+    at = naive_utc(datetime.now(UTC)) - timedelta(days=1)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO romancy_instances (instance_id, workflow_name, status, input_data,"
+                " output_data, epoch, step_takeovers, created_at, updated_at) "
+                "SELECT 'seed-' || g, 'bench.saga3', 'completed', '{}', '\"x\"', 3, 0,"
+                " :at, :at FROM generate_series(1, :n) g"
+            ),
+            {"n": instances, "at": at},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO romancy_history (instance_id, seq, step_id, kind, name, result,"
+                " attempt, created_at) "
+                "SELECT 'seed-' || (g / 3 + 1), g % 3, 'bench.step:' || (g % 3 + 1),"
+                " 'activity', 'bench.step', '\"r\"', 1, :at FROM generate_series(0, :n - 1) g"
+            ),
+            {"n": rows, "at": at},
+        )
+
+
+def settle(db_url: str) -> None:
+    """Vacuum and checkpoint before a round, so that neither autovacuum nor the writing
+    out of earlier pages (a seed's, a round's: it stalls every commit's WAL flush on this
+    machine's disk for up to half a second) lands in the round measured."""
+    engine = poll_engine(db_url)
+    with engine.connect() as conn:
+        conn.execute(sa.text("VACUUM ANALYZE romancy_instances, romancy_history"))
+        conn.execute(sa.text("CHECKPOINT"))
+    engine.dispose()
+
+
+def poll_engine(db_url: str) -> sa.Engine:
+    return sa.create_engine(
+        db_url.replace("postgresql://", "postgresql+psycopg2://"), isolation_level="AUTOCOMMIT"
+    )
+
+
+def client_round(n: int, prefix: str) -> None:
+    """``--client N PREFIX``: a warm-up, then one round of ``n`` workflows on $BENCH_DB,
+    from this fresh process; prints the summary as JSON."""
+    bench = Bench(os.environ["BENCH_DB"], os.environ["BENCH_QUEUE"])
+    bench.workflows(50, f"{prefix}-warm")
+    print(json.dumps(bench.workflows(n, prefix)))
+    bench.poll.dispose()
+    bench.romancy.storage.dispose()
+
+
+def scale(n: int, seed_rows: int, rounds: int) -> tuple[float, float]:
+    """Throughput (medians) on an empty history and on one of ``seed_rows`` rows.
+
+    Rounds alternate between the two databases, each with a fresh worker and client:
+    this machine's speed drifts by a fifth over minutes, which a before-and-after
+    comparison would report as the history's doing.
+    """
+    with database() as empty, database() as seeded:
+        for url in (empty, seeded):
+            store = open_store(url)
+            store.engine  # noqa: B018 - opening it applies the migrations
+            store.dispose()
+        seeding = poll_engine(seeded)
+        seed_history(seeding, seed_rows)
+        seeding.dispose()
+        per_s: dict[str, list[float]] = {empty: [], seeded: []}
+        for r in range(rounds):
+            # Each database goes first in turn, and starts its round settled.
+            for url in (empty, seeded) if r % 2 == 0 else (seeded, empty):
+                settle(url)
+                queue = f"bench-{uuid.uuid4().hex[:6]}"
+                env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_DB": url, "BENCH_QUEUE": queue}
+                with worker(env, Path("/tmp") / f"{queue}-worker.log"):
+                    client = subprocess.run(
+                        [sys.executable, "-m", "benchmarks.run", "--client", str(n), f"s{r}"],
+                        cwd=ROOT,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                per_s[url].append(json.loads(client.stdout.splitlines()[-1])["per_s"])
+            print(
+                f"# scale round {r + 1}: empty {per_s[empty][-1]:.1f}/s, "
+                f"{seed_rows} rows {per_s[seeded][-1]:.1f}/s",
+                flush=True,
             )
-            conn.execute(
-                sa.text(
-                    "INSERT INTO romancy_history (instance_id, seq, step_id, kind, name, result,"
-                    " attempt, created_at) "
-                    "SELECT 'seed-' || (g / 3 + 1), g % 3, 'bench.step:' || (g % 3 + 1),"
-                    " 'activity', 'bench.step', '\"r\"', 1, :at FROM generate_series(0, :n - 1) g"
-                ),
-                {"n": rows, "at": at},
-            )
-            conn.execute(sa.text("ANALYZE"))
+        return statistics.median(per_s[empty]), statistics.median(per_s[seeded])
 
 
 def server_log() -> Path | None:
@@ -306,7 +431,12 @@ def count_round_trips(bench: Bench, db_url: str, n: int) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median)")
+    parser.add_argument("--client", nargs=2, metavar=("N", "PREFIX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client:
+        client_round(int(args.client[0]), args.client[1])
+        return 0
     n = 200 if args.quick else 1000
     seed_rows = 100_000 if args.quick else 1_000_000
     # RSS after this many workflows of the memory phase, and after this many in all.
@@ -320,8 +450,31 @@ def main() -> int:
         with worker(env, log) as process:
             bench.workflows(50, "warm")
             bench.chains(50)
-            baseline = bench.chains(n)
-            ours = bench.workflows(n, "tp")
+            # Rounds alternate baseline and project, and the medians are reported: on a
+            # shared 2-core machine one round's throughput varies by a tenth or more.
+            rounds = []
+            # CPU of every process involved, per round: where the time goes.
+            chain_cpu: list[dict[str, float]] = []
+            ours_cpu: list[dict[str, float]] = []
+            for r in range(args.rounds):
+                at_start = cpu_seconds(process.pid)
+                chain_round = bench.chains(n)
+                at_switch = cpu_seconds(process.pid)
+                ours_round = bench.workflows(n, f"tp{r}")
+                at_end = cpu_seconds(process.pid)
+                rounds.append((chain_round, ours_round))
+                chain_cpu.append(cpu_between(at_start, at_switch))
+                ours_cpu.append(cpu_between(at_switch, at_end))
+                settle(db_url)  # not during the next round's chains
+            for r, (chain_round, ours_round) in enumerate(rounds):
+                print(
+                    f"# round {r + 1}: chain {chain_round['per_s']:.1f}/s, "
+                    f"saga3 {ours_round['per_s']:.1f}/s, "
+                    f"ratio {ours_round['per_s'] / chain_round['per_s']:.3f}",
+                    flush=True,
+                )
+            baseline = median_round([chain_round for chain_round, _ in rounds])
+            ours = median_round([ours_round for _, ours_round in rounds])
             report("saga3_workflows_per_s", ours["per_s"], "workflows/s")
             report("saga3_steps_per_s", ours["per_s"] * 3, "steps/s")
             for q in ("p50", "p95", "p99"):
@@ -329,7 +482,14 @@ def main() -> int:
             report("chain_workflows_per_s", baseline["per_s"], "chains/s")
             for q in ("p50", "p95", "p99"):
                 report(f"chain_latency_{q}", baseline[q] * 1000, "ms")
-            report("throughput_ratio_vs_chain", ours["per_s"] / baseline["per_s"], "x")
+            chain_ms = report_cpu("chain", chain_cpu, n * args.rounds)
+            ours_ms = report_cpu("saga3", ours_cpu, n * args.rounds)
+            report("cpu_ratio_vs_chain", ours_ms / chain_ms, "x")
+            report(
+                "throughput_ratio_vs_chain",
+                statistics.median(o["per_s"] / c["per_s"] for c, o in rounds),
+                "x",
+            )
 
             single, single_chain = bench.single_latencies(100, "single")
             report("single_latency_p50", single * 1000, "ms")
@@ -344,16 +504,15 @@ def main() -> int:
             report(f"worker_rss_after_{memory_runs[1]}", rss_large, "MB")
             report("worker_rss_growth", rss_large / rss_small, "x")
 
-            before = bench.workflows(n, "pre-seed")
-            bench.seed_history(seed_rows)
-            after = bench.workflows(n, "post-seed")
-            report(f"throughput_after_{seed_rows}_history_rows", after["per_s"], "workflows/s")
-            report("throughput_ratio_after_seed", after["per_s"] / before["per_s"], "x")
         trips = count_round_trips(bench, db_url, 100)
         if trips is not None:
             report("db_round_trips_per_step", trips, "round trips")
         bench.poll.dispose()
         bench.romancy.storage.dispose()
+    before, after = scale(n, seed_rows, args.rounds)
+    report("throughput_empty_history", before, "workflows/s")
+    report(f"throughput_after_{seed_rows}_history_rows", after, "workflows/s")
+    report("throughput_ratio_after_seed", after / before, "x")
     print("\n| figure | value | unit |\n|---|---|---|")
     for name, value, unit in figures:
         print(f"| {name} | {value:.4g} | {unit} |")

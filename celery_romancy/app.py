@@ -68,7 +68,8 @@ class Romancy:
     @property
     def storage(self) -> Store:
         if self._storage is None:
-            self._storage = open_store(self.settings.database_url)
+            settings = self.settings
+            self._storage = open_store(settings.database_url, settings.prepared_statements)
         return self._storage
 
     @property

@@ -31,6 +31,9 @@ class RomancySettings:
     outbox_source: str = "celery-romancy"
     # Queue for the beat jobs (recovery, timers, outbox); None: the default queue.
     maintenance_queue: str | None = None
+    # PostgreSQL: prepare the per-step statements once per connection. Turn off behind
+    # PgBouncer in transaction mode, which moves a session between server connections.
+    prepared_statements: bool = True
 
     @classmethod
     def from_celery(cls, conf: Any, **overrides: Any) -> RomancySettings:
@@ -59,6 +62,11 @@ class RomancySettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"romancy_{name} must be a positive number, not {value!r}")
+        if not isinstance(self.prepared_statements, bool):
+            raise ConfigurationError(
+                f"romancy_prepared_statements must be True or False, not "
+                f"{self.prepared_statements!r}"
+            )
         if not isinstance(self.database_url, str) or "://" not in self.database_url:
             raise ConfigurationError(
                 f"romancy_database_url must be a database URL, not {self.database_url!r}"

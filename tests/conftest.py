@@ -24,8 +24,12 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return empty_database(request.param, request, tmp_path)
+
+
+def empty_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A history database with no rows in it: a new SQLite file, or a truncated PostgreSQL."""
-    if request.param == "sqlite":
+    if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'history.db'}"
     url: str = request.getfixturevalue("pg_url")
     engine = pg_engine(url)

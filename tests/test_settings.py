@@ -51,6 +51,18 @@ def test_a_bad_setting_is_a_clear_error_on_first_use() -> None:
         romancy.settings  # noqa: B018
 
 
+def test_prepared_statements_must_be_a_bool_and_reach_the_store() -> None:
+    app = Celery("t")
+    app.conf.romancy_prepared_statements = "no"
+    with pytest.raises(ConfigurationError, match="romancy_prepared_statements must be True"):
+        Romancy(app).settings  # noqa: B018
+    off = Celery("t")
+    off.conf.romancy_prepared_statements = False
+    off.conf.romancy_database_url = "postgresql://nobody@127.0.0.1:1/none"
+    assert Romancy(off).storage.prepared_statements is False  # type: ignore[attr-defined]
+    assert RomancySettings.from_celery(Celery("t").conf).prepared_statements is True
+
+
 def test_nothing_connects_until_first_use() -> None:
     # Port 1 refuses connections: constructing and decorating must not notice.
     romancy = Romancy(Celery("t"), database_url="postgresql://nobody@127.0.0.1:1/none")

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,23 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from celery_romancy.runner import registration
-from celery_romancy.storage import Claim, HistoryEvent, StepWrite, Store, schema
+from celery_romancy.storage import Claim, HistoryEvent, StepWrite, Store, open_store, schema
 from celery_romancy.storage.migrate import VERSION_TABLE, current_revision, head_revision
+
+from .conftest import empty_database
+from .services import PG_ADMIN_URL, create_pg_database, drop_pg_database, pg_engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-unprepared"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Every backend; PostgreSQL also as behind PgBouncer (no prepared statements)."""
+    dialect, _, variant = request.param.partition("-")
+    opened = open_store(
+        empty_database(dialect, request, tmp_path), prepared_statements=variant != "unprepared"
+    )
+    yield opened
+    opened.dispose()
+
 
 PENDING = {
     "kind": "activity",
@@ -535,3 +551,88 @@ def test_forked_child_gets_its_own_engine(store: Store) -> None:
     assert store.engine is parent_engine
     with store.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.instances)).scalar() == 1
+
+
+# -- PostgreSQL: losing the server ---------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["prepared", "unprepared"])
+def pg_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, sa.Engine]]:
+    """A PostgreSQL store, and an admin engine that can cut its database off."""
+    url = empty_database("postgresql", request, tmp_path)
+    opened = open_store(url, prepared_statements=request.param)
+    admin = pg_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    yield opened, admin
+    allow_connections(admin, opened, True)
+    admin.dispose()
+    opened.dispose()
+
+
+def allow_connections(admin: sa.Engine, store: Store, allowed: bool) -> None:
+    name = sa.make_url(store.url).database
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+
+
+def cut_off(admin: sa.Engine, store: Store, refuse_new: bool) -> None:
+    """End every server process of the store's database; optionally refuse new ones."""
+    if refuse_new:
+        allow_connections(admin, store, False)
+    name = sa.make_url(store.url).database
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
+
+
+def test_a_lost_server_is_a_sqlalchemy_error_and_the_store_reconnects(
+    pg_store: tuple[Store, sa.Engine],
+) -> None:
+    # Step tasks retry on SQLAlchemy's DBAPIError: the driver's own errors must not leak
+    # from the hot path (claim, commit, start), whether the connection dies or is refused.
+    store, admin = pg_store
+    new_instance(store, "lost")
+    assert store.claim("lost", "wrong-token", "worker-a", LONG_LEASE) is None  # pool warm
+
+    cut_off(admin, store, refuse_new=False)
+    with pytest.raises(sa.exc.DBAPIError) as died:
+        store.claim("lost", "t1", "worker-a", LONG_LEASE)
+    assert died.value.connection_invalidated
+
+    cut_off(admin, store, refuse_new=True)
+    with pytest.raises(sa.exc.DBAPIError):
+        store.claim("lost", "t1", "worker-a", LONG_LEASE)
+    with pytest.raises(sa.exc.DBAPIError):
+        store.create_instance(
+            {"instance_id": "refused", "workflow_name": "wf", "status": "pending", "input_data": {}}
+        )
+
+    allow_connections(admin, store, True)
+    claim = store.claim("lost", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    assert store.commit(claim, StepWrite(instance_changes={"status": "completed"}))
+    stored = store.get_instance("lost")
+    assert stored is not None and stored.status == "completed"
+
+
+def test_a_migration_under_prepared_statements_does_not_break_them() -> None:
+    # A rolling deploy migrates while old workers hold statements prepared on the old
+    # table: PostgreSQL refuses those ("cached plan must not change result type").
+    url = create_pg_database()
+    store = open_store(url, prepared_statements=True)
+    try:
+        new_instance(store, "migrated")
+        assert store.claim("migrated", "wrong-token", "worker-a", LONG_LEASE) is None
+        with store.transaction() as conn:
+            conn.execute(
+                sa.text("ALTER TABLE romancy_instances ALTER COLUMN wait_event_type TYPE text")
+            )
+        claim = store.claim("migrated", "t1", "worker-a", LONG_LEASE)
+        assert claim is not None and claim.instance.lease_owner == "worker-a"
+    finally:
+        store.dispose()
+        drop_pg_database(url)

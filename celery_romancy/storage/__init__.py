@@ -35,8 +35,12 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
-    """The backend for a database URL; nothing connects until first use."""
+def open_store(url: str, prepared_statements: bool = True) -> Store:
+    """The backend for a database URL; nothing connects until first use.
+
+    ``prepared_statements``: PostgreSQL prepares its per-step statements (see
+    ``storage/prepared.py``); off behind PgBouncer in transaction mode.
+    """
     backend = sa.make_url(url).get_backend_name()
     if backend == "sqlite":
         from .sqlite import SQLiteStore
@@ -45,7 +49,7 @@ def open_store(url: str) -> Store:
     if backend == "postgresql":
         from .postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, prepared_statements)
     raise ConfigurationError(
         f"unsupported history database {backend!r}: use postgresql:// or sqlite://"
     )

@@ -340,14 +340,18 @@ class Store:
                 t.c.epoch == claim.epoch,
                 t.c.lease_owner == claim.worker_id,
             )
-            .values(
-                lease_owner=None,
-                lease_expires_at=None,
-                step_takeovers=0,
-                updated_at=now,
-                **write.instance_changes,
-            )
+            .values(**self.fence_values(now), **write.instance_changes)
         )
+
+    @staticmethod
+    def fence_values(now: datetime) -> dict[str, Any]:
+        """What every step's commit sets on its instance: the lease is given back."""
+        return {
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "step_takeovers": 0,
+            "updated_at": now,
+        }
 
     def step_rows(
         self, instance_id: str, worker_id: str | None, write: StepWrite, now: datetime
