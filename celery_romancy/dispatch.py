@@ -65,6 +65,10 @@ def publish(app: Celery, dispatch: Dispatch) -> bool:
             countdown=dispatch.countdown,
             argsrepr=dispatch.argsrepr,
             serializer="json",
+            # Steps store no Celery result: without this, a Redis result backend makes
+            # every publish outside a worker SUBSCRIBE to a result channel nobody reads.
+            ignore_result=True,
+            add_to_parent=False,
         )
     except Exception:
         logger.exception(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from celery_romancy.replay import Completed, replay
 from .flows import Currency, Customer, Item, Order, Receipt
 from .harness import Harness
 from .ledger import wait_for
+from .services import REDIS_URL
 
 
 def step_ids(h: Harness, instance_id: str) -> list[str]:
@@ -181,6 +183,38 @@ def test_starting_the_same_instance_id_twice_runs_it_once(harness: Harness) -> N
     assert harness.ledger.count("reserve:I-1") == 1
     with pytest.raises(RomancyError, match="already belongs to workflow 'order_saga'"):
         harness.romancy.start_workflow("held_saga", "I-1", instance_id="order-42")
+
+
+def test_a_redis_result_backend_gets_no_subscription_per_started_workflow(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Celery makes a publisher outside a worker SUBSCRIBE to the result channel of each
+    # task it sends (and UNSUBSCRIBE when the AsyncResult is collected) unless the send
+    # says the result is ignored. Steps store no result: a web process starting
+    # workflows must not pay two pub/sub commands per start for nothing.
+    h = Harness(database_url, tmp_path, result_backend=REDIS_URL)
+    try:
+
+        def subscribes() -> int:
+            stats = h.redis.info("commandstats").get("cmdstat_subscribe", {})
+            return int(stats.get("calls", 0))
+
+        before = subscribes()
+        started = [h.romancy.start_workflow("order_saga", f"P-{n}") for n in range(3)]
+        assert h.queued() == 3
+        # The control: a plain task sent the same way, on the same pub/sub connection,
+        # after the starts. Its result is held, or collecting it would unsubscribe.
+        control = h.app.send_task("not.a.step", queue=h.queue)
+        wait_for(lambda: subscribes() > before, 10, "the control's SUBSCRIBE")
+        assert subscribes() == before + 1
+        with h.worker():
+            for instance_id in started:
+                assert h.romancy.wait(instance_id, timeout=30).status == "completed"
+        assert subscribes() == before + 1
+        del control
+    finally:
+        h.app.backend.result_consumer.stop()
+        h.close()
 
 
 def test_bad_input_fails_at_the_call_and_writes_nothing(harness: Harness) -> None:
