@@ -9,6 +9,7 @@ import select
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -580,27 +581,89 @@ def cut_off(admin: sa.Engine, store: Store, refuse_new: bool) -> None:
         allow_connections(admin, store, False)
     name = sa.make_url(store.url).database
     with admin.connect() as conn:
-        conn.execute(
+        # The timeout makes it wait until each process has exited.
+        ended = conn.execute(
             sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
                 "WHERE datname = :name AND pid <> pg_backend_pid()"
             ),
             {"name": name},
+        ).scalars()
+        assert all(ended)
+
+
+def backends(admin: sa.Engine, store: Store) -> set[int]:
+    with admin.connect() as conn:
+        return set(
+            conn.execute(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": sa.make_url(store.url).database},
+            ).scalars()
         )
+
+
+def test_a_database_restart_costs_the_next_statements_nothing(
+    pg_store: tuple[Store, sa.Engine],
+) -> None:
+    # After a restart every pooled connection is dead. Without a check the first start
+    # of a web process, and the first step of each worker process, would fail on one.
+    store, admin = pg_store
+    new_instance(store, "restarted")
+    assert store.claim("restarted", "wrong-token", "worker-a", LONG_LEASE) is None  # warm
+    before = backends(admin, store)
+
+    cut_off(admin, store, refuse_new=False)
+
+    created, fresh = store.create_instance(
+        {"instance_id": "after", "workflow_name": "wf", "status": "pending", "input_data": {}}
+    )
+    assert fresh and created.instance_id == "after"
+    claim = store.claim("restarted", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    assert store.commit(claim, StepWrite(instance_changes={"status": "completed"}))
+    assert backends(admin, store).isdisjoint(before)  # they ran on new connections
 
 
 def test_a_lost_server_is_a_sqlalchemy_error_and_the_store_reconnects(
     pg_store: tuple[Store, sa.Engine],
 ) -> None:
     # Step tasks retry on SQLAlchemy's DBAPIError: the driver's own errors must not leak
-    # from the hot path (claim, commit, start), whether the connection dies or is refused.
+    # from the hot path (claim, commit, start), whether the connection dies under a
+    # statement or new ones are refused.
     store, admin = pg_store
     new_instance(store, "lost")
     assert store.claim("lost", "wrong-token", "worker-a", LONG_LEASE) is None  # pool warm
 
-    cut_off(admin, store, refuse_new=False)
-    with pytest.raises(sa.exc.DBAPIError) as died:
-        store.claim("lost", "t1", "worker-a", LONG_LEASE)
+    # The server process dies while the claim waits for a row lock held elsewhere.
+    locker = pg_engine(store.url)
+    with locker.connect() as holder, ThreadPoolExecutor(1) as pool:
+        holder.execute(
+            sa.text("SELECT 1 FROM romancy_instances WHERE instance_id = 'lost' FOR UPDATE")
+        )
+        claiming = pool.submit(store.claim, "lost", "t1", "worker-a", LONG_LEASE)
+
+        def waiting_on_the_lock() -> list[int]:
+            with admin.connect() as conn:
+                return list(
+                    conn.execute(
+                        sa.text(
+                            "SELECT pid FROM pg_stat_activity "
+                            "WHERE wait_event_type = 'Lock' AND datname = :name"
+                        ),
+                        {"name": sa.make_url(store.url).database},
+                    ).scalars()
+                )
+
+        (claimer,) = wait_for(waiting_on_the_lock, 10, "the claim to wait on the row lock")
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": claimer})
+        with pytest.raises(sa.exc.DBAPIError) as died:
+            claiming.result(timeout=10)
+        holder.rollback()
+    locker.dispose()
     assert died.value.connection_invalidated
 
     cut_off(admin, store, refuse_new=True)

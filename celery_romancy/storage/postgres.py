@@ -5,7 +5,8 @@ a claim is one ``WITH claimed AS (UPDATE ... RETURNING ...) SELECT ... history``
 step's commit is one ``WITH fenced AS (UPDATE ...) INSERT ... SELECT ... FROM fenced``,
 so a step costs two round trips instead of eight, and a start is one ``INSERT ... ON
 CONFLICT DO NOTHING RETURNING``. These run as prepared statements (``prepared.py``),
-each built once per shape. The generic path (``Store``) still serves commits that must
+each built once per shape, on connections checked for a server-side close without a
+round trip. The generic path (``Store``) still serves commits that must
 share the activity's own transaction or consume an event.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -80,11 +82,13 @@ class PostgresStore(Store):
                     if self._autocommit_engine is not None:
                         self._autocommit_engine.dispose(close=False)  # the parent's
                     # No ping per checkout here (a round trip on every statement of
-                    # every step): a connection that died with the server fails its
-                    # statement, the pool is emptied, and the step task is retried.
+                    # every step); ``_closed_by_server`` costs no round trip. A
+                    # connection that dies mid-statement fails it, the pool is
+                    # emptied, and the step task is retried.
                     self._autocommit_engine = self._create_engine(
                         pool_pre_ping=False, isolation_level="AUTOCOMMIT"
                     )
+                    sa.event.listen(self._autocommit_engine, "checkout", _closed_by_server)
                     self._autocommit_pid = pid
         return self._autocommit_engine
 
@@ -167,6 +171,27 @@ class PostgresStore(Store):
         except sa.exc.IntegrityError:
             return False  # the step is already recorded: a duplicate past the claim
         return bool(fenced["fenced"] == 1)
+
+
+def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Drop a pooled connection the server has closed, before a statement is sent on it.
+
+    An idle connection has nothing to read. If its socket is readable, the server ended
+    it while it sat in the pool (a restart, a failover, ``pg_terminate_backend``): it
+    sent its farewell or closed the socket. The pool then connects anew and the
+    statement runs there, so the first start or step after a database restart does not
+    fail. One ``poll`` system call; a ping would be a round trip.
+    """
+    if dbapi_connection.closed or _readable(dbapi_connection.fileno()):
+        raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # Windows has no poll
 
 
 class _CommitShape(NamedTuple):
