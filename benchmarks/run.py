@@ -3,6 +3,10 @@
     python -m benchmarks.run            # full run (about 12 minutes)
     python -m benchmarks.run --quick    # smaller numbers, for a smoke test
 
+BENCH_SYNCHRONOUS_COMMIT=off sets PostgreSQL's ``synchronous_commit`` for the benchmark's
+database: commits stop waiting for their WAL flush. It measures what durability costs
+on this disk; the project's guarantees assume it is left on.
+
 Needs PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379). Starts a real
 ``celery worker`` (prefork, concurrency 2) for both the project and the baseline.
 Prints one ``name value unit`` line per figure, then a short table.
@@ -84,6 +88,11 @@ def database() -> Iterator[str]:
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        synchronous_commit = os.environ.get("BENCH_SYNCHRONOUS_COMMIT")
+        if synchronous_commit:
+            conn.execute(
+                sa.text(f'ALTER DATABASE "{name}" SET synchronous_commit = {synchronous_commit}')
+            )
     try:
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
