@@ -156,10 +156,10 @@ def rss_mb(pid: int) -> float:
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(worker_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by each part of a run: this client, the worker's consumer,
-    its pool processes, and every PostgreSQL and Redis process."""
-    used: dict[str, float] = {}
+def cpu_seconds(worker_pid: int) -> dict[tuple[str, int], float]:
+    """CPU seconds used so far by each process of a run, by part and pid: this client,
+    the worker's consumer, its pool processes, every PostgreSQL and Redis process."""
+    used: dict[tuple[str, int], float] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -180,13 +180,19 @@ def cpu_seconds(worker_pid: int) -> dict[str, float]:
             part = name.split("-")[0]
         else:
             continue
-        seconds = (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # user + system
-        used[part] = used.get(part, 0.0) + seconds
+        used[part, pid] = (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # user + system
     return used
 
 
-def cpu_between(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
-    return {part: end[part] - start.get(part, 0.0) for part in end}
+def cpu_between(
+    start: dict[tuple[str, int], float], end: dict[tuple[str, int], float]
+) -> dict[str, float]:
+    """CPU seconds per part between two readings. A process that ended in between is
+    left out (its time is no longer readable); one that began counts from zero."""
+    used: dict[str, float] = {}
+    for (part, pid), seconds in end.items():
+        used[part] = used.get(part, 0.0) + seconds - start.get((part, pid), 0.0)
+    return used
 
 
 def report_cpu(label: str, rounds: list[dict[str, float]], workflows: int) -> float:

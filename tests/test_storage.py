@@ -579,26 +579,24 @@ def cut_off(admin: sa.Engine, store: Store, refuse_new: bool) -> None:
     """End every server process of the store's database; optionally refuse new ones."""
     if refuse_new:
         allow_connections(admin, store, False)
-    name = sa.make_url(store.url).database
+    terminate(admin, backends(admin, store))
+
+
+def terminate(admin: sa.Engine, pids: set[int]) -> None:
     with admin.connect() as conn:
-        # The timeout makes it wait until each process has exited.
-        ended = conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
-                "WHERE datname = :name AND pid <> pg_backend_pid()"
-            ),
-            {"name": name},
-        ).scalars()
-        assert all(ended)
+        for pid in pids:  # the timeout makes it wait until the process has exited
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})
 
 
-def backends(admin: sa.Engine, store: Store) -> set[int]:
+def backends(admin: sa.Engine, store: Store, waiting_on_a_lock: bool = False) -> set[int]:
+    """The server processes of the store's database (not the admin's own)."""
+    lock = " AND wait_event_type = 'Lock'" if waiting_on_a_lock else ""
     with admin.connect() as conn:
         return set(
             conn.execute(
                 sa.text(
                     "SELECT pid FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    f"WHERE datname = :name AND pid <> pg_backend_pid(){lock}"
                 ),
                 {"name": sa.make_url(store.url).database},
             ).scalars()
@@ -644,22 +642,12 @@ def test_a_lost_server_is_a_sqlalchemy_error_and_the_store_reconnects(
             sa.text("SELECT 1 FROM romancy_instances WHERE instance_id = 'lost' FOR UPDATE")
         )
         claiming = pool.submit(store.claim, "lost", "t1", "worker-a", LONG_LEASE)
-
-        def waiting_on_the_lock() -> list[int]:
-            with admin.connect() as conn:
-                return list(
-                    conn.execute(
-                        sa.text(
-                            "SELECT pid FROM pg_stat_activity "
-                            "WHERE wait_event_type = 'Lock' AND datname = :name"
-                        ),
-                        {"name": sa.make_url(store.url).database},
-                    ).scalars()
-                )
-
-        (claimer,) = wait_for(waiting_on_the_lock, 10, "the claim to wait on the row lock")
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": claimer})
+        (claimer,) = wait_for(
+            lambda: backends(admin, store, waiting_on_a_lock=True),
+            10,
+            "the claim to wait on the row lock",
+        )
+        terminate(admin, {claimer})
         with pytest.raises(sa.exc.DBAPIError) as died:
             claiming.result(timeout=10)
         holder.rollback()
