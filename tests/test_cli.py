@@ -27,7 +27,7 @@ from celery_romancy.cli import romancy as romancy_command
 
 from .cli_flows import build_cli
 from .ledger import Gate, Ledger, wait_for
-from .processes import ROOT, ServiceProcess, celery, log_says
+from .processes import ROOT, celery, celery_worker
 from .services import REDIS_URL, create_pg_database, drop_pg_database, redis_client
 
 COMMANDS = ("list", "show", "cancel", "resume", "retry-compensation", "send-event", "migrate")
@@ -82,28 +82,8 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
         "ROMANCY_TEST_QUEUE": queue,
         "PYTHONPATH": str(ROOT),
     }
-    worker = ServiceProcess(
-        "cli-worker",
-        celery(
-            "tests.cli_app",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            "4",
-            "-l",
-            "INFO",
-            "-n",
-            f"cli-{uuid.uuid4().hex[:6]}@localhost",
-            "-Q",
-            queue,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ),
-        env,
-        folder,
-    ).start(log_says(" ready."))
+    worker = celery_worker("tests.cli_app", env, folder, queue, concurrency=4, pool="threads")
+    worker.start()
     yield Cli(app, romancy, folder, env)
     worker.stop()
     redis.delete(queue)
