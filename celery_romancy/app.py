@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from celery import Celery
@@ -23,11 +23,13 @@ from .errors import (
 from .heartbeat import LeaseKeeper
 from .planning import plan_outcome
 from .registry import Registry
-from .replay import Next, replay_recording
+from .replay import replay_recording
 from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
-from .runner import StepRunner, recorded_rows
+from .runner import StepRunner
 from .settings import RomancySettings
+from .states import Status, StepKind
 from .storage import HistoryEvent, Store, WorkflowInstance, open_store
+from .transition import recorded_rows
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -193,22 +195,28 @@ class Romancy:
             prepared.instance_id,
         )
         ref = NewInstance(instance_id, definition.name)
-        # Replaying with empty history finds the first step (or an immediate end).
-        outcome, events = replay_recording(definition, instance_id, input_data, [])
-        recorded = recorded_rows(events)
-        changes, dispatch = plan_outcome(
-            ref, outcome, lambda: recorded.registrations, self.registry.compensation_queue
+        # Replaying with empty history finds the first steps (or an immediate end).
+        outcome, recorded = replay_recording(definition, instance_id, input_data, [])
+        rows = recorded_rows(recorded)
+        plan = plan_outcome(
+            ref,
+            None,
+            outcome,
+            [],
+            lambda: list(reversed(rows.registrations)),
+            self.registry.compensation_queue,
         )
-        if isinstance(outcome, Next) and outcome.command.runs_as_task:
-            changes["status"] = "pending"  # not picked up yet (a wait keeps its status)
+        change = plan.change
+        if any(s.command.kind.runs_as_task for s in plan.add) and change.status == Status.RUNNING:
+            change = replace(change, status=Status.PENDING)  # not picked up yet
         instance, created = self.storage.create_instance(
             {
                 "instance_id": instance_id,
                 "workflow_name": definition.name,
                 "input_data": input_data,
-                **changes,
+                **change.columns(),
             },
-            recorded,
+            replace(rows, add_steps=plan.add),
         )
         if not created:
             if instance.workflow_name != definition.name:
@@ -217,8 +225,10 @@ class Romancy:
                     f"{instance.workflow_name!r}"
                 )
             return instance_id
-        if dispatch is not None:
+        for dispatch in plan.dispatches:
             publish(self.app, dispatch)
+        if any(s.command.kind is StepKind.WAIT_EVENT for s in plan.add):
+            events.deliver_kept_event(self, instance_id)  # sent before the start
         return instance_id
 
     def get_instance(self, instance_id: str) -> WorkflowInstance:

@@ -112,9 +112,13 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         history = engine.storage.get_history(instance_id)
         attempts = engine.storage.get_attempts(instance_id)
         compensations = engine.storage.get_compensations(instance_id)
+        steps = engine.storage.get_steps(instance_id)
     if as_json:
         document = {
             "instance": dataclasses.asdict(instance),
+            "steps_in_flight": [
+                {**dataclasses.asdict(s), "command": s.command.to_json()} for s in steps
+            ],
             "history": [dataclasses.asdict(e) for e in history],
             "attempts": [dataclasses.asdict(a) for a in attempts],
             "compensations": [dataclasses.asdict(c) for c in compensations],
@@ -135,11 +139,10 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         undo_error = instance.error.get("compensation_error")
         if isinstance(undo_error, dict):
             fields.append(("undo", f"failed: {_error(undo_error)}"))
-    if instance.pending:
-        fields.append(("pending", _pending(instance.pending)))
-    if instance.lease_owner:
-        expires = _time(instance.lease_expires_at) if instance.lease_expires_at else "?"
-        fields.append(("lease", f"{instance.lease_owner} until {expires}"))
+    for step in steps:
+        fields.append(("pending", _pending(step.command.to_json())))
+        if step.lease_owner and step.lease_expires_at:
+            fields.append(("lease", f"{step.lease_owner} until {_time(step.lease_expires_at)}"))
     if instance.cancel_reason is not None:
         fields.append(("cancel", f"requested: {instance.cancel_reason}"))
     for name, value in fields:
@@ -309,8 +312,6 @@ def _note(instance: WorkflowInstance) -> str:
     if instance.error:
         kind = str(instance.error.get("type", "")).rpartition(".")[2]
         note = f"{kind}: {instance.error.get('message')}"
-    elif instance.pending and not instance.is_terminal:
-        note = f"next: {instance.pending.get('step_id')}"
     else:
         note = ""
     return note if len(note) <= 60 else f"{note[:57]}..."

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec
 
 from .commands import ActivityCommand
-from .definitions import CompensationDefinition
+from .definitions import CompensationDefinition, StepSignature
 from .errors import ConfigurationError, NonDeterminismError, RomancyError, Suspend
 from .failures import rebuild_error
 from .serialization import decode, encode
+from .states import HistoryKind, StepKind
 from .storage.records import HistoryEvent
 from .storage.schema import utcnow
 
@@ -33,10 +34,20 @@ class WorkflowContext:
     nothing recorded, stops the replay so that the engine can dispatch that step.
     """
 
-    def __init__(self, instance_id: str, workflow_name: str, history: list[HistoryEvent]) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        workflow_name: str,
+        history: list[HistoryEvent],
+        in_flight: Collection[str] = (),
+    ) -> None:
         self.instance_id = instance_id
         self.workflow_name = workflow_name
-        self._history = list(history)
+        # By position: the branches of a gather are recorded in the order they finish,
+        # so history can have gaps while some still run.
+        self._history = {event.seq: event for event in history}
+        self._last_seq = max(self._history, default=-1)
+        self._in_flight = frozenset(in_flight)
         # Recorded by this replay without a step of their own (compensation registrations);
         # they commit with whatever the replay decides next.
         self.new_events: list[HistoryEvent] = []
@@ -54,7 +65,7 @@ class WorkflowContext:
     @property
     def is_replaying(self) -> bool:
         """True while the workflow is re-running steps that history already records."""
-        return self._position < len(self._history)
+        return self._position <= self._last_seq
 
     @property
     def position(self) -> int:
@@ -67,9 +78,9 @@ class WorkflowContext:
         step_id = f"{key}:{count}"
         position = self._position
         self._position += 1
-        if position >= len(self._history):
+        event = self._history.get(position)
+        if event is None:
             return position, step_id, None
-        event = self._history[position]
         if event.step_id != step_id:
             self.nondeterminism = NonDeterminismError(
                 self.instance_id, position, event.step_id, step_id
@@ -95,7 +106,7 @@ class WorkflowContext:
             HistoryEvent(
                 seq=position,
                 step_id=step_id,
-                kind="compensation_registered",
+                kind=HistoryKind.COMPENSATION_REGISTERED,
                 name=compensation.name,
                 result=compensation.shape.bind(args, kwargs),
             )
@@ -114,7 +125,7 @@ class WorkflowContext:
             HistoryEvent(
                 seq=position,
                 step_id=step_id,
-                kind="event_published",
+                kind=HistoryKind.EVENT_PUBLISHED,
                 name=event_type,
                 result={"event_id": f"{self.instance_id}:{step_id}", "data": encode(data)},
             )
@@ -159,7 +170,7 @@ class WorkflowContext:
         timeout_at = None if seconds is None else (utcnow() + timedelta(seconds=seconds))
         self._suspend(
             ActivityCommand(
-                kind="wait_event",
+                kind=StepKind.WAIT_EVENT,
                 name=event_type,
                 step_id=step_id,
                 seq=position,
@@ -174,7 +185,7 @@ class WorkflowContext:
     def _suspend_timer(self, position: int, step_id: str, fire_at: datetime) -> None:
         self._suspend(
             ActivityCommand(
-                kind="timer",
+                kind=StepKind.TIMER,
                 name="sleep",
                 step_id=step_id,
                 seq=position,
@@ -182,13 +193,20 @@ class WorkflowContext:
             )
         )
 
-    def _suspend(self, command: ActivityCommand) -> NoReturn:
-        self.suspended = Suspend(command)
+    def _suspend(self, *commands: ActivityCommand) -> NoReturn:
+        self.suspended = Suspend(commands)
         raise self.suspended
 
     def _record(self, event: HistoryEvent) -> None:
-        self._history.append(event)
+        self._history[event.seq] = event
+        self._last_seq = max(self._last_seq, event.seq)
         self.new_events.append(event)
+
+    def recorded_beyond_reach(self) -> HistoryEvent | None:
+        """A recorded step at or after the position the body has reached, if any."""
+        return next(
+            (self._history[seq] for seq in sorted(self._history) if seq >= self._position), None
+        )
 
     def _recorded_error(self, event: HistoryEvent) -> BaseException:
         assert event.error is not None
@@ -198,21 +216,116 @@ class WorkflowContext:
 
     def execute(self, activity: ActivityDefinition[Any, R], *args: Any, **kwargs: Any) -> R:
         """Run ``activity`` as the next step; see ``ActivityDefinition.execute``."""
-        position, step_id, event = self._next_position(activity.name)
-        if event is not None:
-            if event.error is not None:
-                raise self._recorded_error(event)
-            result: R = activity.shape.decode_result(event.result)
-            return result
-        self._suspend(
-            ActivityCommand(
-                kind="activity",
-                name=activity.name,
-                step_id=step_id,
-                seq=position,
-                arguments=activity.shape.bind(args, kwargs),
-                queue=activity.queue,
+        (result,) = self._gather([StepSignature(activity, args, kwargs)], marked=False)
+        value: R = result
+        return value
+
+    def gather(
+        self,
+        *signatures: StepSignature[Any],
+        return_exceptions: bool = False,
+        max_concurrency: int | None = None,
+    ) -> list[Any]:
+        """Run steps in parallel, each its own Celery task; their results in argument order.
+
+        ``ctx.gather(charge.s(order_id, amount), reserve.s(order_id))``. All branches
+        are sent at once, or at most ``max_concurrency`` at a time (the next sent as
+        one is recorded). When a branch fails for good, no further branch is sent, the
+        ones in flight finish and are recorded, then the first failure in argument
+        order is raised here with its original type; ``return_exceptions=True`` returns
+        each failure in its place instead.
+        """
+        for signature in signatures:
+            if not isinstance(signature, StepSignature):
+                raise ConfigurationError(
+                    f"ctx.gather takes step signatures such as charge.s(order_id), "
+                    f"not {signature!r}"
+                )
+        if max_concurrency is not None and (
+            not isinstance(max_concurrency, int) or max_concurrency < 1
+        ):
+            raise ValueError(f"max_concurrency must be a positive int, not {max_concurrency!r}")
+        if not signatures:
+            return []
+        return self._gather(list(signatures), return_exceptions, max_concurrency, marked=True)
+
+    def map(
+        self,
+        activity: ActivityDefinition[Any, R],
+        items: Iterable[Any],
+        max_concurrency: int | None = None,
+    ) -> list[R]:
+        """``gather`` one step of ``activity`` per item, the item as its single argument."""
+        return self.gather(*(activity.s(item) for item in items), max_concurrency=max_concurrency)
+
+    def _gather(
+        self,
+        signatures: list[StepSignature[Any]],
+        return_exceptions: bool = False,
+        max_concurrency: int | None = None,
+        *,
+        marked: bool,
+    ) -> list[Any]:
+        group_id = self._gather_marker(signatures) if marked else None
+        branches = [(s, *self._next_position(s.activity.name)) for s in signatures]
+        waiting = [b for b in branches if b[3] is None]
+        failures = [b for b in branches if b[3] is not None and b[3].error is not None]
+        if waiting and not (failures and not return_exceptions):
+            # Branch i takes the i-th free slot: which ones run depends only on which
+            # are recorded, never on the order they finished in.
+            sending = waiting[: max_concurrency or len(waiting)]
+            self._suspend(
+                *(
+                    self._command(s, position, step_id, group_id)
+                    for s, position, step_id, _ in sending
+                )
             )
+        if waiting and any(step_id in self._in_flight for _, _, step_id, _ in waiting):
+            self._suspend()  # a branch failed: send nothing more, let those in flight finish
+        results: list[Any] = []
+        for signature, _, _, event in branches:
+            if event is None:
+                continue  # never sent: an earlier failure stopped the gather
+            if event.error is None:
+                results.append(signature.activity.shape.decode_result(event.result))
+            elif return_exceptions:
+                results.append(rebuild_error(event.error))
+            else:
+                raise self._recorded_error(event)  # the first failure in argument order
+        return results
+
+    def _gather_marker(self, signatures: list[StepSignature[Any]]) -> str:
+        """Record (or check, on replay) the branch list of a gather; its Celery group id."""
+        names = [s.activity.name for s in signatures]
+        position, step_id, event = self._next_position("gather")
+        group_id = f"{self.instance_id}:{step_id}"
+        if event is None:
+            self._record(
+                HistoryEvent(position, step_id, HistoryKind.GATHER, "gather", result=names)
+            )
+        elif event.result != names:
+            self.nondeterminism = NonDeterminismError(
+                self.instance_id,
+                position,
+                f"gather of {event.result}",
+                f"gather of {names}",
+            )
+            raise self.nondeterminism
+        return group_id
+
+    @staticmethod
+    def _command(
+        signature: StepSignature[Any], position: int, step_id: str, group_id: str | None
+    ) -> ActivityCommand:
+        activity = signature.activity
+        return ActivityCommand(
+            kind=StepKind.ACTIVITY,
+            name=activity.name,
+            step_id=step_id,
+            seq=position,
+            arguments=signature.arguments,
+            queue=activity.queue,
+            group_id=group_id,
         )
 
 

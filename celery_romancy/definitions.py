@@ -98,12 +98,43 @@ class ActivityDefinition(Generic[P, R]):
         result: R = ctx.execute(self, *args, **kwargs)
         return result
 
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> StepSignature[R]:
+        """A step of this activity with these arguments, for ``ctx.gather`` (like
+        Celery's ``.s()``). The arguments are checked and encoded now; nothing runs
+        until the signature is gathered."""
+        signature = StepSignature(self, args, kwargs)
+        signature.arguments  # noqa: B018 - bad arguments raise here, at the call
+        return signature
+
     def invoke(self, arguments: dict[str, Any]) -> Any:
         args, kwargs = self.shape.decode_arguments(arguments)
         return call_maybe_async(self.fn, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<activity {self.name}>"
+
+
+class StepSignature(Generic[R]):
+    """An activity and its call arguments, bound lazily (``execute`` binds only the
+    call that is not recorded yet; ``.s()`` binds at once)."""
+
+    def __init__(
+        self, activity: ActivityDefinition[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.activity = activity
+        self._args = args
+        self._kwargs = kwargs
+        self._arguments: dict[str, Any] | None = None
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The arguments as stored JSON, by parameter name."""
+        if self._arguments is None:
+            self._arguments = self.activity.shape.bind(self._args, self._kwargs)
+        return self._arguments
+
+    def __repr__(self) -> str:
+        return f"<step {self.activity.name}{self._args!r}>"
 
 
 class WorkflowDefinition(Generic[P, R]):

@@ -38,6 +38,9 @@ class Dispatch:
     token: str
     command: ActivityCommand
     countdown: float | None = None
+    # The step whose task sent this one (Flower draws the fan-out from it); inside a
+    # worker task Celery fills it in itself.
+    parent_id: str | None = None
 
     @property
     def argsrepr(self) -> str:
@@ -64,6 +67,8 @@ def publish(app: Celery, dispatch: Dispatch) -> bool:
             queue=dispatch.command.queue,
             countdown=dispatch.countdown,
             argsrepr=dispatch.argsrepr,
+            group_id=command.group_id,
+            parent_id=dispatch.parent_id,
             serializer="json",
             # Steps store no Celery result: without this, a Redis result backend makes
             # every publish outside a worker SUBSCRIBE to a result channel nobody reads.

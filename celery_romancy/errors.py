@@ -111,8 +111,9 @@ class LeaseHeldError(RomancyError):
 
 
 class Suspend(BaseException):
-    """Internal: replay reached a call that history does not record yet."""
+    """Internal: replay reached a call that history does not record yet; ``commands``
+    are the steps that should be in flight (none: wait for those already sent)."""
 
-    def __init__(self, command: Any) -> None:
-        self.command = command
-        super().__init__(command)
+    def __init__(self, commands: tuple[Any, ...]) -> None:
+        self.commands = commands
+        super().__init__(commands)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .commands import ActivityCommand
 from .errors import InstanceStateError, InvalidArgumentsError
 from .serialization import encode
+from .states import HistoryKind, RunOutcome, StepKind
 from .storage import HistoryEvent
 
 if TYPE_CHECKING:
@@ -59,29 +59,33 @@ def send_event(
     )
     if stored:
         for waiting in romancy.storage.waiting_for(event_type, instance_id, correlation_id):
-            deliver_kept_event(romancy, waiting.instance_id)
+            deliver_kept_event(romancy, waiting.step.instance_id)
     return stored
 
 
 def deliver_kept_event(romancy: Romancy, instance_id: str) -> bool:
     """If the instance waits for an event that is already kept, resume it with that event."""
-    instance = romancy.storage.get_instance(instance_id)
-    if instance is None or instance.status != "waiting_for_event" or instance.pending is None:
-        return False
-    command = ActivityCommand.from_json(instance.pending)
-    event = romancy.storage.find_event(
-        command.name, instance_id, command.arguments.get("correlation_id")
-    )
-    if event is None or instance.dispatch_token is None:
-        return False
-    history_event = HistoryEvent(
-        seq=command.seq,
-        step_id=command.step_id,
-        kind="event",
-        name=command.name,
-        result=event.data,
-    )
-    outcome = romancy.runner.wake(
-        instance_id, instance.dispatch_token, lambda _: history_event, consume_event=event.id
-    )
-    return outcome == "recorded"
+    for step in romancy.storage.get_steps(instance_id):
+        if step.kind is not StepKind.WAIT_EVENT:
+            continue
+        command = step.command
+        event = romancy.storage.find_event(
+            command.name, instance_id, command.arguments.get("correlation_id")
+        )
+        if event is None:
+            continue
+        history_event = HistoryEvent(
+            seq=command.seq,
+            step_id=command.step_id,
+            kind=HistoryKind.EVENT,
+            name=command.name,
+            result=event.data,
+        )
+        outcome = romancy.runner.wake(
+            instance_id,
+            step.token,
+            lambda _: history_event,  # noqa: B023 - returned right after
+            consume_event=event.id,
+        )
+        return outcome is RunOutcome.RECORDED
+    return False

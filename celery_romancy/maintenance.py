@@ -19,6 +19,7 @@ from .dispatch import Dispatch, publish
 from .errors import EventTimeoutError
 from .events import deliver_kept_event
 from .failures import describe_error
+from .states import HistoryKind, RunOutcome, StepKind
 from .storage import HistoryEvent
 from .storage.schema import utcnow
 
@@ -47,14 +48,8 @@ def recover(romancy: Romancy) -> RecoveryReport:
     republished = failed = 0
     while True:
         overdue = romancy.storage.take_overdue(stale_before, BATCH)
-        for instance in overdue:
-            assert instance.pending is not None and instance.dispatch_token is not None
-            dispatch = Dispatch(
-                instance.instance_id,
-                instance.workflow_name,
-                instance.dispatch_token,
-                ActivityCommand.from_json(instance.pending),
-            )
+        for workflow_name, step in overdue:
+            dispatch = Dispatch(step.instance_id, workflow_name, step.token, step.command)
             if publish(romancy.app, dispatch):
                 republished += 1
             else:
@@ -70,7 +65,7 @@ def recover(romancy: Romancy) -> RecoveryReport:
     return RecoveryReport(republished, failed)
 
 
-def fire(romancy: Romancy, instance_id: str, token: str) -> str:
+def fire(romancy: Romancy, instance_id: str, token: str) -> RunOutcome:
     """Resume one waiting instance whose timer or event timeout is due.
 
     Idempotent: the claim on ``token`` lets one firing through; a second one finds the
@@ -79,10 +74,10 @@ def fire(romancy: Romancy, instance_id: str, token: str) -> str:
     now = utcnow()
 
     def fired(command: ActivityCommand) -> HistoryEvent | None:
-        if command.kind == "timer":
+        if command.kind is StepKind.TIMER:
             if datetime.fromisoformat(command.arguments["fire_at"]) > now:
                 return None
-            return HistoryEvent(command.seq, command.step_id, "timer", command.name)
+            return HistoryEvent(command.seq, command.step_id, HistoryKind.TIMER, command.name)
         timeout_at = command.arguments.get("timeout_at")
         if timeout_at is None or datetime.fromisoformat(timeout_at) > now:
             return None
@@ -90,7 +85,7 @@ def fire(romancy: Romancy, instance_id: str, token: str) -> str:
         return HistoryEvent(
             command.seq,
             command.step_id,
-            "event",
+            HistoryKind.EVENT,
             command.name,
             error=describe_error(timeout, command.step_id),
         )
@@ -102,22 +97,19 @@ def fire_due(romancy: Romancy) -> int:
     """Fire every due timer and event timeout, whichever process started the workflow;
     then hand kept events to waits that missed them (a sender that died mid-send)."""
     fired = 0
-    for instance in romancy.storage.due_waits(utcnow(), BATCH):
-        if instance.workflow_name not in romancy.registry.workflows:
+    for workflow_name, step in romancy.storage.due_waits(utcnow(), BATCH):
+        if workflow_name not in romancy.registry.workflows:
             logger.warning(
                 "celery_romancy: no workflow %r here to resume %s",
-                instance.workflow_name,
-                instance.instance_id,
+                workflow_name,
+                step.instance_id,
             )
             continue
-        if (
-            instance.dispatch_token
-            and fire(romancy, instance.instance_id, instance.dispatch_token) == "recorded"
-        ):
+        if fire(romancy, step.instance_id, step.token) is RunOutcome.RECORDED:
             fired += 1
-    for instance in romancy.storage.waiting_with_kept_events(BATCH):
-        if instance.workflow_name in romancy.registry.workflows:
-            fired += deliver_kept_event(romancy, instance.instance_id)
+    for workflow_name, step in romancy.storage.waiting_with_kept_events(BATCH):
+        if workflow_name in romancy.registry.workflows:
+            fired += deliver_kept_event(romancy, step.instance_id)
     return fired
 
 

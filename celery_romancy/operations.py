@@ -1,51 +1,68 @@
-"""Operator actions on one instance: cancel, retry a failed compensation.
+"""Operator actions on one instance: cancel, resume, retry a failed compensation.
 
-Each takes the instance's lease like a worker would (``Store.take_over``), so it cannot
-race a step in flight: when a worker holds the instance, the action is left for the
-worker to carry out at its next step boundary.
+Each is a transition like a worker's (``transition.apply``): planned from a snapshot,
+committed only if the instance did not move meanwhile, and it only ends steps that no
+worker holds. A step in flight is left to its worker, which carries the action out at
+its next step boundary.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .commands import ActivityCommand
-from .dispatch import publish
-from .errors import InstanceStateError
-from .planning import dispatch_command
-from .storage import StepWrite
+from .errors import InstanceStateError, UnknownInstanceError
+from .planning import Plan, dispatch_step, status_of, wind_down
+from .states import ACTIVE, Status, StepKind
+from .storage import CommitResult, Snapshot, StepRecord, StepWrite
+from .storage.records import InstanceChange
+from .storage.schema import utcnow
+from .transition import Planned, apply, replayed
 
 if TYPE_CHECKING:
     from .app import Romancy
 
-ACTIVE = ("pending", "running", "waiting_for_timer", "waiting_for_event")
-FINISHED = ("completed", "failed", "compensation_failed")
+FINISHED = (Status.COMPLETED, Status.FAILED, Status.COMPENSATION_FAILED)
+
+
+def _snapshot(romancy: Romancy, instance_id: str) -> Snapshot:
+    snapshot = romancy.storage.snapshot(instance_id)
+    if snapshot is None:
+        raise UnknownInstanceError(f"no workflow instance {instance_id!r}")
+    return snapshot
 
 
 def cancel(romancy: Romancy, instance_id: str, reason: str) -> bool:
     """Request cancellation; True if this call requested it, False if it was already.
 
     The instance stops at its next step boundary (at once if no step is in flight),
-    its succeeded steps are compensated newest first, and it ends ``cancelled``.
+    steps in flight finish, its succeeded steps are compensated newest first, and it
+    ends ``cancelled``.
     """
-    instance = romancy.get_instance(instance_id)
+    snapshot = _snapshot(romancy, instance_id)
+    instance = snapshot.instance
     if instance.status in FINISHED:
         raise InstanceStateError(
             f"cannot cancel workflow instance {instance_id}: it already ended {instance.status}"
         )
     if instance.status not in ACTIVE or instance.cancel_reason is not None:
         return False  # cancelled, being cancelled, or already rolling back after a failure
-    requested = romancy.storage.update_instance(
-        instance_id, {"cancel_reason": reason}, only_if={"cancel_reason": None}, status_in=ACTIVE
-    )
-    if not requested:
-        return cancel(romancy, instance_id, reason)  # it moved on meanwhile: judge again
-    claim = romancy.storage.take_over(
-        instance_id, romancy.worker_id, romancy.settings.lease_timeout, ACTIVE
-    )
-    if claim is not None:
-        # No step in flight: roll back now; the queued message, if any, goes stale.
-        romancy.runner.roll_back(claim, claim.instance.error, "cancelled")
+
+    def plan_for(current: Snapshot) -> Planned:
+        now = current.instance
+        if now.status not in ACTIVE or now.cancel_reason is not None:
+            return Planned(Plan())  # it moved on meanwhile (ended, or cancelled by another)
+        plan = wind_down(
+            now,
+            current.steps,
+            lambda: romancy.storage.get_compensations(instance_id),
+            romancy.registry.compensation_queue,
+        )
+        plan.change = InstanceChange(
+            status=plan.change.status, error=plan.change.error, cancel_reason=reason
+        )
+        return Planned(plan)
+
+    apply(romancy, snapshot, plan_for)
     return True
 
 
@@ -53,62 +70,83 @@ PARKED_ERRORS = (
     "celery_romancy.errors.NonDeterminismError",
     "celery_romancy.errors.PoisonStepError",
 )
-MOVING = ("pending", "running", "compensating")
+MOVING = (Status.PENDING, Status.RUNNING, Status.COMPENSATING)
 
 
 def resume(romancy: Romancy, instance_id: str) -> None:
-    """Re-send a stuck instance's pending step, or replay an instance parked as ``failed``
-    by a nondeterminism or poison-step error (once the code or cause was fixed)."""
-    instance = romancy.get_instance(instance_id)
+    """Re-send a stuck instance's steps, or replay an instance parked as ``failed`` by a
+    nondeterminism or poison-step error (once the code or cause was fixed)."""
+    snapshot = _snapshot(romancy, instance_id)
+    instance = snapshot.instance
     error_type = (instance.error or {}).get("type")
-    parked = instance.status == "failed" and error_type in PARKED_ERRORS
+    parked = instance.status == Status.FAILED and error_type in PARKED_ERRORS
     if instance.status not in MOVING and not parked:
         raise InstanceStateError(
             f"workflow instance {instance_id} is {instance.status}; only pending, running, "
             "compensating or parked instances can be resumed"
         )
-    claim = romancy.storage.take_over(
-        instance_id, romancy.worker_id, romancy.settings.lease_timeout, [instance.status]
-    )
-    if claim is None:
-        raise InstanceStateError(f"workflow instance {instance_id} is held by a worker right now")
-    if claim.instance.pending is not None:
-        command = ActivityCommand.from_json(claim.instance.pending)
-        status = "compensating" if command.kind == "compensation" else "running"
-        changes, dispatch = dispatch_command(claim.instance, command, status=status)
-        if parked:
-            changes["error"] = None
-        if not romancy.storage.commit(claim, StepWrite(instance_changes=changes)):
-            raise InstanceStateError(f"workflow instance {instance_id} was taken over meanwhile")
-        if dispatch is not None:
-            publish(romancy.app, dispatch)
-    elif romancy.runner.advance(claim, StepWrite()) == "fenced":
-        # Parked without a pending step (nondeterminism): replay to find it.
+    if not any(s.kind.runs_as_task for s in snapshot.steps):
+        # Parked without a step (nondeterminism): replay to find it.
+        result = apply(romancy, snapshot, replayed(romancy, StepWrite(), revive=True))
+    else:
+
+        def plan_for(current: Snapshot) -> Planned:
+            steps = romancy.storage.get_steps(instance_id)
+            idle = [s for s in steps if s.kind.runs_as_task and not _leased(s)]
+            if not idle:
+                raise InstanceStateError(
+                    f"workflow instance {instance_id} is held by a worker right now"
+                )
+            plan = Plan(remove=[s.token for s in idle])
+            for old in idle:
+                step, dispatch = dispatch_step(current.instance, old.command)
+                plan.add.append(step)
+                if dispatch is not None:
+                    plan.dispatches.append(dispatch)
+            kinds = [s.kind for s in steps]
+            error = None if parked else current.instance.error
+            plan.change = InstanceChange(status=status_of(kinds), error=error)
+            return Planned(plan)
+
+        result = apply(romancy, snapshot, plan_for)
+    if result is not CommitResult.COMMITTED:
         raise InstanceStateError(f"workflow instance {instance_id} was taken over meanwhile")
 
 
 def retry_compensation(romancy: Romancy, instance_id: str) -> None:
     """Resume a rollback parked in ``compensation_failed``, from the compensation that failed."""
-    instance = romancy.get_instance(instance_id)
-    if instance.status != "compensation_failed" or instance.pending is None:
+    snapshot = _snapshot(romancy, instance_id)
+    failed = [s for s in romancy.storage.get_steps(instance_id) if s.kind is StepKind.COMPENSATION]
+    if snapshot.instance.status != Status.COMPENSATION_FAILED or not failed:
         raise InstanceStateError(
-            f"workflow instance {instance_id} is {instance.status}, not compensation_failed"
+            f"workflow instance {instance_id} is {snapshot.instance.status}, "
+            "not compensation_failed"
         )
-    claim = romancy.storage.take_over(
-        instance_id, romancy.worker_id, romancy.settings.lease_timeout, ["compensation_failed"]
+    parked = failed[0]
+
+    def plan_for(current: Snapshot) -> Planned:
+        if current.instance.status != Status.COMPENSATION_FAILED:
+            raise InstanceStateError(f"workflow instance {instance_id} is being changed right now")
+        saga_error = {
+            k: v for k, v in (current.instance.error or {}).items() if k != "compensation_error"
+        }
+        step, dispatch = dispatch_step(current.instance, parked.command.first_attempt())
+        assert dispatch is not None
+        return Planned(
+            Plan(
+                change=InstanceChange(status=Status.COMPENSATING, error=saga_error or None),
+                remove=[parked.token],
+                add=[step],
+                dispatches=[dispatch],
+            )
+        )
+
+    rows = StepWrite(
+        compensation_update=(parked.command.step_id, {"status": "registered", "error": None})
     )
-    if claim is None:
-        raise InstanceStateError(f"workflow instance {instance_id} is being changed right now")
-    failed = ActivityCommand.from_json(instance.pending)
-    command = ActivityCommand(**{**failed.to_json(), "attempt": 1})
-    error = {k: v for k, v in (instance.error or {}).items() if k != "compensation_error"}
-    changes, dispatch = dispatch_command(claim.instance, command, status="compensating")
-    changes["error"] = error or None
-    write = StepWrite(
-        instance_changes=changes,
-        compensation_update=(command.step_id, {"status": "registered", "error": None}),
-    )
-    if not romancy.storage.commit(claim, write):
+    if apply(romancy, snapshot, plan_for, rows) is not CommitResult.COMMITTED:
         raise InstanceStateError(f"workflow instance {instance_id} was taken over meanwhile")
-    assert dispatch is not None
-    publish(romancy.app, dispatch)
+
+
+def _leased(step: StepRecord) -> bool:
+    return step.lease_expires_at is not None and step.lease_expires_at > utcnow()

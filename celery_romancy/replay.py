@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +17,12 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Next:
-    """The workflow wants this step run; history records everything before it."""
+class Waiting:
+    """The workflow waits for these steps (one, or the branches of a gather that should
+    be in flight now; none while it waits for branches already sent); history records
+    everything before them."""
 
-    command: ActivityCommand
+    commands: tuple[ActivityCommand, ...]
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class Diverged:
     error: NonDeterminismError
 
 
-Outcome = Next | Completed | Failed | Diverged
+Outcome = Waiting | Completed | Failed | Diverged
 
 
 def replay(
@@ -47,8 +50,9 @@ def replay(
     instance_id: str,
     input_data: dict[str, Any],
     history: list[HistoryEvent],
+    in_flight: Collection[str] = (),
 ) -> Outcome:
-    return replay_recording(workflow, instance_id, input_data, history)[0]
+    return replay_recording(workflow, instance_id, input_data, history, in_flight)[0]
 
 
 def replay_recording(
@@ -56,14 +60,19 @@ def replay_recording(
     instance_id: str,
     input_data: dict[str, Any],
     history: list[HistoryEvent],
+    in_flight: Collection[str] = (),
 ) -> tuple[Outcome, list[HistoryEvent]]:
     """Replay, and also return the events this replay recorded on its own (for example
-    compensation registrations); they must commit with the outcome."""
-    ctx = WorkflowContext(instance_id, workflow.name, history)
+    compensation registrations); they must commit with the outcome.
+
+    ``in_flight``: the step ids of activities sent and not recorded yet (branches of a
+    gather that are still running).
+    """
+    ctx = WorkflowContext(instance_id, workflow.name, history, in_flight)
     try:
         value = workflow.run(ctx, input_data)
     except Suspend as suspend:
-        outcome: Outcome = Next(suspend.command)
+        outcome: Outcome = Waiting(suspend.commands)
     except Exception as exc:  # noqa: BLE001 - any error of the body fails the workflow
         if ctx.reraised is not None and ctx.reraised[0] is exc:
             outcome = Failed(ctx.reraised[1])
@@ -77,14 +86,14 @@ def replay_recording(
     if ctx.nondeterminism is not None:
         return Diverged(ctx.nondeterminism), []
     if ctx.suspended is not None:
-        return Next(ctx.suspended.command), ctx.new_events
-    if not isinstance(outcome, Next) and ctx.position < len(history):
+        return Waiting(ctx.suspended.commands), ctx.new_events
+    skipped = ctx.recorded_beyond_reach()
+    if not isinstance(outcome, Waiting) and skipped is not None:
         # The body ended before reaching steps that history says it took.
-        skipped = history[ctx.position]
-        error = NonDeterminismError(instance_id, ctx.position, skipped.step_id, "<end of workflow>")
+        error = NonDeterminismError(instance_id, skipped.seq, skipped.step_id, "<end of workflow>")
         return Diverged(error), []
     return outcome, ctx.new_events
 
 
 def _last_step(history: list[HistoryEvent]) -> str | None:
-    return history[-1].step_id if history else None
+    return max(history, key=lambda e: e.seq).step_id if history else None

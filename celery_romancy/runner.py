@@ -1,31 +1,30 @@
-"""The worker side of a step: claim, run, record with the next dispatch, publish.
+"""The worker side of a step: claim, run, record with what follows, publish.
 
 One Celery message per step. The history row, the compensation it registers and the
-next pending command commit in one fenced transaction; the replay that finds the next
-command runs in this process, in memory, before that commit.
+steps that follow commit in one fenced transaction (``transition.apply``); the replay
+that finds those steps runs in this process, in memory, before that commit.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .commands import ActivityCommand
 from .context import ActivityInfo, _current_activity
-from .dispatch import Dispatch, publish
 from .errors import ConfigurationError, LeaseHeldError, PoisonStepError, SerializationError
-from .events import deliver_kept_event
 from .failures import describe_error
-from .planning import dispatch_command, finish, plan_outcome, start_rollback
-from .replay import replay_recording
+from .planning import Plan, dispatch_step, wind_down
 from .retry import RetryPolicy
-from .storage import Claim, CompensationRecord, HistoryEvent, StepWrite
+from .states import ACTIVE, HistoryKind, RunOutcome, Status, StepKind
+from .storage import Claim, CommitResult, HistoryEvent, StepWrite
+from .storage.records import InstanceChange
 from .storage.schema import utcnow
+from .transition import PlanFor, Planned, apply, fixed, registration, replayed, rolled_back
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from .app import Romancy
 
 logger = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ class StepRunner:
     def __init__(self, romancy: Romancy) -> None:
         self.romancy = romancy
 
-    def run(self, instance_id: str, token: str, task_name: str) -> str:
+    def run(self, instance_id: str, token: str, task_name: str) -> RunOutcome:
         """Handle one delivered message; returns what happened, for logs and tests."""
         romancy = self.romancy
         claim = romancy.storage.claim(
@@ -48,139 +47,56 @@ class StepRunner:
                 # after the lease runs out rather than drop the only message for it.
                 raise LeaseHeldError(instance_id, held_for + 0.5)
             logger.info("celery_romancy: dropped duplicate %s for %s", task_name, instance_id)
-            return "duplicate"
-        pending = claim.instance.pending
-        if pending is None or pending.get("name") != task_name:
+            return RunOutcome.DUPLICATE
+        command = claim.command
+        if command.name != task_name or not command.runs_as_task:
             romancy.storage.release(claim)
-            logger.error("celery_romancy: %s is not the pending step of %s", task_name, instance_id)
-            return "mismatch"
-        command = ActivityCommand.from_json(pending)
-        crashes = claim.instance.step_takeovers
-        if crashes >= romancy.settings.max_step_crashes:
-            return self._park_poisoned(claim, command, crashes)
-        if command.kind == "compensation":
-            return self._compensate(claim, command)
-        if claim.instance.cancel_reason is not None:
+            logger.error(
+                "celery_romancy: %s is not the step %s of %s", task_name, token, instance_id
+            )
+            return RunOutcome.MISMATCH
+        if claim.step.takeovers >= romancy.settings.max_step_crashes:
+            return self._park_poisoned(claim)
+        if command.kind is StepKind.COMPENSATION:
+            return self._compensate(claim)
+        if claim.instance.cancel_reason is not None or claim.instance.status not in ACTIVE:
             # Cancelled while this step was queued: this is the next step boundary.
-            return self.roll_back(claim, claim.instance.error, "cancelled")
-        return self._activity(claim, command)
-
-    def roll_back(self, claim: Claim, error: dict[str, Any] | None, final_status: str) -> str:
-        """Start undoing the instance's succeeded steps (or end it) under ``claim``."""
-        romancy = self.romancy
-        changes, dispatch = start_rollback(
-            claim.instance,
-            error,
-            romancy.storage.get_compensations(claim.instance.instance_id),
-            romancy.registry.compensation_queue,
-            final_status,
-        )
-        committed = romancy.storage.commit(claim, StepWrite(instance_changes=changes))
-        return self._published(claim, committed, dispatch)
-
-    def _park_poisoned(self, claim: Claim, command: ActivityCommand, crashes: int) -> str:
-        """Stop redelivering a step that keeps killing its worker; keep it for ``resume``."""
-        error = PoisonStepError(claim.instance.instance_id, command.step_id, crashes)
-        status = "compensation_failed" if command.kind == "compensation" else "failed"
-        changes, _ = finish(status, pending=command.to_json(), error=describe_error(error))
-        if command.kind == "compensation":
-            changes["error"] = {
-                **(claim.instance.error or {}),
-                "compensation_error": describe_error(error),
-            }
-        committed = self.romancy.storage.commit(claim, StepWrite(instance_changes=changes))
-        logger.error("celery_romancy: %s", error)
-        return self._published(claim, committed, None)
+            return self._drop(claim)
+        return self._activity(claim)
 
     # -- activities ---------------------------------------------------------------------
 
-    def _activity(self, claim: Claim, command: ActivityCommand) -> str:
+    def _activity(self, claim: Claim) -> RunOutcome:
         romancy = self.romancy
+        command = claim.command
         # An unknown workflow fails here, before the activity body runs.
         romancy.registry.workflow(claim.instance.workflow_name)
         activity = romancy.registry.activity(command.name)
-        info = self._activity_info(claim, command)
-        reset = _current_activity.set(info)
-        romancy.lease_keeper.hold(claim)
-        try:
-            try:
-                result = activity.shape.encode_result(activity.invoke(command.arguments))
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded or retried
-                info.close()  # the activity's own writes die with its attempt
-                if _retryable(activity.retry, exc, command.attempt):
-                    return self._retry(claim, command, activity.retry, exc)
-                event = HistoryEvent(
-                    command.seq,
-                    command.step_id,
-                    "activity",
-                    command.name,
-                    error=describe_error(exc, command.step_id),
-                    attempt=command.attempt,
+        with self._running(claim) as info:
+            result, error = _call(
+                info, lambda: activity.shape.encode_result(activity.invoke(command.arguments))
+            )
+            if error is not None and _retryable(activity.retry, error, command.attempt):
+                return self._retry(claim, activity.retry, error)
+            event = HistoryEvent(
+                command.seq,
+                command.step_id,
+                HistoryKind.ACTIVITY,
+                command.name,
+                result=result if error is None else None,
+                error=describe_error(error, command.step_id) if error is not None else None,
+                attempt=command.attempt,
+            )
+            rows = StepWrite(events=[event], outbox=info.outbox)
+            compensation = activity.compensation
+            if error is None and compensation is not None:
+                arguments = compensation.arguments_from(command.arguments, result)
+                rows.registrations.append(
+                    registration(command.seq, command.step_id, compensation.name, arguments)
                 )
-            else:
-                event = HistoryEvent(
-                    command.seq,
-                    command.step_id,
-                    "activity",
-                    command.name,
-                    result=result,
-                    attempt=command.attempt,
-                )
-            registrations = []
-            if event.error is None and activity.compensation is not None:
-                compensation = activity.compensation
-                registrations.append(
-                    registration(
-                        command.seq,
-                        command.step_id,
-                        compensation.name,
-                        compensation.arguments_from(command.arguments, event.result),
-                    )
-                )
-            write = StepWrite(events=[event], registrations=registrations, outbox=info.outbox)
-            # Renewals stop before the commit releases the lease (one just ran, so at
-            # least two thirds of it remain): a renewal after the commit would look lost.
-            romancy.lease_keeper.release(claim)
-            return self.advance(claim, write, info.recording_connection())
-        finally:
-            romancy.lease_keeper.release(claim)
-            _current_activity.reset(reset)
-            info.close()
-
-    def advance(self, claim: Claim, write: StepWrite, conn: Connection | None = None) -> str:
-        """Replay with ``write``'s new history, plan what follows, commit it all, publish.
-
-        ``write`` arrives with the step's own rows (its history event, its compensation,
-        its outbox rows); the replay may add compensation registrations and outbox rows
-        of its own, which commit in the same transaction.
-        """
-        romancy = self.romancy
-        instance = claim.instance
-        workflow = romancy.registry.workflow(instance.workflow_name)
-        outcome, new_events = replay_recording(
-            workflow, instance.instance_id, instance.input_data, [*claim.history, *write.events]
-        )
-        replayed = recorded_rows(new_events)
-        write.events.extend(replayed.events)
-        write.registrations.extend(replayed.registrations)
-        write.outbox.extend(replayed.outbox)
-        changes, dispatch = plan_outcome(
-            instance,
-            outcome,
-            # Only read on failure: every compensation to run, this step's included.
-            lambda: [
-                *romancy.storage.get_compensations(instance.instance_id),
-                *write.registrations,
-            ],
-            romancy.registry.compensation_queue,
-        )
-        write.instance_changes = changes
-        committed = romancy.storage.commit(claim, write, conn)
-        result = self._published(claim, committed, dispatch)
-        if committed and changes.get("status") == "waiting_for_event":
-            # An event may have come before the wait: deliver it now (see events.py).
-            deliver_kept_event(romancy, instance.instance_id)
-        return result
+            return self._record(
+                claim, info, replayed(romancy, rows, parent_id=claim.step.token), rows
+            )
 
     # -- waits: timers and events ---------------------------------------------------------
 
@@ -190,7 +106,7 @@ class StepRunner:
         token: str,
         event_for: Callable[[ActivityCommand], HistoryEvent | None],
         consume_event: int | None = None,
-    ) -> str:
+    ) -> RunOutcome:
         """Resume a waiting instance with the history event ``event_for`` makes from its
         wait (a fired timer, an event's data, a timeout); "early" if it returns None."""
         romancy = self.romancy
@@ -198,79 +114,86 @@ class StepRunner:
             instance_id, token, romancy.worker_id, romancy.settings.lease_timeout
         )
         if claim is None:
-            return "duplicate"  # fired already, or being fired by someone else right now
-        pending = claim.instance.pending
-        command = ActivityCommand.from_json(pending) if pending else None
-        if command is None or command.runs_as_task:
+            return RunOutcome.DUPLICATE  # fired already, or being fired by someone else now
+        command = claim.command
+        if command.runs_as_task:
             romancy.storage.release(claim)
-            return "mismatch"
-        if claim.instance.cancel_reason is not None:
-            return self.roll_back(claim, claim.instance.error, "cancelled")
+            return RunOutcome.MISMATCH
+        if claim.instance.cancel_reason is not None or claim.instance.status not in ACTIVE:
+            return self._drop(claim)
         event = event_for(command)
         if event is None:
             romancy.storage.release(claim)
-            return "early"
-        return self.advance(claim, StepWrite(events=[event], consume_event=consume_event))
+            return RunOutcome.EARLY
+        rows = StepWrite(events=[event], consume_event=consume_event)
+        result = apply(romancy, claim.snapshot, replayed(romancy, rows), rows, claim)
+        if result is CommitResult.FENCED:
+            romancy.storage.release(claim)  # another wait took the event: free the step
+        return _outcome(claim, result, RunOutcome.RECORDED)
 
     # -- compensations --------------------------------------------------------------------
 
-    def _compensate(self, claim: Claim, command: ActivityCommand) -> str:
+    def _compensate(self, claim: Claim) -> RunOutcome:
         romancy = self.romancy
-        instance = claim.instance
+        command = claim.command
         compensation = romancy.registry.compensation(command.name)
-        info = self._activity_info(claim, command)
-        reset = _current_activity.set(info)
-        romancy.lease_keeper.hold(claim)
-        try:
-            try:
-                compensation.invoke(command.arguments)
-            except Exception as exc:  # noqa: BLE001
-                info.close()
-                if _retryable(compensation.retry, exc, command.attempt):
-                    return self._retry(claim, command, compensation.retry, exc)
-                failure = describe_error(exc, command.step_id)
-                # Parked for an operator: ``pending`` keeps the command to retry.
-                changes, dispatch = finish(
-                    "compensation_failed",
-                    pending=command.to_json(),
-                    error={**(instance.error or {}), "compensation_error": failure},
-                )
-                update: dict[str, Any] = {"status": "failed", "error": failure}
+        with self._running(claim) as info:
+            _, error = _call(info, lambda: compensation.invoke(command.arguments))
+            if error is not None and _retryable(compensation.retry, error, command.attempt):
+                return self._retry(claim, compensation.retry, error)
+            update: dict[str, Any] = {"attempts": command.attempt, "finished_at": utcnow()}
+            if error is None:
+                update.update(status="done", error=None)
+                plan_for = rolled_back(romancy, command.step_id)
             else:
-                remaining = [
-                    c
-                    for c in romancy.storage.get_compensations(instance.instance_id)
-                    if c.step_id != command.step_id
-                ]
-                final = "cancelled" if instance.cancel_reason is not None else "failed"
-                changes, dispatch = start_rollback(
-                    instance, instance.error, remaining, romancy.registry.compensation_queue, final
-                )
-                update = {"status": "done", "error": None}
-            update.update(attempts=command.attempt, finished_at=utcnow())
-            write = StepWrite(
-                instance_changes=changes, compensation_update=(command.step_id, update)
-            )
-            romancy.lease_keeper.release(claim)  # see _activity
-            committed = romancy.storage.commit(claim, write, info.recording_connection())
-        finally:
-            romancy.lease_keeper.release(claim)
-            _current_activity.reset(reset)
-            info.close()
-        return self._published(claim, committed, dispatch)
+                failure = describe_error(error, command.step_id)
+                update.update(status="failed", error=failure)
+                # Parked for an operator: the step is kept to retry.
+                plan_for = fixed(self._parked(claim, Status.COMPENSATION_FAILED, failure))
+            rows = StepWrite(compensation_update=(command.step_id, update))
+            return self._record(claim, info, plan_for, rows)
 
     # -- shared -------------------------------------------------------------------------
 
-    def _retry(
-        self, claim: Claim, command: ActivityCommand, policy: RetryPolicy, error: Exception
-    ) -> str:
-        self.romancy.lease_keeper.release(claim)  # see _activity
-        delay = policy.delay_after(command.attempt)
-        changes, dispatch = dispatch_command(
-            claim.instance, command.next_attempt(), status=claim.instance.status, delay=delay
+    @contextmanager
+    def _running(self, claim: Claim) -> Iterator[ActivityInfo]:
+        """The body's surroundings: ``current_activity()``, and the lease kept renewed."""
+        keeper = self.romancy.lease_keeper
+        info = ActivityInfo(
+            instance_id=claim.instance.instance_id,
+            workflow_name=claim.instance.workflow_name,
+            step_id=attempt_step_id(claim.command),
+            attempt=claim.command.attempt,
+            _open_connection=self.romancy.storage.connect,
         )
-        write = StepWrite(
-            instance_changes=changes,
+        reset = _current_activity.set(info)
+        keeper.hold(claim)
+        try:
+            yield info
+        finally:
+            keeper.release(claim)
+            _current_activity.reset(reset)
+            info.close()
+
+    def _record(
+        self, claim: Claim, info: ActivityInfo, plan_for: PlanFor, rows: StepWrite
+    ) -> RunOutcome:
+        """Commit the step on the activity's own transaction, if it opened one."""
+        # Renewals stop before the commit releases the lease (one just ran, so at least
+        # two thirds of it remain): a renewal after the commit would look lost.
+        self.romancy.lease_keeper.release(claim)
+        result = apply(
+            self.romancy, claim.snapshot, plan_for, rows, claim, info.recording_connection()
+        )
+        return _outcome(claim, result, RunOutcome.RECORDED)
+
+    def _retry(self, claim: Claim, policy: RetryPolicy, error: Exception) -> RunOutcome:
+        self.romancy.lease_keeper.release(claim)  # see _record
+        command = claim.command
+        delay = policy.delay_after(command.attempt)
+        step, dispatch = dispatch_step(claim.instance, command.next_attempt(), delay=delay)
+        assert dispatch is not None
+        rows = StepWrite(
             attempt={
                 "step_id": attempt_step_id(command),
                 "attempt": command.attempt,
@@ -278,30 +201,74 @@ class StepRunner:
                 "retry_in": delay,
             },
         )
-        committed = self.romancy.storage.commit(claim, write)
-        self._published(claim, committed, dispatch)
-        return "retrying" if committed else "fenced"
+        plan = Plan(add=[step], dispatches=[dispatch])
+        result = apply(self.romancy, claim.snapshot, fixed(plan), rows, claim)
+        return _outcome(claim, result, RunOutcome.RETRYING)
 
-    def _published(self, claim: Claim, committed: bool, dispatch: Dispatch | None) -> str:
-        if not committed:
-            # A newer owner took the instance over while this step ran (fencing).
-            logger.warning(
-                "celery_romancy: lease on %s was lost; this step's result is discarded",
-                claim.instance.instance_id,
+    def _drop(self, claim: Claim) -> RunOutcome:
+        """End a step without running it: its instance is being cancelled (roll back
+        once no sibling runs) or has moved past it."""
+        romancy = self.romancy
+
+        def plan_for(snapshot: Any) -> Planned:
+            instance = snapshot.instance
+            if instance.cancel_reason is None or instance.status not in ACTIVE:
+                return Planned(Plan())
+            plan = wind_down(
+                instance,
+                snapshot.steps,
+                lambda: romancy.storage.get_compensations(instance.instance_id),
+                romancy.registry.compensation_queue,
             )
-            return "fenced"
-        if dispatch is not None:
-            publish(self.romancy.app, dispatch)
-        return "recorded"
+            return Planned(plan)
 
-    def _activity_info(self, claim: Claim, command: ActivityCommand) -> ActivityInfo:
-        return ActivityInfo(
-            instance_id=claim.instance.instance_id,
-            workflow_name=claim.instance.workflow_name,
-            step_id=attempt_step_id(command),
-            attempt=command.attempt,
-            _open_connection=self.romancy.storage.connect,
+        result = apply(romancy, claim.snapshot, plan_for, None, claim)
+        return _outcome(claim, result, RunOutcome.CANCELLED)
+
+    def _park_poisoned(self, claim: Claim) -> RunOutcome:
+        """Stop redelivering a step that keeps killing its worker; keep it for ``resume``."""
+        command = claim.command
+        error = PoisonStepError(claim.instance.instance_id, command.step_id, claim.step.takeovers)
+        status = (
+            Status.COMPENSATION_FAILED if command.kind is StepKind.COMPENSATION else Status.FAILED
         )
+        plan = self._parked(claim, status, describe_error(error))
+        result = apply(self.romancy, claim.snapshot, fixed(plan), None, claim)
+        logger.error("celery_romancy: %s", error)
+        return _outcome(claim, result, RunOutcome.PARKED)
+
+    @staticmethod
+    def _parked(claim: Claim, status: Status, failure: dict[str, Any]) -> Plan:
+        """End the instance as ``status`` with the claimed step kept, unsent, to retry."""
+        step, _ = dispatch_step(claim.instance, claim.command, parked=True)
+        if claim.command.kind is StepKind.COMPENSATION:
+            # The saga's own error stays; the compensation's is added beside it.
+            error = {**(claim.instance.error or {}), "compensation_error": failure}
+        else:
+            error = failure
+        return Plan(change=InstanceChange(status=status, error=error), add=[step])
+
+
+def _call(info: ActivityInfo, body: Callable[[], Any]) -> tuple[Any, Exception | None]:
+    """Run a step's body: its value, or the exception it raised (whose own writes die
+    with the attempt)."""
+    try:
+        return body(), None
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded or retried
+        info.close()
+        return None, exc
+
+
+def _outcome(claim: Claim, result: CommitResult, done: RunOutcome) -> RunOutcome:
+    if result is CommitResult.COMMITTED:
+        return done
+    # A newer owner took the step over while it ran (fencing).
+    logger.warning(
+        "celery_romancy: lease on step %s of %s was lost; its result is discarded",
+        claim.command.step_id,
+        claim.instance.instance_id,
+    )
+    return RunOutcome.FENCED
 
 
 def _retryable(policy: RetryPolicy, error: Exception, attempt: int) -> bool:
@@ -310,51 +277,8 @@ def _retryable(policy: RetryPolicy, error: Exception, attempt: int) -> bool:
     return policy.should_retry(error, attempt)
 
 
-def registration(
-    seq: int, step_id: str, name: str, arguments: dict[str, Any]
-) -> CompensationRecord:
-    return CompensationRecord(
-        seq=seq,
-        step_id=step_id,
-        name=name,
-        arguments=arguments,
-        status="registered",
-        error=None,
-        attempts=0,
-        created_at=utcnow(),
-        finished_at=None,
-    )
-
-
-def recorded_rows(events: list[HistoryEvent]) -> StepWrite:
-    """The rows to commit for events a replay recorded on its own: the events, and the
-    compensations (``ctx.register_compensation``) and outbox rows (``ctx.publish_event``)
-    they stand for."""
-    return StepWrite(
-        events=list(events), registrations=registrations_of(events), outbox=outbox_of(events)
-    )
-
-
-def registrations_of(events: list[HistoryEvent]) -> list[CompensationRecord]:
-    """The compensations that ``ctx.register_compensation`` calls recorded."""
-    return [
-        registration(e.seq, e.step_id, e.name, e.result)
-        for e in events
-        if e.kind == "compensation_registered"
-    ]
-
-
-def outbox_of(events: list[HistoryEvent]) -> list[dict[str, Any]]:
-    """The outbox rows that ``ctx.publish_event`` calls recorded."""
-    return [
-        {"event_id": e.result["event_id"], "event_type": e.name, "data": e.result["data"]}
-        for e in events
-        if e.kind == "event_published"
-    ]
-
-
 def attempt_step_id(command: ActivityCommand) -> str:
     """The step id an attempt is recorded under; compensations get their own."""
-    if command.kind == "compensation":
+    if command.kind is StepKind.COMPENSATION:
         return f"{command.name}:undo:{command.step_id}"
     return command.step_id

@@ -15,12 +15,15 @@ import sqlalchemy as sa
 from celery import Celery
 
 from celery_romancy import InstanceStateError, Romancy
+from celery_romancy.commands import ActivityCommand
 from celery_romancy.maintenance import RECOVER_TASK
-from celery_romancy.storage import Store
+from celery_romancy.states import StepKind
+from celery_romancy.storage import NewStep, StepWrite, Store
 from celery_romancy.storage.schema import utcnow
 
 from .harness import Harness
 from .ledger import wait_for
+from .step_rows import set_steps
 
 FAST = {
     "romancy_lease_timeout": 2,
@@ -101,14 +104,12 @@ def test_recover_resends_the_step_of_a_worker_that_died_holding_the_lease(
     fast.redis.delete(fast.queue)
     past = utcnow() - timedelta(seconds=30)
     # As if a worker had claimed the step, then died: lease expired, message gone.
-    fast.romancy.storage.update_instance(
+    set_steps(
+        fast.romancy.storage,
         instance_id,
-        {
-            "status": "running",
-            "lease_owner": "dead-host:1",
-            "lease_expires_at": past,
-            "dispatch_at": past,
-        },
+        lease_owner="dead-host:1",
+        lease_expires_at=past,
+        dispatch_at=past,
     )
     assert fast.romancy.recover().republished == 1
     assert fast.romancy.recover().republished == 0  # not again before dispatch_timeout
@@ -120,15 +121,7 @@ def test_recover_resends_the_step_of_a_worker_that_died_holding_the_lease(
 
 def test_recover_leaves_live_leases_and_fresh_dispatches_alone(store: Store) -> None:
     now = utcnow()
-    pending = {
-        "kind": "activity",
-        "name": "a",
-        "step_id": "a:1",
-        "seq": 0,
-        "arguments": {},
-        "queue": None,
-        "attempt": 1,
-    }
+    command = ActivityCommand(StepKind.ACTIVITY, "a", "a:1", 0, {})
     rows = {
         "fresh": {"dispatch_at": now},
         "live-lease": {
@@ -142,7 +135,7 @@ def test_recover_leaves_live_leases_and_fresh_dispatches_alone(store: Store) -> 
             "lease_owner": "w",
             "lease_expires_at": now - timedelta(seconds=1),
         },
-        "finished": {"dispatch_at": now - timedelta(minutes=5), "status": "completed"},
+        "parked": {"dispatch_at": None},
     }
     for instance_id, extra in rows.items():
         store.create_instance(
@@ -151,14 +144,13 @@ def test_recover_leaves_live_leases_and_fresh_dispatches_alone(store: Store) -> 
                 "workflow_name": "w",
                 "status": "running",
                 "input_data": {},
-                "pending": pending,
-                "dispatch_token": f"t-{instance_id}",
-                **extra,
-            }
+            },
+            StepWrite(add_steps=[NewStep(f"t-{instance_id}", command, now)]),
         )
+        set_steps(store, instance_id, **extra)
 
     taken = store.take_overdue(now - timedelta(minutes=1), limit=100)
-    assert sorted(i.instance_id for i in taken) == ["dead-worker", "lost"]
+    assert sorted(swept.step.instance_id for swept in taken) == ["dead-worker", "lost"]
     assert store.take_overdue(now - timedelta(minutes=1), limit=100) == []
 
 

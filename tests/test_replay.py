@@ -18,7 +18,7 @@ from celery_romancy.errors import (
     SerializationError,
 )
 from celery_romancy.failures import describe_error, rebuild_error
-from celery_romancy.replay import Completed, Diverged, Failed, Next, replay
+from celery_romancy.replay import Completed, Diverged, Failed, Waiting, replay
 from celery_romancy.retry import RetryPolicy
 from celery_romancy.storage import HistoryEvent
 
@@ -115,15 +115,17 @@ ORDER_INPUT = {
 def test_empty_history_asks_for_the_first_step() -> None:
     outcome = replay(checkout, "inst-1", ORDER_INPUT, [])
 
-    assert outcome == Next(
-        ActivityCommand(
-            kind="activity",
-            name="quote",
-            step_id="quote:1",
-            seq=0,
-            arguments={"sku": "sku-9", "quantity": 3},
-            queue=None,
-            attempt=1,
+    assert outcome == Waiting(
+        (
+            ActivityCommand(
+                kind="activity",
+                name="quote",
+                step_id="quote:1",
+                seq=0,
+                arguments={"sku": "sku-9", "quantity": 3},
+                queue=None,
+                attempt=1,
+            ),
         )
     )
 
@@ -134,21 +136,21 @@ def test_recorded_results_come_back_typed_and_the_next_step_follows_them() -> No
     outcome = replay(checkout, "inst-1", ORDER_INPUT, history)
 
     # Same activity, second call: the second step id of that name, at the next position.
-    assert isinstance(outcome, Next)
-    assert outcome.command.step_id == "quote:2"
-    assert outcome.command.seq == len(history) == 1
-    assert outcome.command.arguments == {"sku": "sku-9", "quantity": 2}
+    assert isinstance(outcome, Waiting)
+    assert outcome.commands[0].step_id == "quote:2"
+    assert outcome.commands[0].seq == len(history) == 1
+    assert outcome.commands[0].arguments == {"sku": "sku-9", "quantity": 2}
 
     history.append(done(1, "quote:2", {"sku": "sku-9", "price": "1.25"}))
     outcome = replay(checkout, "inst-1", ORDER_INPUT, history)
 
-    assert isinstance(outcome, Next)
-    assert outcome.command.name == "charge"
-    assert outcome.command.step_id == "charge:1"
-    assert outcome.command.seq == len(history) == 2
-    assert outcome.command.queue == "payments"
+    assert isinstance(outcome, Waiting)
+    assert outcome.commands[0].name == "charge"
+    assert outcome.commands[0].step_id == "charge:1"
+    assert outcome.commands[0].seq == len(history) == 2
+    assert outcome.commands[0].queue == "payments"
     # 2.50 * 3 + 1.25, computed from typed Decimals, stored as JSON.
-    assert outcome.command.arguments == {
+    assert outcome.commands[0].arguments == {
         "order_id": "o-1",
         "amount": "8.75",
         "email": "c@example.com",
@@ -207,13 +209,15 @@ def test_recorded_error_is_reraised_with_its_type_and_args_and_can_be_caught() -
     assert error.args == ("card expired", 51)
     assert (error.reason, error.code) == ("card expired", 51)
     # The same branch as the first run took: the fallback activity is next.
-    assert outcome == Next(
-        ActivityCommand(
-            kind="activity",
-            name="notify",
-            step_id="notify:1",
-            seq=1,
-            arguments={"message": "declined: card expired"},
+    assert outcome == Waiting(
+        (
+            ActivityCommand(
+                kind="activity",
+                name="notify",
+                step_id="notify:1",
+                seq=1,
+                arguments={"message": "declined: card expired"},
+            ),
         )
     )
     finished = replay(

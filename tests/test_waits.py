@@ -52,7 +52,7 @@ def test_a_sleeping_workflow_holds_no_worker_and_resumes_on_time(waits: Harness)
         30,
         "the workflow to fall asleep",
     )
-    asleep = waits.romancy.get_instance(instance_id)
+    [timer_step] = waits.romancy.storage.get_steps(instance_id)
     # Ask this test's worker only: others may share the broker.
     inspector = waits.app.control.inspect(destination=[worker.hostname], timeout=5)
 
@@ -66,7 +66,7 @@ def test_a_sleeping_workflow_holds_no_worker_and_resumes_on_time(waits: Harness)
     # for the sleeping workflow (the timer is 3 s; a held slot would fail this wait).
     wait_for(lambda: workflow_tasks_running() == [], 2, "the worker to hold no workflow task")
     assert waits.romancy.get_instance(instance_id).status == "waiting_for_timer"  # still
-    fire_at = datetime.fromisoformat(asleep.pending["arguments"]["fire_at"])
+    fire_at = datetime.fromisoformat(timer_step.command.arguments["fire_at"])
 
     done = waits.romancy.wait(instance_id, timeout=30)
     assert done.status == "completed" and done.output_data == "after-Z-1"
@@ -90,9 +90,9 @@ def test_a_timer_fired_twice_resumes_once(waits: Harness) -> None:
             "the first step",
         )
         asleep = waits.romancy.get_instance(instance_id)
-        if asleep.status == "waiting_for_timer":
-            token = asleep.dispatch_token
-            assert token is not None
+        steps = waits.romancy.storage.get_steps(instance_id)
+        if asleep.status == "waiting_for_timer" and steps:
+            token = steps[0].token
             results = [fire(waits.romancy, instance_id, token) for _ in range(2)]
             assert sorted(results) == ["duplicate", "recorded"] or results == [
                 "duplicate",
@@ -141,7 +141,8 @@ def test_an_event_sent_to_a_waiting_workflow_resumes_it_at_once(waits: Harness) 
         # No polling delay: the send itself recorded the event and dispatched the next step.
         resumed = waits.romancy.get_instance(instance_id)
         assert resumed.status != "waiting_for_event"
-        assert resumed.pending is not None and resumed.pending["name"] == "note"
+        [step] = waits.romancy.storage.get_steps(instance_id)
+        assert step.command.name == "note"
         done = waits.romancy.wait(instance_id, timeout=30)
     assert done.output_data == "paid-E2-5.0"
     assert [e.kind for e in waits.romancy.get_history(instance_id)] == [

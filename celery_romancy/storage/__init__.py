@@ -10,26 +10,38 @@ from .records import (
     TERMINAL_STATUSES,
     AttemptRecord,
     Claim,
+    CommitResult,
     CompensationRecord,
     EventRecord,
     HistoryEvent,
+    NewStep,
     OutboxRecord,
+    Snapshot,
+    StepRecord,
+    StepRef,
     StepWrite,
     WorkflowInstance,
 )
 from .store import Store
+from .sweeps import SweptStep
 
 __all__ = [
     "STATUSES",
     "TERMINAL_STATUSES",
     "AttemptRecord",
     "Claim",
+    "CommitResult",
     "CompensationRecord",
     "EventRecord",
     "HistoryEvent",
+    "NewStep",
     "OutboxRecord",
+    "Snapshot",
+    "StepRecord",
+    "StepRef",
     "StepWrite",
     "Store",
+    "SweptStep",
     "WorkflowInstance",
     "open_store",
 ]

@@ -12,31 +12,25 @@ share the activity's own transaction or consume an event.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import select
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
+from ..states import Status
 from . import schema
+from .instances import HISTORY_COLUMNS
 from .prepared import PreparedStatement
-from .records import Claim, HistoryEvent, StepWrite, WorkflowInstance
-from .store import Store, _instance, claim_parameters
-
-_HISTORY_COLUMNS = (
-    "seq",
-    "step_id",
-    "kind",
-    "name",
-    "result",
-    "error",
-    "attempt",
-    "worker_id",
-    "created_at",
-)
+from .records import Claim, CommitResult, HistoryEvent, Snapshot, StepWrite, WorkflowInstance
+from .rows import instance_of, ref_from_json, step_of, write_rows
+from .steps import StepProtocol, claim_clauses, claim_parameters, version_clauses
+from .store import Store
 
 
 class PostgresStore(Store):
@@ -116,13 +110,14 @@ class PostgresStore(Store):
     def create_instance(
         self, values: dict[str, Any], write: StepWrite | None = None
     ) -> tuple[WorkflowInstance, bool]:
-        if write is not None and (write.events or write.registrations or write.outbox):
-            return super().create_instance(values, write)
         now = schema.utcnow()
-        row = {"epoch": 0, "created_at": now, "updated_at": now, **values}
-        created = self._run(_create_instance(tuple(row)), row)
+        row = {"version": 0, "created_at": now, "updated_at": now, **values}
+        table_rows = _flat_rows(row["instance_id"], None, write or StepWrite(), now, 0)
+        params = dict(row)
+        _bind_rows(params, table_rows)
+        created = self._run(_create_statement(tuple(row), _row_shapes(table_rows)), params)
         if created:
-            return _instance(created[0]), True
+            return instance_of(created[0]), True
         existing = self.get_instance(row["instance_id"])
         assert existing is not None
         return existing, False
@@ -131,46 +126,70 @@ class PostgresStore(Store):
         self, instance_id: str, token: str, worker_id: str, lease_seconds: float
     ) -> Claim | None:
         params = claim_parameters(instance_id, token, worker_id, lease_seconds)
-        rows = self._run(_claim_with_history(), params)
+        rows = self._run(_claim_with_snapshot(), params)
         if not rows:
             return None
-        instance = _instance(rows[0])
+        first = rows[0]
+        step = step_of(first, prefix="s_")
+        instance = instance_of(first)
+        if instance.status == Status.PENDING:  # set by the same statement, not seen by it
+            instance = dataclasses.replace(instance, status=str(Status.RUNNING))
+        now = params["claim_now"]
         history = [
-            HistoryEvent(**{name: row[f"h_{name}"] for name in _HISTORY_COLUMNS})
+            HistoryEvent(**{name: row[f"h_{name}"] for name in HISTORY_COLUMNS})
             for row in rows
             if row["h_seq"] is not None
         ]
-        return Claim(instance=instance, history=history, worker_id=worker_id, epoch=instance.epoch)
+        steps = [ref_from_json(item, now) for item in first["in_flight"] or []]
+        snapshot = Snapshot(instance, history, steps)
+        return Claim(step=step, snapshot=snapshot, worker_id=worker_id, epoch=step.epoch)
 
-    def commit(self, claim: Claim, write: StepWrite, conn: Connection | None = None) -> bool:
-        if conn is not None or write.consume_event is not None:
-            return super().commit(claim, write, conn)
+    def commit(
+        self,
+        snapshot: Snapshot,
+        write: StepWrite,
+        claim: Claim | None = None,
+        conn: Connection | None = None,
+    ) -> CommitResult:
+        hot = (
+            claim is not None
+            and conn is None
+            and write.consume_event is None
+            and set(write.remove_steps) <= {claim.step.token}
+        )
+        if not hot:
+            return super().commit(snapshot, write, claim, conn)
+        assert claim is not None
         now = schema.utcnow()
-        instance_id = claim.instance.instance_id
-        fence_values = {**self.fence_values(now), **write.instance_changes}
-        rows = [
-            (table.name, row)
-            for table, table_rows in self.step_rows(instance_id, claim.worker_id, write, now)
-            for row in table_rows
-        ]
+        instance_id = snapshot.instance.instance_id
+        changes = {"updated_at": now, **write.instance_changes.columns()}
+        version = snapshot.instance.version + 1
+        table_rows = _flat_rows(instance_id, claim.worker_id, write, now, version)
         update = write.compensation_update
         shape = _CommitShape(
-            fence=tuple(fence_values),
-            rows=tuple((name, tuple(row)) for name, row in rows),
+            changes=tuple(changes),
+            rows=_row_shapes(table_rows),
             compensation=tuple(update[1]) if update is not None else None,
         )
-        params = {f"f_{k}": v for k, v in fence_values.items()}
-        params.update(f_instance_id=instance_id, f_epoch=claim.epoch, f_owner=claim.worker_id)
-        for i, (_, row) in enumerate(rows):
-            params.update((f"r{i}_{k}", v) for k, v in row.items())
+        params = {f"f_{k}": v for k, v in changes.items()}
+        params.update(
+            f_instance_id=instance_id,
+            f_version=snapshot.instance.version,
+            f_token=claim.step.token,
+            f_epoch=claim.epoch,
+            f_owner=claim.worker_id,
+        )
+        _bind_rows(params, table_rows)
         if update is not None:
             params["c_step_id"] = update[0]
             params.update((f"c_{k}", v) for k, v in update[1].items())
         try:
             (fenced,) = self._run(_commit_statement(shape), params)
         except sa.exc.IntegrityError:
-            return False  # the step is already recorded: a duplicate past the claim
-        return bool(fenced["fenced"] == 1)
+            return CommitResult.FENCED  # the step is already recorded: a duplicate
+        if fenced["fenced"] == 1:
+            return CommitResult.COMMITTED
+        return CommitResult.MOVED if self.still_claimed(claim) else CommitResult.FENCED
 
 
 def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -194,43 +213,82 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])  # Windows has no poll
 
 
+RowShapes = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def _flat_rows(
+    instance_id: str, worker_id: str | None, write: StepWrite, now: datetime, version: int
+) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (table.name, row)
+        for table, rows in write_rows(instance_id, worker_id, write, now, version)
+        for row in rows
+    ]
+
+
+def _row_shapes(table_rows: list[tuple[str, dict[str, Any]]]) -> RowShapes:
+    return tuple((name, tuple(row)) for name, row in table_rows)
+
+
+def _bind_rows(params: dict[str, Any], table_rows: list[tuple[str, dict[str, Any]]]) -> None:
+    for i, (_, row) in enumerate(table_rows):
+        params.update((f"r{i}_{k}", v) for k, v in row.items())
+
+
+def _inserts_from(source: sa.CTE, shapes: RowShapes) -> list[sa.CTE]:
+    """One INSERT ... SELECT ... FROM ``source`` per row: if ``source`` is empty (a
+    fenced-out commit, an id that exists), nothing is inserted."""
+    writes = []
+    for i, (name, columns) in enumerate(shapes):
+        table = schema.metadata.tables[name]
+        values = [sa.bindparam(f"r{i}_{k}", type_=table.c[k].type) for k in columns]
+        insert = sa.insert(table).from_select(list(columns), sa.select(*values).select_from(source))
+        writes.append(insert.returning(table.primary_key.columns[0]).cte(f"w{i}"))
+    return writes
+
+
 class _CommitShape(NamedTuple):
     """What a commit statement depends on besides its values: built once per shape."""
 
-    fence: tuple[str, ...]  # the instance columns it sets
-    rows: tuple[tuple[str, tuple[str, ...]], ...]  # (table, columns) per inserted row
+    changes: tuple[str, ...]  # the instance columns it sets
+    rows: RowShapes  # (table, columns) per inserted row
     compensation: tuple[str, ...] | None  # the compensation columns it sets
 
 
 @functools.lru_cache(maxsize=256)
 def _commit_statement(shape: _CommitShape) -> PreparedStatement:
-    """A step's commit as one statement, its values bound by name (see ``commit``):
-    ``WITH fenced AS (UPDATE instance ... RETURNING) INSERT ... SELECT ... FROM fenced``.
+    """A transition's commit as one statement, its values bound by name (see ``commit``):
+    ``WITH fenced AS (UPDATE instance ... WHERE version ... AND the claim holds),
+    DELETE the claimed step, INSERT ... SELECT ... FROM fenced``.
 
     Cached: building and hashing a fresh statement costs more than running it.
     """
-    t = schema.instances
+    t, s = schema.instances, schema.steps
+    claim_holds = sa.exists(
+        sa.select(s.c.token).where(
+            *claim_clauses(
+                sa.bindparam("f_token"), sa.bindparam("f_epoch"), sa.bindparam("f_owner")
+            )
+        )
+    )
+    values = {k: sa.bindparam(f"f_{k}", type_=t.c[k].type) for k in shape.changes}
     fenced = (
         sa.update(t)
         .where(
-            t.c.instance_id == sa.bindparam("f_instance_id"),
-            t.c.epoch == sa.bindparam("f_epoch"),
-            t.c.lease_owner == sa.bindparam("f_owner"),
+            *version_clauses(sa.bindparam("f_instance_id"), sa.bindparam("f_version")),
+            claim_holds,
         )
-        .values({k: sa.bindparam(f"f_{k}", type_=t.c[k].type) for k in shape.fence})
+        .values(version=t.c.version + 1, **values)
         .returning(t.c.instance_id)
         .cte("fenced")
     )
-    # Every other row is inserted FROM fenced: a fenced-out step writes nothing.
-    writes: list[Any] = []
-    for i, (name, columns) in enumerate(shape.rows):
-        table = schema.metadata.tables[name]
-        values = [sa.bindparam(f"r{i}_{k}", type_=table.c[k].type) for k in columns]
-        writes.append(
-            sa.insert(table)
-            .from_select(list(columns), sa.select(*values).select_from(fenced))
-            .returning(table.c.id)
-        )
+    ended = (
+        sa.delete(s)
+        .where(s.c.token == sa.bindparam("f_token"), sa.exists(sa.select(fenced.c.instance_id)))
+        .returning(s.c.token)
+        .cte("ended")
+    )
+    writes = [ended, *_inserts_from(fenced, shape.rows)]
     if shape.compensation is not None:
         c = schema.compensations
         writes.append(
@@ -242,32 +300,65 @@ def _commit_statement(shape: _CommitShape) -> PreparedStatement:
             )
             .values({k: sa.bindparam(f"c_{k}", type_=c.c[k].type) for k in shape.compensation})
             .returning(c.c.id)
+            .cte("compensated")
         )
-    stmt = sa.select(sa.func.count().label("fenced")).select_from(fenced)
-    if writes:
-        stmt = stmt.add_cte(*(w.cte(f"w{i}") for i, w in enumerate(writes)))
+    stmt = sa.select(sa.func.count().label("fenced")).select_from(fenced).add_cte(*writes)
     return PreparedStatement(stmt)
 
 
 @functools.cache
-def _claim_with_history() -> PreparedStatement:
-    """The claim and the instance's history in one statement, built once."""
-    t, h = schema.instances, schema.history
-    claimed = Store.claim_statement().returning(*t.columns).cte("claimed")
+def _claim_with_snapshot() -> PreparedStatement:
+    """The claim, and the instance's row, history and steps in flight, in one statement."""
+    s, t, h = schema.steps, schema.instances, schema.history
+    claimed = StepProtocol.claim_statement().returning(*s.columns).cte("claimed")
+    started = (
+        StepProtocol.start_statement()
+        .where(sa.exists(sa.select(claimed.c.token)))
+        .returning(t.c.instance_id)
+        .cte("started")
+    )
+    other = s.alias("other")
+    in_flight = (
+        sa.select(
+            sa.func.json_agg(
+                sa.func.json_build_array(
+                    other.c.token, other.c.step_id, other.c.kind, other.c.lease_expires_at
+                )
+            )
+        )
+        .where(other.c.instance_id == claimed.c.instance_id)
+        .scalar_subquery()
+    )
     return PreparedStatement(
-        sa.select(claimed, *(h.c[name].label(f"h_{name}") for name in _HISTORY_COLUMNS))
-        .select_from(claimed.outerjoin(h, h.c.instance_id == claimed.c.instance_id))
+        sa.select(
+            *(claimed.c[c.name].label(f"s_{c.name}") for c in s.columns),
+            *t.columns,
+            in_flight.label("in_flight"),
+            *(h.c[name].label(f"h_{name}") for name in HISTORY_COLUMNS),
+        )
+        .select_from(
+            claimed.join(t, t.c.instance_id == claimed.c.instance_id).outerjoin(
+                h, h.c.instance_id == claimed.c.instance_id
+            )
+        )
         .order_by(h.c.seq)
+        .add_cte(started)
     )
 
 
 @functools.lru_cache(maxsize=64)
-def _create_instance(columns: tuple[str, ...]) -> PreparedStatement:
-    """A start's insert, returning the row (none if the id exists), per set of columns."""
+def _create_statement(columns: tuple[str, ...], rows: RowShapes) -> PreparedStatement:
+    """A start: the instance (none if the id exists) and what it dispatched and
+    recorded, in one statement, per shape."""
     t = schema.instances
-    return PreparedStatement(
+    created = (
         pg_insert(t)
         .values({k: sa.bindparam(k, type_=t.c[k].type) for k in columns})
         .on_conflict_do_nothing()
         .returning(*t.columns)
+        .cte("created")
     )
+    stmt = sa.select(created)
+    if rows:
+        stmt = stmt.add_cte(*_inserts_from(created, rows))
+    return PreparedStatement(stmt)

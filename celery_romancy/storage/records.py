@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "compensation_failed"})
-STATUSES = frozenset(
-    {
-        "pending",
-        "running",
-        "waiting_for_timer",
-        "waiting_for_event",
-        "compensating",
-        *TERMINAL_STATUSES,
-    }
-)
+from ..commands import ActivityCommand
+from ..states import TERMINAL, Status, StepKind
+
+TERMINAL_STATUSES = frozenset(str(s) for s in TERMINAL)
+STATUSES = frozenset(str(s) for s in Status)
 
 
 @dataclass(frozen=True)
@@ -29,22 +24,62 @@ class WorkflowInstance:
     input_data: dict[str, Any]
     output_data: Any
     error: dict[str, Any] | None
-    pending: dict[str, Any] | None
-    dispatch_token: str | None
-    dispatch_at: datetime | None
-    lease_owner: str | None
-    lease_expires_at: datetime | None
-    epoch: int
+    version: int
     cancel_reason: str | None
-    step_takeovers: int
-    wait_event_type: str | None
-    wait_correlation_id: str | None
     created_at: datetime
     updated_at: datetime
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step in flight: a dispatched command, its message token, lease and epoch."""
+
+    token: str
+    instance_id: str
+    step_id: str
+    kind: StepKind
+    command: ActivityCommand
+    dispatch_at: datetime | None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    epoch: int = 0
+    takeovers: int = 0
+    wait_event_type: str | None = None
+    wait_correlation_id: str | None = None
+    created_at: datetime | None = None
+
+    @property
+    def parked(self) -> bool:
+        """Kept for an operator (a poison step, a failed compensation): no sweep sends it."""
+        return self.kind.runs_as_task and self.dispatch_at is None
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """What a transition needs to know of a step in flight."""
+
+    token: str
+    step_id: str
+    kind: StepKind
+    leased: bool  # a worker holds it right now (its lease has not run out)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An instance as one transition must see it: row, history and steps in flight, read
+    together; ``instance.version`` names this state for the commit's check."""
+
+    instance: WorkflowInstance
+    history: list[HistoryEvent]
+    steps: list[StepRef]
+
+    def ending(self, token: str) -> Snapshot:
+        """The snapshot as a transition that ends step ``token`` plans from."""
+        return Snapshot(self.instance, self.history, [s for s in self.steps if s.token != token])
 
 
 @dataclass(frozen=True)
@@ -87,19 +122,79 @@ class AttemptRecord:
 
 @dataclass(frozen=True)
 class Claim:
-    """A worker's exclusive right to run an instance's pending command, fenced by ``epoch``."""
+    """A worker's exclusive right to run one step, fenced by the step's ``epoch``; with
+    the instance as it was when claimed."""
 
-    instance: WorkflowInstance
-    history: list[HistoryEvent]
+    step: StepRecord
+    snapshot: Snapshot
     worker_id: str
     epoch: int
+
+    @property
+    def instance(self) -> WorkflowInstance:
+        return self.snapshot.instance
+
+    @property
+    def history(self) -> list[HistoryEvent]:
+        return self.snapshot.history
+
+    @property
+    def command(self) -> ActivityCommand:
+        return self.step.command
+
+
+class _Keep:
+    """Marks a field of ``InstanceChange`` that the change leaves as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+
+
+@dataclass(frozen=True)
+class InstanceChange:
+    """What a transition changes on its instance; ``KEEP`` leaves a column alone."""
+
+    status: Status | None = None
+    output_data: Any = KEEP
+    error: dict[str, Any] | None = KEEP
+    cancel_reason: str | None = KEEP
+
+    def columns(self) -> dict[str, Any]:
+        changed = {
+            "output_data": self.output_data,
+            "error": self.error,
+            "cancel_reason": self.cancel_reason,
+        }
+        columns = {name: value for name, value in changed.items() if value is not KEEP}
+        if self.status is not None:
+            columns["status"] = str(self.status)
+        return columns
+
+
+@dataclass(frozen=True)
+class NewStep:
+    """A step to dispatch: its row is inserted by the commit, its message sent after."""
+
+    token: str
+    command: ActivityCommand
+    dispatch_at: datetime | None
+    wait_event_type: str | None = None
+    wait_correlation_id: str | None = None
 
 
 @dataclass
 class StepWrite:
-    """Everything one step commits, in one transaction, after its fencing check."""
+    """Everything one transition commits, in one transaction, after its fencing checks:
+    the instance's version must be the one planned from, and each removed step must
+    still be the caller's (its claim) or unleased (an operator's)."""
 
-    instance_changes: dict[str, Any] = field(default_factory=dict)
+    instance_changes: InstanceChange = field(default_factory=InstanceChange)
+    # Steps that end with this commit (the claimed one, if any, always does).
+    remove_steps: list[str] = field(default_factory=list)
+    add_steps: list[NewStep] = field(default_factory=list)
     events: list[HistoryEvent] = field(default_factory=list)
     registrations: list[CompensationRecord] = field(default_factory=list)
     # (step_id of the undone activity, column changes)
@@ -132,3 +227,15 @@ class OutboxRecord:
     attempts: int
     created_at: datetime
     published_at: datetime | None
+
+
+class CommitResult(StrEnum):
+    """How a transition's commit ended."""
+
+    COMMITTED = "committed"
+    # The claimed step is no longer the caller's (taken over, or already recorded):
+    # nothing was written, and nothing must be.
+    FENCED = "fenced"
+    # The instance moved on since the snapshot (a sibling branch was recorded, an
+    # operator acted): nothing was written; read the instance again and plan anew.
+    MOVED = "moved"

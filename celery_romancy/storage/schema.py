@@ -54,30 +54,54 @@ instances = sa.Table(
     sa.Column("input_data", sa.JSON(none_as_null=True), nullable=False),
     sa.Column("output_data", sa.JSON(none_as_null=True)),
     sa.Column("error", sa.JSON(none_as_null=True)),
-    # The one command waiting to run (activity or compensation): one step at a time.
-    sa.Column("pending", sa.JSON(none_as_null=True)),
-    # Names the message published for ``pending``; a delivery with another token is stale.
-    sa.Column("dispatch_token", sa.String(64)),
+    # Raised by every transition (a step recorded, a rollback begun, a cancel): a
+    # commit planned from an older history finds it moved and plans again, so two
+    # branches recorded at the same moment advance the workflow exactly once.
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_reason", sa.Text),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_romancy_instances_workflow_status", "workflow_name", "status"),
+    sa.Index("ix_romancy_instances_created", "created_at"),
+)
+
+# The steps in flight: one row per dispatched command (an activity, a compensation, a
+# timer, an event wait), deleted by the commit that records it. The branches of a
+# ctx.gather are several rows of one instance at once, each with its own message
+# token, lease and fencing epoch.
+steps = sa.Table(
+    "romancy_steps",
+    metadata,
+    # Names the message published for this step; a delivery with another token is stale.
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column(
+        "instance_id",
+        sa.String(100),
+        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("step_id", sa.String(250), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("command", sa.JSON(none_as_null=True), nullable=False),
+    # When the message was sent (a timer: when it fires; a wait: its timeout). NULL for
+    # a step parked for an operator, and for a wait without timeout: no sweep takes it.
     sa.Column("dispatch_at", UTCDateTime()),
     sa.Column("lease_owner", sa.String(200)),
     sa.Column("lease_expires_at", UTCDateTime()),
     # Fencing: raised by every claim; a commit must still see the epoch it claimed with.
     sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("cancel_reason", sa.Text),
-    # Claims of the pending step that found its previous lease expired (its worker died
-    # or stalled); reset by every commit. Drives the poison-step guard.
-    sa.Column("step_takeovers", sa.Integer, nullable=False, server_default="0"),
-    # Set while waiting_for_event, so an arriving event finds its instance by index.
+    # Claims that found the previous lease expired (its worker died or stalled): the
+    # poison-step guard.
+    sa.Column("takeovers", sa.Integer, nullable=False, server_default="0"),
+    # Set for an event wait, so an arriving event finds its step by index.
     sa.Column("wait_event_type", sa.String(200)),
     sa.Column("wait_correlation_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
-    # No index on lease_expires_at: the sweeps find work through (status, dispatch_at), and
-    # a claim that touches no indexed column is an in-place (HOT) update on PostgreSQL.
-    sa.Index("ix_romancy_instances_status_dispatch", "status", "dispatch_at"),
-    sa.Index("ix_romancy_instances_workflow_status", "workflow_name", "status"),
-    sa.Index("ix_romancy_instances_created", "created_at"),
-    sa.Index("ix_romancy_instances_waiting", "wait_event_type", "wait_correlation_id"),
+    sa.Index("ix_romancy_steps_instance", "instance_id"),
+    # No index on the lease columns: a claim then changes no indexed column and is an
+    # in-place (HOT) update on PostgreSQL.
+    sa.Index("ix_romancy_steps_kind_dispatch", "kind", "dispatch_at"),
+    sa.Index("ix_romancy_steps_waiting", "wait_event_type", "wait_correlation_id"),
 )
 
 history = sa.Table(
@@ -117,6 +141,9 @@ compensations = sa.Table(
     sa.Column("step_id", sa.String(250), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("arguments", sa.JSON(none_as_null=True), nullable=False),
+    # The instance version that recorded it: a rollback undoes newest record first,
+    # and branches of a gather are recorded in the order they finish, not by seq.
+    sa.Column("recorded_version", sa.Integer, nullable=False, server_default="0"),
     # registered -> done | failed
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("error", sa.JSON(none_as_null=True)),

@@ -1,0 +1,159 @@
+"""Instances and what they recorded: create, read, find; history, compensations, attempts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import schema
+from .base import StoreBase
+from .records import (
+    AttemptRecord,
+    CompensationRecord,
+    HistoryEvent,
+    Snapshot,
+    StepRecord,
+    StepWrite,
+    WorkflowInstance,
+)
+from .rows import instance_of, ref_of, step_of, write_rows
+
+HISTORY_COLUMNS = (
+    "seq",
+    "step_id",
+    "kind",
+    "name",
+    "result",
+    "error",
+    "attempt",
+    "worker_id",
+    "created_at",
+)
+
+
+class InstanceQueries(StoreBase):
+    def create_instance(
+        self, values: dict[str, Any], write: StepWrite | None = None
+    ) -> tuple[WorkflowInstance, bool]:
+        """Insert an instance unless its id exists; return it and whether it was created.
+
+        ``write`` holds what the start itself recorded and dispatched: its first steps,
+        and history rows and compensations the body recorded before them.
+        """
+        now = schema.utcnow()
+        row = {"version": 0, "created_at": now, "updated_at": now, **values}
+        with self.transaction() as conn:
+            result = conn.execute(self.insert_ignoring_conflict(schema.instances).values(**row))
+            created = result.rowcount == 1
+            if created and write is not None:
+                for table, rows in write_rows(row["instance_id"], None, write, now, 0):
+                    conn.execute(sa.insert(table), rows)
+            instance = self._get_instance(conn, row["instance_id"])
+        assert instance is not None
+        return instance, created
+
+    def get_instance(self, instance_id: str) -> WorkflowInstance | None:
+        with self.engine.connect() as conn:
+            return self._get_instance(conn, instance_id)
+
+    def _get_instance(self, conn: Connection, instance_id: str) -> WorkflowInstance | None:
+        row = conn.execute(
+            sa.select(schema.instances).where(schema.instances.c.instance_id == instance_id)
+        ).first()
+        return instance_of(row._mapping) if row is not None else None
+
+    def find_instances(
+        self,
+        status: str | Sequence[str] | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+    ) -> list[WorkflowInstance]:
+        t = schema.instances
+        stmt = sa.select(t).order_by(t.c.created_at.desc(), t.c.instance_id).limit(limit)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            stmt = stmt.where(t.c.status.in_(statuses))
+        if workflow is not None:
+            stmt = stmt.where(t.c.workflow_name == workflow)
+        with self.engine.connect() as conn:
+            return [instance_of(r._mapping) for r in conn.execute(stmt)]
+
+    def snapshot(self, instance_id: str, conn: Connection | None = None) -> Snapshot | None:
+        """The instance, its history and its steps in flight, read in one transaction."""
+        if conn is None:
+            with self.transaction() as own:
+                return self._snapshot(own, instance_id)
+        return self._snapshot(conn, instance_id)
+
+    def _snapshot(self, conn: Connection, instance_id: str) -> Snapshot | None:
+        instance = self._get_instance(conn, instance_id)
+        if instance is None:
+            return None
+        now = schema.utcnow()
+        steps = [ref_of(s, now) for s in self._get_steps(conn, instance_id)]
+        return Snapshot(instance, self._get_history(conn, instance_id), steps)
+
+    def get_steps(self, instance_id: str) -> list[StepRecord]:
+        """The instance's steps in flight (or parked), oldest first."""
+        with self.engine.connect() as conn:
+            return self._get_steps(conn, instance_id)
+
+    def _get_steps(self, conn: Connection, instance_id: str) -> list[StepRecord]:
+        s = schema.steps
+        rows = conn.execute(
+            sa.select(s).where(s.c.instance_id == instance_id).order_by(s.c.created_at, s.c.step_id)
+        )
+        return [step_of(r._mapping) for r in rows]
+
+    # -- what an instance recorded ----------------------------------------------------
+
+    def get_history(self, instance_id: str) -> list[HistoryEvent]:
+        with self.engine.connect() as conn:
+            return self._get_history(conn, instance_id)
+
+    def _get_history(self, conn: Connection, instance_id: str) -> list[HistoryEvent]:
+        h = schema.history
+        rows = conn.execute(
+            sa.select(*(h.c[name] for name in HISTORY_COLUMNS))
+            .where(h.c.instance_id == instance_id)
+            .order_by(h.c.seq)
+        )
+        return [HistoryEvent(**r._mapping) for r in rows]
+
+    def get_compensations(self, instance_id: str) -> list[CompensationRecord]:
+        """Newest record first: the order a rollback undoes them in (branches of a
+        gather in the order their results were recorded; within one commit, the later
+        position first)."""
+        c = schema.compensations
+        stmt = (
+            sa.select(
+                c.c.seq,
+                c.c.step_id,
+                c.c.name,
+                c.c.arguments,
+                c.c.status,
+                c.c.error,
+                c.c.attempts,
+                c.c.created_at,
+                c.c.finished_at,
+            )
+            .where(c.c.instance_id == instance_id)
+            .order_by(c.c.recorded_version.desc(), c.c.seq.desc())
+        )
+        with self.engine.connect() as conn:
+            return [CompensationRecord(**r._mapping) for r in conn.execute(stmt)]
+
+    def get_attempts(self, instance_id: str) -> list[AttemptRecord]:
+        a = schema.attempts
+        stmt = (
+            sa.select(
+                a.c.step_id, a.c.attempt, a.c.error, a.c.retry_in, a.c.worker_id, a.c.created_at
+            )
+            .where(a.c.instance_id == instance_id)
+            .order_by(a.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [AttemptRecord(**r._mapping) for r in conn.execute(stmt)]

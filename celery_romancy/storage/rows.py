@@ -1,0 +1,158 @@
+"""Rows to and from the tables: what a write inserts, what a read returns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..commands import ActivityCommand
+from ..states import StepKind
+from . import schema
+from .records import OutboxRecord, StepRecord, StepRef, StepWrite, WorkflowInstance
+
+_INSTANCE_COLUMNS = [c.name for c in schema.instances.columns]
+_STEP_COLUMNS = [c.name for c in schema.steps.columns]
+
+
+def instance_of(mapping: Any) -> WorkflowInstance:
+    return WorkflowInstance(**{name: mapping[name] for name in _INSTANCE_COLUMNS})
+
+
+def step_of(mapping: Any, prefix: str = "") -> StepRecord:
+    values = {name: mapping[prefix + name] for name in _STEP_COLUMNS}
+    values["kind"] = StepKind(values["kind"])
+    values["command"] = ActivityCommand.from_json(values["command"])
+    return StepRecord(**values)
+
+
+def ref_of(step: StepRecord, now: datetime) -> StepRef:
+    return StepRef(step.token, step.step_id, step.kind, _leased(step.lease_expires_at, now))
+
+
+def ref_from_json(item: list[Any], now: datetime) -> StepRef:
+    """A step from PostgreSQL's ``json_build_array(token, step_id, kind, lease_expires_at)``."""
+    token, step_id, kind, expires = item
+    expires_at = datetime.fromisoformat(expires).replace(tzinfo=UTC) if expires else None
+    return StepRef(token, step_id, StepKind(kind), _leased(expires_at, now))
+
+
+def _leased(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and expires_at > now
+
+
+def outbox_of(mapping: Any, **overrides: Any) -> OutboxRecord:
+    names = (
+        "id",
+        "event_id",
+        "event_type",
+        "instance_id",
+        "data",
+        "status",
+        "attempts",
+        "created_at",
+        "published_at",
+    )
+    return OutboxRecord(**{**{name: mapping[name] for name in names}, **overrides})
+
+
+def write_rows(
+    instance_id: str, worker_id: str | None, write: StepWrite, now: datetime, version: int
+) -> list[tuple[sa.Table, list[dict[str, Any]]]]:
+    """The rows a transition inserts, per table; ``version`` is the instance's version
+    once it commits."""
+    rows: list[tuple[sa.Table, list[dict[str, Any]]]] = []
+    if write.events:
+        rows.append(
+            (
+                schema.history,
+                [
+                    {
+                        "instance_id": instance_id,
+                        "seq": e.seq,
+                        "step_id": e.step_id,
+                        "kind": str(e.kind),
+                        "name": e.name,
+                        "result": e.result,
+                        "error": e.error,
+                        "attempt": e.attempt,
+                        "worker_id": worker_id,
+                        "created_at": now,
+                    }
+                    for e in write.events
+                ],
+            )
+        )
+    if write.outbox:
+        rows.append(
+            (
+                schema.outbox,
+                [
+                    {
+                        "instance_id": instance_id,
+                        "status": "pending",
+                        "attempts": 0,
+                        "available_at": now,
+                        "created_at": now,
+                        **row,
+                    }
+                    for row in write.outbox
+                ],
+            )
+        )
+    if write.registrations:
+        rows.append(
+            (
+                schema.compensations,
+                [
+                    {
+                        "instance_id": instance_id,
+                        "seq": r.seq,
+                        "step_id": r.step_id,
+                        "name": r.name,
+                        "arguments": r.arguments,
+                        "recorded_version": version,
+                        "status": "registered",
+                        "attempts": 0,
+                        "created_at": now,
+                    }
+                    for r in write.registrations
+                ],
+            )
+        )
+    if write.attempt is not None:
+        rows.append(
+            (
+                schema.attempts,
+                [
+                    {
+                        "instance_id": instance_id,
+                        "worker_id": worker_id,
+                        "created_at": now,
+                        **write.attempt,
+                    }
+                ],
+            )
+        )
+    if write.add_steps:
+        rows.append(
+            (
+                schema.steps,
+                [
+                    {
+                        "token": s.token,
+                        "instance_id": instance_id,
+                        "step_id": s.command.step_id,
+                        "kind": str(s.command.kind),
+                        "command": s.command.to_json(),
+                        "dispatch_at": s.dispatch_at,
+                        "wait_event_type": s.wait_event_type,
+                        "wait_correlation_id": s.wait_correlation_id,
+                        "created_at": now,
+                    }
+                    for s in write.add_steps
+                ],
+            )
+        )
+    return rows

@@ -1,0 +1,220 @@
+"""The one transition: replay → record → plan → commit → publish.
+
+Every change to an instance goes through ``apply``: a worker recording a step, a
+retry, a rollback step, a fired timer or delivered event, and the operators' cancel,
+resume and retry. It plans from a snapshot of the instance and commits only if the
+instance is still at that snapshot's version; if a sibling branch or an operator moved
+it meanwhile, it reads the instance again and plans anew. So when several branches of
+a gather are recorded at once, exactly one of them sees all of them recorded and
+advances the workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .dispatch import publish
+from .planning import Plan, plan_outcome, start_rollback
+from .replay import replay_recording
+from .states import ACTIVE, HistoryKind, Status, StepKind
+from .storage import (
+    Claim,
+    CommitResult,
+    CompensationRecord,
+    HistoryEvent,
+    Snapshot,
+    StepWrite,
+)
+from .storage.schema import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from .app import Romancy
+
+# Each MOVED means another transition of the same instance committed: with N branches
+# recorded at once, at most N - 1 tries are lost.
+MAX_TRIES = 1000
+
+
+@dataclass
+class Planned:
+    """A plan and the rows its replay recorded on its own (registrations, outbox)."""
+
+    plan: Plan
+    rows: StepWrite = field(default_factory=StepWrite)
+
+
+PlanFor = Callable[[Snapshot], Planned]
+
+
+def apply(
+    romancy: Romancy,
+    snapshot: Snapshot,
+    plan_for: PlanFor,
+    step_rows: StepWrite | None = None,
+    claim: Claim | None = None,
+    conn: Connection | None = None,
+) -> CommitResult:
+    """Plan with ``plan_for`` and commit, with ``step_rows`` (the finished step's own
+    history, compensation, outbox and attempt rows), ending ``claim``'s step; publish
+    what the plan dispatched once it is committed."""
+    base = step_rows or StepWrite()
+    store = romancy.storage
+    for _ in range(MAX_TRIES):
+        # The claimed step ends with this commit: plan as if it were gone already.
+        planned = plan_for(snapshot if claim is None else snapshot.ending(claim.step.token))
+        plan, rows = planned.plan, planned.rows
+        write = replace(
+            base,
+            instance_changes=plan.change,
+            remove_steps=plan.remove,
+            add_steps=plan.add,
+            events=[*base.events, *rows.events],
+            registrations=[*base.registrations, *rows.registrations],
+            outbox=[*base.outbox, *rows.outbox],
+        )
+        result = store.commit(snapshot, write, claim, conn)
+        if result is CommitResult.COMMITTED:
+            for dispatch in plan.dispatches:
+                publish(romancy.app, dispatch)
+            if any(s.command.kind is StepKind.WAIT_EVENT for s in plan.add):
+                # An event may have come before the wait: deliver it now (see events.py).
+                from .events import deliver_kept_event
+
+                deliver_kept_event(romancy, snapshot.instance.instance_id)
+            return result
+        if result is CommitResult.FENCED:
+            return result
+        fresh = store.snapshot(snapshot.instance.instance_id, conn)
+        if fresh is None:
+            return CommitResult.FENCED
+        snapshot = fresh
+    raise RuntimeError(
+        f"instance {snapshot.instance.instance_id} kept moving under {MAX_TRIES} tries"
+    )
+
+
+# -- the plans ------------------------------------------------------------------------
+
+
+def replayed(
+    romancy: Romancy,
+    step_rows: StepWrite,
+    *,
+    ended: frozenset[str] = frozenset(),
+    parent_id: str | None = None,
+    revive: bool = False,
+) -> PlanFor:
+    """Replay with the finished step's history added and plan what follows.
+
+    ``ended``: tokens of steps this transition ends besides a claimed one. ``revive``:
+    replay an instance parked as failed too (``resume``).
+    """
+
+    def plan_for(snapshot: Snapshot) -> Planned:
+        instance = snapshot.instance
+        in_flight = [s for s in snapshot.steps if s.token not in ended]
+        if instance.status not in ACTIVE and not revive:
+            # A branch recorded after the instance moved past it (a rollback begun, the
+            # instance parked or ended): keep its record, decide nothing.
+            return Planned(Plan())
+        workflow = romancy.registry.workflow(instance.workflow_name)
+        outcome, new_events = replay_recording(
+            workflow,
+            instance.instance_id,
+            instance.input_data,
+            [*snapshot.history, *step_rows.events],
+            {s.step_id for s in in_flight if s.kind is StepKind.ACTIVITY},
+        )
+        rows = recorded_rows(new_events)
+
+        def compensations() -> list[CompensationRecord]:
+            # Newest first: what this transition registers, then what is stored.
+            fresh = [*step_rows.registrations, *rows.registrations]
+            return [*reversed(fresh), *romancy.storage.get_compensations(instance.instance_id)]
+
+        plan = plan_outcome(
+            instance,
+            instance.cancel_reason,
+            outcome,
+            in_flight,
+            compensations,
+            romancy.registry.compensation_queue,
+            parent_id,
+        )
+        return Planned(plan, rows)
+
+    return plan_for
+
+
+def rolled_back(
+    romancy: Romancy, undone_step: str | None, ended: frozenset[str] = frozenset()
+) -> PlanFor:
+    """The next compensation after ``undone_step`` (or the first), or the end."""
+
+    def plan_for(snapshot: Snapshot) -> Planned:
+        instance = snapshot.instance
+        remaining = [
+            c
+            for c in romancy.storage.get_compensations(instance.instance_id)
+            if c.step_id != undone_step
+        ]
+        final = Status.CANCELLED if instance.cancel_reason is not None else Status.FAILED
+        in_flight = [s for s in snapshot.steps if s.token not in ended]
+        plan = start_rollback(
+            instance,
+            instance.error,
+            remaining,
+            romancy.registry.compensation_queue,
+            final,
+            in_flight,
+        )
+        return Planned(plan)
+
+    return plan_for
+
+
+def fixed(plan: Plan) -> PlanFor:
+    """A plan that does not depend on the instance's state (a retry, a parked step)."""
+    return lambda _snapshot: Planned(plan)
+
+
+# -- rows that replays record on their own ----------------------------------------------
+
+
+def registration(
+    seq: int, step_id: str, name: str, arguments: dict[str, Any]
+) -> CompensationRecord:
+    return CompensationRecord(
+        seq=seq,
+        step_id=step_id,
+        name=name,
+        arguments=arguments,
+        status="registered",
+        error=None,
+        attempts=0,
+        created_at=utcnow(),
+        finished_at=None,
+    )
+
+
+def recorded_rows(events: list[HistoryEvent]) -> StepWrite:
+    """The rows to commit for events a replay recorded on its own: the events, and the
+    compensations (``ctx.register_compensation``) and outbox rows (``ctx.publish_event``)
+    they stand for."""
+    return StepWrite(
+        events=list(events),
+        registrations=[
+            registration(e.seq, e.step_id, e.name, e.result)
+            for e in events
+            if e.kind == HistoryKind.COMPENSATION_REGISTERED
+        ],
+        outbox=[
+            {"event_id": e.result["event_id"], "event_type": e.name, "data": e.result["data"]}
+            for e in events
+            if e.kind == HistoryKind.EVENT_PUBLISHED
+        ],
+    )
