@@ -315,8 +315,8 @@ def seed_history(engine: sa.Engine, rows: int) -> None:
         conn.execute(
             sa.text(
                 "INSERT INTO romancy_instances (instance_id, workflow_name, status, input_data,"
-                " output_data, epoch, step_takeovers, created_at, updated_at) "
-                "SELECT 'seed-' || g, 'bench.saga3', 'completed', '{}', '\"x\"', 3, 0,"
+                " output_data, version, created_at, updated_at) "
+                "SELECT 'seed-' || g, 'bench.saga3', 'completed', '{}', '\"x\"', 3,"
                 " :at, :at FROM generate_series(1, :n) g"
             ),
             {"n": instances, "at": at},

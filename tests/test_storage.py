@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,21 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from celery_romancy.runner import registration
-from celery_romancy.storage import Claim, HistoryEvent, StepWrite, Store, open_store, schema
+from celery_romancy.commands import ActivityCommand
+from celery_romancy.states import Status, StepKind
+from celery_romancy.storage import (
+    Claim,
+    CommitResult,
+    HistoryEvent,
+    NewStep,
+    StepWrite,
+    Store,
+    open_store,
+    schema,
+)
 from celery_romancy.storage.migrate import VERSION_TABLE, current_revision, head_revision
+from celery_romancy.storage.records import InstanceChange
+from celery_romancy.transition import registration
 
 from .conftest import empty_database
 from .services import PG_ADMIN_URL, create_pg_database, drop_pg_database, pg_engine
@@ -38,30 +51,25 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     opened.dispose()
 
 
-PENDING = {
-    "kind": "activity",
-    "name": "a",
-    "step_id": "a:1",
-    "seq": 0,
-    "arguments": {},
-    "queue": None,
-    "attempt": 1,
-}
+COMMAND = ActivityCommand(StepKind.ACTIVITY, "a", "a:1", 0, {})
 LONG_LEASE = 300.0
 EXPIRED_LEASE = -1.0  # a lease that is already over when it is granted
 
 
-def new_instance(store: Store, instance_id: str, **overrides: Any) -> Any:
+def new_instance(store: Store, instance_id: str, *tokens: str, **overrides: Any) -> Any:
+    """An instance with a step in flight per token (``t1`` if none is named)."""
     values: dict[str, Any] = {
         "instance_id": instance_id,
         "workflow_name": "wf",
         "status": "pending",
         "input_data": {},
-        "pending": dict(PENDING),
-        "dispatch_token": "t1",
         **overrides,
     }
-    instance, created = store.create_instance(values)
+    steps = [
+        NewStep(token, replace(COMMAND, step_id=f"a:{i}", seq=i - 1), schema.utcnow())
+        for i, token in enumerate(tokens or ("t1",), start=1)
+    ]
+    instance, created = store.create_instance(values, StepWrite(add_steps=steps))
     assert created
     return instance
 
@@ -92,38 +100,30 @@ def history_rows(store: Store, instance_id: str) -> int:
     return count
 
 
+def commit(store: Store, claim: Claim, write: StepWrite, conn: Any = None) -> CommitResult:
+    """Commit a step as planned from its own claim's snapshot."""
+    return store.commit(claim.snapshot, write, claim, conn)
+
+
 # -- instances ---------------------------------------------------------------------------
 
 
 def test_create_instance_is_idempotent_and_does_not_overwrite(store: Store) -> None:
-    first, created = store.create_instance(
-        {
-            "instance_id": "i1",
-            "workflow_name": "wf",
-            "status": "pending",
-            "input_data": {"order": 1},
-            "pending": dict(PENDING),
-            "dispatch_token": "t1",
-        }
-    )
-    assert created
+    first = new_instance(store, "i1", input_data={"order": 1})
     assert first.instance_id == "i1"
-    assert first.epoch == 0
+    assert first.version == 0
     assert first.input_data == {"order": 1}
+    [step] = store.get_steps("i1")
+    assert (step.token, step.step_id, step.kind, step.command) == ("t1", "a:1", "activity", COMMAND)
 
     again, created_again = store.create_instance(
-        {
-            "instance_id": "i1",
-            "workflow_name": "other",
-            "status": "running",
-            "input_data": {"order": 2},
-            "pending": None,
-            "dispatch_token": "t2",
-        }
+        {"instance_id": "i1", "workflow_name": "other", "status": "running", "input_data": {}},
+        StepWrite(add_steps=[NewStep("t2", COMMAND, None)]),
     )
     assert created_again is False
     assert again == first
     assert store.get_instance("i1") == first
+    assert [s.token for s in store.get_steps("i1")] == ["t1"]
 
 
 def test_get_instance_of_unknown_id_is_none(store: Store) -> None:
@@ -163,11 +163,13 @@ def test_find_instances_filters_limits_and_orders_newest_first(store: Store) -> 
 # -- claim -------------------------------------------------------------------------------
 
 
-def test_claim_with_matching_token_takes_the_lease(store: Store) -> None:
-    created = new_instance(store, "c1")
+def test_claim_with_matching_token_takes_the_step_lease_and_reads_the_instance(
+    store: Store,
+) -> None:
+    new_instance(store, "c1", "t1", "t2")
     # Some history to come back with the claim, written out of seq order.
     with store.transaction() as conn:
-        for seq, step in [(1, "b:1"), (0, "a:1"), (2, "a:2")]:
+        for seq, step in [(1, "b:1"), (0, "a:1"), (3, "a:2")]:
             conn.execute(
                 sa.insert(schema.history).values(
                     instance_id="c1",
@@ -185,18 +187,27 @@ def test_claim_with_matching_token_takes_the_lease(store: Store) -> None:
 
     assert isinstance(claim, Claim)
     assert claim.worker_id == "worker-a"
-    assert claim.epoch == created.epoch + 1
-    assert claim.instance.epoch == claim.epoch
+    assert claim.epoch == claim.step.epoch == 1
+    assert claim.step.token == "t1" and claim.command == COMMAND
+    assert claim.step.lease_owner == "worker-a"
+    assert claim.step.lease_expires_at is not None
+    assert claim.step.lease_expires_at > schema.utcnow()
     assert claim.instance.status == "running"
-    assert claim.instance.lease_owner == "worker-a"
-    assert claim.instance.lease_expires_at is not None
-    assert claim.instance.lease_expires_at > schema.utcnow()
-    assert [e.seq for e in claim.history] == [0, 1, 2]
+    assert claim.instance.version == 0
+    assert [e.seq for e in claim.history] == [0, 1, 3]
     assert [e.step_id for e in claim.history] == ["a:1", "b:1", "a:2"]
-    assert [e.result for e in claim.history] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [e.result for e in claim.history] == [{"n": 0}, {"n": 1}, {"n": 3}]
+    # The siblings in flight come with the claim, the claimed one among them.
+    assert sorted((s.token, s.step_id) for s in claim.snapshot.steps) == [
+        ("t1", "a:1"),
+        ("t2", "a:2"),
+    ]
     stored = store.get_instance("c1")
     assert stored is not None
-    assert (stored.status, stored.epoch, stored.lease_owner) == ("running", 1, "worker-a")
+    assert (stored.status, stored.version) == ("running", 0)
+    by_token = {s.token: s for s in store.get_steps("c1")}
+    assert (by_token["t1"].lease_owner, by_token["t1"].epoch) == ("worker-a", 1)
+    assert (by_token["t2"].lease_owner, by_token["t2"].epoch) == (None, 0)
 
 
 def test_claim_keeps_a_non_pending_status(store: Store) -> None:
@@ -209,6 +220,7 @@ def test_claim_keeps_a_non_pending_status(store: Store) -> None:
 def test_claim_with_wrong_token_returns_none(store: Store) -> None:
     before = new_instance(store, "c3")
     assert store.claim("c3", "not-the-token", "worker-a", LONG_LEASE) is None
+    assert store.claim("other-instance", "t1", "worker-a", LONG_LEASE) is None
     assert store.get_instance("c3") == before
 
 
@@ -217,15 +229,16 @@ def test_claim_of_unknown_instance_returns_none(store: Store) -> None:
 
 
 def test_claim_is_exclusive_while_the_lease_is_live(store: Store) -> None:
-    new_instance(store, "c4")
+    new_instance(store, "c4", "t1", "t2")
     first = store.claim("c4", "t1", "worker-a", LONG_LEASE)
     assert first is not None
     assert store.claim("c4", "t1", "worker-b", LONG_LEASE) is None
     # The same worker given the same message again is a duplicate too.
     assert store.claim("c4", "t1", "worker-a", LONG_LEASE) is None
-    stored = store.get_instance("c4")
-    assert stored is not None
-    assert (stored.lease_owner, stored.epoch) == ("worker-a", first.epoch)
+    # A sibling step has a lease of its own.
+    assert store.claim("c4", "t2", "worker-b", LONG_LEASE) is not None
+    assert store.lease_held_for("c4", "t1") is not None
+    assert store.lease_held_for("c4", "no-such-token") is None
 
 
 def test_claim_after_lease_expiry_is_a_takeover_with_a_higher_epoch(store: Store) -> None:
@@ -239,31 +252,31 @@ def test_claim_after_lease_expiry_is_a_takeover_with_a_higher_epoch(store: Store
 
     assert second.worker_id == "worker-b"
     assert second.epoch == first.epoch + 1
-    assert second.instance.lease_owner == "worker-b"
+    assert second.step.lease_owner == "worker-b"
+    assert second.step.takeovers == 1
     assert second.instance.status == "running"
 
 
 # -- commit ------------------------------------------------------------------------------
 
 
-def test_commit_records_the_step_and_releases_the_lease(store: Store) -> None:
+def test_commit_records_the_step_ends_it_and_raises_the_version(store: Store) -> None:
     new_instance(store, "m1")
     claim = store.claim("m1", "t1", "worker-a", LONG_LEASE)
     assert claim is not None
     write = StepWrite(
-        instance_changes={"status": "completed", "output_data": {"total": 3}, "pending": None},
+        instance_changes=InstanceChange(status=Status.COMPLETED, output_data={"total": 3}),
         events=[event(result={"ok": True})],
     )
 
-    assert store.commit(claim, write) is True
+    assert commit(store, claim, write) is CommitResult.COMMITTED
 
     stored = store.get_instance("m1")
     assert stored is not None
     assert stored.status == "completed"
     assert stored.output_data == {"total": 3}
-    assert stored.pending is None
-    assert stored.lease_owner is None
-    assert stored.lease_expires_at is None
+    assert stored.version == 1
+    assert store.get_steps("m1") == []
     [recorded] = store.get_history("m1")
     assert (recorded.seq, recorded.step_id, recorded.kind, recorded.name) == (
         0,
@@ -277,6 +290,18 @@ def test_commit_records_the_step_and_releases_the_lease(store: Store) -> None:
     assert recorded.created_at is not None
 
 
+def test_commit_adds_the_steps_that_follow(store: Store) -> None:
+    new_instance(store, "m3")
+    claim = store.claim("m3", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    branches = [
+        NewStep(f"b{i}", replace(COMMAND, step_id=f"b:{i}", seq=i), schema.utcnow()) for i in (1, 2)
+    ]
+    write = StepWrite(events=[event(result=1)], add_steps=branches)
+    assert commit(store, claim, write) is CommitResult.COMMITTED
+    assert sorted(s.token for s in store.get_steps("m3")) == ["b1", "b2"]
+
+
 def test_commit_is_fenced_after_a_takeover(store: Store) -> None:
     new_instance(store, "m2")
     claim_a = store.claim("m2", "t1", "worker-a", EXPIRED_LEASE)
@@ -287,44 +312,89 @@ def test_commit_is_fenced_after_a_takeover(store: Store) -> None:
     before = store.get_instance("m2")
 
     late = StepWrite(
-        instance_changes={"status": "completed", "output_data": "from-a"},
+        instance_changes=InstanceChange(status=Status.COMPLETED, output_data="from-a"),
         events=[event(result="from-a")],
         registrations=[registration(0, "a:1", "undo_a", {})],
         attempt={"step_id": "a:1", "attempt": 1, "error": {"type": "X"}, "retry_in": 1.0},
     )
-    assert store.commit(claim_a, late) is False
+    assert commit(store, claim_a, late) is CommitResult.FENCED
 
     assert store.get_instance("m2") == before
     assert store.get_history("m2") == []
     assert store.get_compensations("m2") == []
     assert store.get_attempts("m2") == []
 
-    assert store.commit(claim_b, StepWrite(events=[event(result="from-b")])) is True
+    assert commit(store, claim_b, StepWrite(events=[event(result="from-b")])) is (
+        CommitResult.COMMITTED
+    )
     [recorded] = store.get_history("m2")
     assert (recorded.result, recorded.worker_id) == ("from-b", "worker-b")
-    after = store.get_instance("m2")
-    assert after is not None
-    assert after.lease_owner is None
-    assert after.lease_expires_at is None
-    assert after.epoch == claim_b.epoch
-    # A commit releases the lease: the claim cannot commit a second time.
-    assert store.commit(claim_b, StepWrite(events=[event(1, "b:1")])) is False
+    assert store.get_steps("m2") == []
+    # The commit ended the step: the claim cannot commit a second time.
+    fresh = store.snapshot("m2")
+    assert fresh is not None
+    assert store.commit(fresh, StepWrite(events=[event(1, "b:1")]), claim_b) is CommitResult.FENCED
     assert history_rows(store, "m2") == 1
 
 
+def test_a_commit_planned_from_an_older_version_has_moved_and_writes_nothing(
+    store: Store,
+) -> None:
+    """Two branches recorded from the same snapshot: the second must plan again."""
+    new_instance(store, "v1", "t1", "t2")
+    first = store.claim("v1", "t1", "worker-a", LONG_LEASE)
+    second = store.claim("v1", "t2", "worker-b", LONG_LEASE)
+    assert first is not None and second is not None
+    assert first.instance.version == second.instance.version == 0
+
+    assert commit(store, first, StepWrite(events=[event(0, "a:1", 1)])) is CommitResult.COMMITTED
+    stale = StepWrite(
+        instance_changes=InstanceChange(status=Status.COMPLETED),
+        events=[event(1, "a:2", 2)],
+        registrations=[registration(1, "a:2", "undo_a", {})],
+    )
+    assert commit(store, second, stale) is CommitResult.MOVED
+    assert [e.step_id for e in store.get_history("v1")] == ["a:1"]
+    assert store.get_compensations("v1") == []
+    assert [s.token for s in store.get_steps("v1")] == ["t2"]  # still the claim's
+    fresh = store.snapshot("v1")
+    assert fresh is not None and fresh.instance.version == 1
+    assert [s.step_id for s in fresh.history] == ["a:1"]
+    # Planned again from the fresh snapshot, it goes through.
+    assert store.commit(fresh, stale, second) is CommitResult.COMMITTED
+    stored = store.get_instance("v1")
+    assert stored is not None and (stored.status, stored.version) == ("completed", 2)
+
+
+def test_an_operator_commit_ends_only_unleased_steps(store: Store) -> None:
+    new_instance(store, "o1", "t1", "t2")
+    assert store.claim("o1", "t1", "worker-a", LONG_LEASE) is not None
+    snapshot = store.snapshot("o1")
+    assert snapshot is not None
+    assert {s.token: s.leased for s in snapshot.steps} == {"t1": True, "t2": False}
+
+    held = StepWrite(remove_steps=["t1", "t2"])
+    assert store.commit(snapshot, held) is CommitResult.MOVED
+    assert sorted(s.token for s in store.get_steps("o1")) == ["t1", "t2"]
+    assert store.commit(snapshot, StepWrite(remove_steps=["t2"])) is CommitResult.COMMITTED
+    assert [s.token for s in store.get_steps("o1")] == ["t1"]
+
+
 def test_history_is_unique_per_instance_and_step_id(store: Store) -> None:
-    new_instance(store, "u1")
+    new_instance(store, "u1", "t1", "t2")
     first = store.claim("u1", "t1", "worker-a", LONG_LEASE)
     assert first is not None
-    assert store.commit(first, StepWrite(events=[event(0, "a:1", result=1)])) is True
+    assert commit(store, first, StepWrite(events=[event(0, "a:1", result=1)])) is (
+        CommitResult.COMMITTED
+    )
 
-    second = store.claim("u1", "t1", "worker-b", LONG_LEASE)
+    second = store.claim("u1", "t2", "worker-b", LONG_LEASE)
     assert second is not None
     duplicate = StepWrite(
-        instance_changes={"status": "completed"},
+        instance_changes=InstanceChange(status=Status.COMPLETED),
         events=[event(1, "a:1", result=2)],
     )
-    assert store.commit(second, duplicate) is False
+    assert commit(store, second, duplicate) is CommitResult.FENCED
 
     assert history_rows(store, "u1") == 1
     [recorded] = store.get_history("u1")
@@ -339,17 +409,22 @@ def test_same_step_id_in_another_instance_is_allowed(store: Store) -> None:
         new_instance(store, iid)
         claim = store.claim(iid, "t1", "worker-a", LONG_LEASE)
         assert claim is not None
-        assert store.commit(claim, StepWrite(events=[event(0, "a:1")])) is True
+        assert commit(store, claim, StepWrite(events=[event(0, "a:1")])) is (CommitResult.COMMITTED)
     assert history_rows(store, "u2") == history_rows(store, "u3") == 1
 
 
 def test_commit_writes_compensations_and_attempts(store: Store) -> None:
     new_instance(store, "k1")
+    tokens = iter(f"t{i}" for i in range(2, 10))
+    token = "t1"
 
     def step(write: StepWrite) -> None:
-        claim = store.claim("k1", "t1", "worker-a", LONG_LEASE)
+        nonlocal token
+        claim = store.claim("k1", token, "worker-a", LONG_LEASE)
         assert claim is not None
-        assert store.commit(claim, write) is True
+        token = next(tokens)
+        write.add_steps.append(NewStep(token, COMMAND, schema.utcnow()))
+        assert commit(store, claim, write) is CommitResult.COMMITTED
 
     failure = {"type": "builtins.ValueError", "message": "flaky", "args": ["flaky"]}
     step(StepWrite(attempt={"step_id": "a:1", "attempt": 1, "error": failure, "retry_in": 2.5}))
@@ -404,6 +479,25 @@ def test_commit_writes_compensations_and_attempts(store: Store) -> None:
     assert attempt.created_at is not None
 
 
+def test_compensations_come_newest_record_first_not_by_position(store: Store) -> None:
+    """Branches finish in any order: the one recorded last is undone first."""
+    new_instance(store, "k2", "t1", "t2")
+    late = store.claim("k2", "t1", "worker-a", LONG_LEASE)
+    early = store.claim("k2", "t2", "worker-b", LONG_LEASE)
+    assert late is not None and early is not None
+    write = StepWrite(
+        events=[event(1, "a:2", 2)], registrations=[registration(1, "a:2", "undo", {"n": 2})]
+    )
+    assert commit(store, early, write) is CommitResult.COMMITTED
+    fresh = store.snapshot("k2")
+    assert fresh is not None
+    write = StepWrite(
+        events=[event(0, "a:1", 1)], registrations=[registration(0, "a:1", "undo", {"n": 1})]
+    )
+    assert store.commit(fresh, write, late) is CommitResult.COMMITTED
+    assert [c.step_id for c in store.get_compensations("k2")] == ["a:1", "a:2"]
+
+
 # -- commit on the activity's own transaction --------------------------------------------
 
 
@@ -435,13 +529,34 @@ def test_commit_on_the_callers_transaction_commits_both(store: Store, ledger: sa
     with store.connect() as conn:
         conn.begin()
         conn.execute(sa.insert(ledger).values(entry="debit 10"))
-        assert store.commit(claim, StepWrite(events=[event(result="ok")]), conn) is True
+        result = commit(store, claim, StepWrite(events=[event(result="ok")]), conn)
+        assert result is CommitResult.COMMITTED
 
     assert ledger_entries(store, ledger) == ["debit 10"]
     assert [e.step_id for e in store.get_history("l1")] == ["a:1"]
-    stored = store.get_instance("l1")
-    assert stored is not None
-    assert stored.lease_owner is None
+    assert store.get_steps("l1") == []
+
+
+def test_a_moved_commit_keeps_the_callers_transaction_open_for_the_next_try(
+    store: Store, ledger: sa.Table
+) -> None:
+    new_instance(store, "l3", "t1", "t2")
+    mine = store.claim("l3", "t1", "worker-a", LONG_LEASE)
+    sibling = store.claim("l3", "t2", "worker-b", LONG_LEASE)
+    assert mine is not None and sibling is not None
+    assert commit(store, sibling, StepWrite(events=[event(1, "a:2")])) is CommitResult.COMMITTED
+
+    with store.connect() as conn:
+        conn.begin()
+        conn.execute(sa.insert(ledger).values(entry="debit 10"))
+        write = StepWrite(events=[event(0, "a:1")])
+        assert commit(store, mine, write, conn) is CommitResult.MOVED
+        fresh = store.snapshot("l3", conn)
+        assert fresh is not None
+        assert store.commit(fresh, write, mine, conn) is CommitResult.COMMITTED
+
+    assert ledger_entries(store, ledger) == ["debit 10"]
+    assert [e.step_id for e in store.get_history("l3")] == ["a:1", "a:2"]
 
 
 def test_fenced_commit_on_the_callers_transaction_writes_neither(
@@ -457,7 +572,8 @@ def test_fenced_commit_on_the_callers_transaction_writes_neither(
     with store.connect() as conn:
         conn.begin()
         conn.execute(sa.insert(ledger).values(entry="debit 10"))
-        assert store.commit(claim_a, StepWrite(events=[event(result="ok")]), conn) is False
+        result = commit(store, claim_a, StepWrite(events=[event(result="ok")]), conn)
+        assert result is CommitResult.FENCED
 
     assert ledger_entries(store, ledger) == []
     assert history_rows(store, "l2") == 0
@@ -621,7 +737,8 @@ def test_a_database_restart_costs_the_next_statements_nothing(
     assert fresh and created.instance_id == "after"
     claim = store.claim("restarted", "t1", "worker-a", LONG_LEASE)
     assert claim is not None
-    assert store.commit(claim, StepWrite(instance_changes={"status": "completed"}))
+    done = StepWrite(instance_changes=InstanceChange(status=Status.COMPLETED))
+    assert commit(store, claim, done) is CommitResult.COMMITTED
     assert backends(admin, store).isdisjoint(before)  # they ran on new connections
 
 
@@ -638,9 +755,7 @@ def test_a_lost_server_is_a_sqlalchemy_error_and_the_store_reconnects(
     # The server process dies while the claim waits for a row lock held elsewhere.
     locker = pg_engine(store.url)
     with locker.connect() as holder, ThreadPoolExecutor(1) as pool:
-        holder.execute(
-            sa.text("SELECT 1 FROM romancy_instances WHERE instance_id = 'lost' FOR UPDATE")
-        )
+        holder.execute(sa.text("SELECT 1 FROM romancy_steps WHERE instance_id = 'lost' FOR UPDATE"))
         claiming = pool.submit(store.claim, "lost", "t1", "worker-a", LONG_LEASE)
         (claimer,) = wait_for(
             lambda: backends(admin, store, waiting_on_a_lock=True),
@@ -665,7 +780,8 @@ def test_a_lost_server_is_a_sqlalchemy_error_and_the_store_reconnects(
     allow_connections(admin, store, True)
     claim = store.claim("lost", "t1", "worker-a", LONG_LEASE)
     assert claim is not None
-    assert store.commit(claim, StepWrite(instance_changes={"status": "completed"}))
+    done = StepWrite(instance_changes=InstanceChange(status=Status.COMPLETED))
+    assert commit(store, claim, done) is CommitResult.COMMITTED
     stored = store.get_instance("lost")
     assert stored is not None and stored.status == "completed"
 
@@ -680,10 +796,10 @@ def test_a_migration_under_prepared_statements_does_not_break_them() -> None:
         assert store.claim("migrated", "wrong-token", "worker-a", LONG_LEASE) is None
         with store.transaction() as conn:
             conn.execute(
-                sa.text("ALTER TABLE romancy_instances ALTER COLUMN wait_event_type TYPE text")
+                sa.text("ALTER TABLE romancy_steps ALTER COLUMN wait_event_type TYPE text")
             )
         claim = store.claim("migrated", "t1", "worker-a", LONG_LEASE)
-        assert claim is not None and claim.instance.lease_owner == "worker-a"
+        assert claim is not None and claim.step.lease_owner == "worker-a"
     finally:
         store.dispose()
         drop_pg_database(url)

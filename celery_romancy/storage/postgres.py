@@ -267,7 +267,10 @@ def _commit_statement(shape: _CommitShape) -> PreparedStatement:
     claim_holds = sa.exists(
         sa.select(s.c.token).where(
             *claim_clauses(
-                sa.bindparam("f_token"), sa.bindparam("f_epoch"), sa.bindparam("f_owner")
+                sa.bindparam("f_instance_id"),
+                sa.bindparam("f_token"),
+                sa.bindparam("f_epoch"),
+                sa.bindparam("f_owner"),
             )
         )
     )
@@ -284,7 +287,11 @@ def _commit_statement(shape: _CommitShape) -> PreparedStatement:
     )
     ended = (
         sa.delete(s)
-        .where(s.c.token == sa.bindparam("f_token"), sa.exists(sa.select(fenced.c.instance_id)))
+        .where(
+            s.c.instance_id == sa.bindparam("f_instance_id"),
+            s.c.token == sa.bindparam("f_token"),
+            sa.exists(sa.select(fenced.c.instance_id)),
+        )
         .returning(s.c.token)
         .cte("ended")
     )

@@ -73,13 +73,13 @@ steps = sa.Table(
     "romancy_steps",
     metadata,
     # Names the message published for this step; a delivery with another token is stale.
-    sa.Column("token", sa.String(64), primary_key=True),
     sa.Column(
         "instance_id",
         sa.String(100),
         sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
-        nullable=False,
+        primary_key=True,
     ),
+    sa.Column("token", sa.String(64), primary_key=True),
     sa.Column("step_id", sa.String(250), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("command", sa.JSON(none_as_null=True), nullable=False),
@@ -97,7 +97,6 @@ steps = sa.Table(
     sa.Column("wait_event_type", sa.String(200)),
     sa.Column("wait_correlation_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
-    sa.Index("ix_romancy_steps_instance", "instance_id"),
     # No index on the lease columns: a claim then changes no indexed column and is an
     # in-place (HOT) update on PostgreSQL.
     sa.Index("ix_romancy_steps_kind_dispatch", "kind", "dispatch_at"),

@@ -193,11 +193,7 @@ class StepProtocol(InstanceQueries):
         """Whether ``claim`` still holds its step (after a commit that did not apply)."""
         s = schema.steps
         with self.engine.connect() as conn:
-            found = conn.execute(
-                sa.select(s.c.token).where(
-                    *claim_clauses(claim.step.token, claim.epoch, claim.worker_id)
-                )
-            )
+            found = conn.execute(sa.select(s.c.token).where(*held_by(claim)))
             return found.first() is not None
 
     def renew_lease(self, claim: Claim, lease_seconds: float) -> bool:
@@ -206,9 +202,7 @@ class StepProtocol(InstanceQueries):
         expires = schema.utcnow() + timedelta(seconds=lease_seconds)
         with self.transaction() as conn:
             result = conn.execute(
-                sa.update(s)
-                .where(*claim_clauses(claim.step.token, claim.epoch, claim.worker_id))
-                .values(lease_expires_at=expires)
+                sa.update(s).where(*held_by(claim)).values(lease_expires_at=expires)
             )
             return result.rowcount == 1
 
@@ -217,9 +211,7 @@ class StepProtocol(InstanceQueries):
         s = schema.steps
         with self.transaction() as conn:
             conn.execute(
-                sa.update(s)
-                .where(*claim_clauses(claim.step.token, claim.epoch, claim.worker_id))
-                .values(lease_owner=None, lease_expires_at=None)
+                sa.update(s).where(*held_by(claim)).values(lease_owner=None, lease_expires_at=None)
             )
 
 
@@ -245,10 +237,21 @@ def version_clauses(instance_id: Any, version: Any) -> list[sa.ColumnElement[boo
     return [t.c.instance_id == instance_id, t.c.version == version]
 
 
-def claim_clauses(token: Any, epoch: Any, owner: Any) -> list[sa.ColumnElement[bool]]:
+def claim_clauses(
+    instance_id: Any, token: Any, epoch: Any, owner: Any
+) -> list[sa.ColumnElement[bool]]:
     """The step is still held by the claim that ran it."""
     s = schema.steps
-    return [s.c.token == token, s.c.epoch == epoch, s.c.lease_owner == owner]
+    return [
+        s.c.instance_id == instance_id,
+        s.c.token == token,
+        s.c.epoch == epoch,
+        s.c.lease_owner == owner,
+    ]
+
+
+def held_by(claim: Claim) -> list[sa.ColumnElement[bool]]:
+    return claim_clauses(claim.step.instance_id, claim.step.token, claim.epoch, claim.worker_id)
 
 
 def transition_values(write: StepWrite, now: datetime) -> dict[str, Any]:
@@ -267,9 +270,7 @@ def version_statement(snapshot: Snapshot, write: StepWrite, now: datetime) -> sa
 
 
 def claimed_statement(claim: Claim) -> sa.Delete:
-    return sa.delete(schema.steps).where(
-        *claim_clauses(claim.step.token, claim.epoch, claim.worker_id)
-    )
+    return sa.delete(schema.steps).where(*held_by(claim))
 
 
 def unleased_statement(instance_id: str, tokens: list[str], now: datetime) -> sa.Delete:

@@ -59,7 +59,11 @@ class SweepQueries(StoreBase):
             for row in conn.execute(self.lock_for_update(stmt)).all():
                 marked = conn.execute(
                     sa.update(s)
-                    .where(s.c.token == row.token, s.c.dispatch_at == row.dispatch_at)
+                    .where(
+                        s.c.instance_id == row.instance_id,
+                        s.c.token == row.token,
+                        s.c.dispatch_at == row.dispatch_at,
+                    )
                     .values(dispatch_at=now)
                 )
                 if marked.rowcount == 1:

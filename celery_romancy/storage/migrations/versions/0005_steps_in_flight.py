@@ -38,13 +38,13 @@ PARKED = ("failed", "compensation_failed", "completed", "cancelled")
 def upgrade() -> None:
     steps = op.create_table(
         "romancy_steps",
-        sa.Column("token", sa.String(64), primary_key=True),
         sa.Column(
             "instance_id",
             sa.String(100),
             sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
-            nullable=False,
+            primary_key=True,
         ),
+        sa.Column("token", sa.String(64), primary_key=True),
         sa.Column("step_id", sa.String(250), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("command", sa.JSON(none_as_null=True), nullable=False),
@@ -57,7 +57,6 @@ def upgrade() -> None:
         sa.Column("wait_correlation_id", sa.String(200)),
         sa.Column("created_at", UTCDateTime(), nullable=False),
     )
-    op.create_index("ix_romancy_steps_instance", "romancy_steps", ["instance_id"])
     op.create_index("ix_romancy_steps_kind_dispatch", "romancy_steps", ["kind", "dispatch_at"])
     op.create_index(
         "ix_romancy_steps_waiting", "romancy_steps", ["wait_event_type", "wait_correlation_id"]
