@@ -280,13 +280,18 @@ class Romancy:
         data: Any = None,
         instance_id: str | None = None,
         correlation_id: str | None = None,
+        *,
+        data_type: Any = None,
     ) -> bool:
         """Send an event to one instance, or to whichever waits with ``correlation_id``.
 
         Callable from any process (a view, a script): it is kept until a matching
-        ``ctx.wait_event`` takes it, and wakes a waiting instance at once.
+        ``ctx.wait_event`` takes it, and wakes a waiting instance at once. With
+        ``data_type``, ``data`` must fit it (``InvalidArgumentsError`` otherwise).
         """
-        return events.send_event(self, event_type, data, instance_id, correlation_id)
+        return events.send_event(
+            self, event_type, data, instance_id, correlation_id, data_type=data_type
+        )
 
     def fire_due(self) -> int:
         """Fire due timers and event timeouts now (beat does it every
