@@ -17,6 +17,7 @@ from .errors import (
     UnknownInstanceError,
     UnknownWorkflowError,
     WaitTimeoutError,
+    WorkflowAlreadyStartedError,
     WorkflowFailedError,
 )
 from .retry import RetryPolicy
@@ -44,6 +45,7 @@ __all__ = [
     "UnknownInstanceError",
     "UnknownWorkflowError",
     "WaitTimeoutError",
+    "WorkflowAlreadyStartedError",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowFailedError",

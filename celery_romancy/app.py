@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -14,10 +15,10 @@ from . import events, maintenance, operations, outbox, tasks
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
 from .dispatch import NewInstance, publish
 from .errors import (
-    InvalidArgumentsError,
     RomancyError,
     UnknownInstanceError,
     WaitTimeoutError,
+    WorkflowAlreadyStartedError,
     WorkflowFailedError,
 )
 from .heartbeat import LeaseKeeper
@@ -30,6 +31,7 @@ from .settings import RomancySettings
 from .states import Status, StepKind
 from .storage import HistoryEvent, Store, WorkflowInstance, open_store
 from .transition import recorded_rows
+from .validation import check_identifier, check_text, is_possible_identifier, shorten
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -162,9 +164,11 @@ class Romancy:
     ) -> str:
         """Start a workflow and return its instance id at once.
 
-        Arguments are checked against the workflow's signature and stored as JSON before
-        anything is written. With a caller-chosen ``instance_id`` a second start returns
-        the same instance and runs nothing.
+        Arguments are checked against the workflow's signature and annotations and stored
+        as JSON before anything is written (``InvalidArgumentsError``). With a caller-chosen
+        ``instance_id`` a second start with equal arguments returns the same instance and
+        runs nothing; other arguments or another workflow raise
+        ``WorkflowAlreadyStartedError``.
         """
         return self.start_prepared(
             self.prepare_start(workflow, *args, instance_id=instance_id, **kwargs)
@@ -180,12 +184,10 @@ class Romancy:
         """Check a start and take its JSON snapshot, writing nothing (for starting
         later, e.g. after a transaction commits: ``start_prepared``)."""
         definition = self.registry.resolve_workflow(workflow)
+        if instance_id is not None:
+            check_identifier(instance_id, "instance_id")
         input_data = definition.shape.bind(args, kwargs)
-        if instance_id is None:
-            instance_id = uuid.uuid4().hex
-        elif not isinstance(instance_id, str) or not 0 < len(instance_id) <= 100:
-            raise InvalidArgumentsError("instance_id must be a string of 1 to 100 characters")
-        return PreparedStart(definition, input_data, instance_id)
+        return PreparedStart(definition, input_data, instance_id or uuid.uuid4().hex)
 
     def start_prepared(self, prepared: PreparedStart) -> str:
         """Start what ``prepare_start`` checked; idempotent on its instance id."""
@@ -220,9 +222,14 @@ class Romancy:
         )
         if not created:
             if instance.workflow_name != definition.name:
-                raise RomancyError(
-                    f"instance id {instance_id!r} already belongs to workflow "
-                    f"{instance.workflow_name!r}"
+                raise WorkflowAlreadyStartedError(
+                    instance_id, f"already belongs to workflow {instance.workflow_name!r}"
+                )
+            if _canonical(instance.input_data) != _canonical(input_data):
+                raise WorkflowAlreadyStartedError(
+                    instance_id,
+                    f"was already started with other arguments for {definition.name!r}; "
+                    "start it with the same arguments to get it back, or choose another id",
                 )
             return instance_id
         for dispatch in plan.dispatches:
@@ -233,6 +240,8 @@ class Romancy:
 
     def get_instance(self, instance_id: str) -> WorkflowInstance:
         """The instance, or ``UnknownInstanceError``."""
+        if not is_possible_identifier(instance_id):  # no such row can exist: ask no database
+            raise UnknownInstanceError(f"no workflow instance {shorten(instance_id)}")
         instance = self.storage.get_instance(instance_id)
         if instance is None:
             raise UnknownInstanceError(f"no workflow instance {instance_id!r}")
@@ -272,6 +281,7 @@ class Romancy:
     def cancel(self, instance_id: str, reason: str = "cancelled") -> bool:
         """Cancel at the next step boundary, compensating succeeded steps; see
         ``operations.cancel``. A finished instance raises ``InstanceStateError``."""
+        check_text(reason, "reason")
         return operations.cancel(self, instance_id, reason)
 
     def send_event(
@@ -280,13 +290,18 @@ class Romancy:
         data: Any = None,
         instance_id: str | None = None,
         correlation_id: str | None = None,
+        *,
+        data_type: Any = None,
     ) -> bool:
         """Send an event to one instance, or to whichever waits with ``correlation_id``.
 
         Callable from any process (a view, a script): it is kept until a matching
-        ``ctx.wait_event`` takes it, and wakes a waiting instance at once.
+        ``ctx.wait_event`` takes it, and wakes a waiting instance at once. With
+        ``data_type``, ``data`` must fit it (``InvalidArgumentsError`` otherwise).
         """
-        return events.send_event(self, event_type, data, instance_id, correlation_id)
+        return events.send_event(
+            self, event_type, data, instance_id, correlation_id, data_type=data_type
+        )
 
     def fire_due(self) -> int:
         """Fire due timers and event timeouts now (beat does it every
@@ -322,6 +337,11 @@ class PreparedStart:
     workflow: WorkflowDefinition[Any, Any]
     input_data: dict[str, Any]
     instance_id: str
+
+
+def _canonical(data: Any) -> str:
+    """One spelling per JSON value, to compare stored input with a new start's."""
+    return json.dumps(data, sort_keys=True)
 
 
 def _check_name(name: Any) -> None:

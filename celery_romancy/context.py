@@ -16,12 +16,14 @@ from .serialization import decode, encode
 from .states import HistoryKind, StepKind
 from .storage.records import HistoryEvent
 from .storage.schema import utcnow
+from .validation import MAX_NAME_LENGTH, check_identifier
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
     from .definitions import ActivityDefinition, R
+    from .signatures import CallShape
 
 P = ParamSpec("P")
 
@@ -71,6 +73,18 @@ class WorkflowContext:
     def position(self) -> int:
         return self._position
 
+    def _bind_unless_recorded(
+        self, key: str, shape: CallShape, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The call's JSON arguments, checked before the call takes a position: a bad call
+        raises and leaves no trace, on the first run and on every replay alike. A call that
+        history records at this position was checked when it was made: not bound again."""
+        step_id = f"{key}:{self._name_counts.get(key, 0) + 1}"
+        recorded = self._history.get(self._position)
+        if recorded is not None and recorded.step_id == step_id:
+            return None
+        return shape.bind(args, kwargs)
+
     def _next_position(self, key: str) -> tuple[int, str, HistoryEvent | None]:
         """Claim the next position for a call; return it, its step id and its record."""
         count = self._name_counts.get(key, 0) + 1
@@ -99,16 +113,19 @@ class WorkflowContext:
             raise ConfigurationError(
                 "register_compensation takes a function decorated with @romancy.compensation"
             )
-        position, step_id, event = self._next_position(f"register:{compensation.name}")
+        key = f"register:{compensation.name}"
+        arguments = self._bind_unless_recorded(key, compensation.shape, args, kwargs)
+        position, step_id, event = self._next_position(key)
         if event is not None:
             return
+        assert arguments is not None  # nothing recorded here, so the call was bound
         self._record(
             HistoryEvent(
                 seq=position,
                 step_id=step_id,
                 kind=HistoryKind.COMPENSATION_REGISTERED,
                 name=compensation.name,
-                result=compensation.shape.bind(args, kwargs),
+                result=arguments,
             )
         )
 
@@ -118,6 +135,7 @@ class WorkflowContext:
         The outbox row commits with the workflow's next step; replays do not add another.
         Its CloudEvents id, ``<instance id>:<step id>``, lets consumers drop duplicates.
         """
+        check_identifier(event_type, "event_type", MAX_NAME_LENGTH)
         position, step_id, event = self._next_position(f"publish:{event_type}")
         if event is not None:
             return
@@ -161,6 +179,9 @@ class WorkflowContext:
         An event sent before the workflow got here is kept and delivered. With a
         ``timeout`` (seconds or timedelta), ``EventTimeoutError`` is raised instead.
         """
+        check_identifier(event_type, "event_type", MAX_NAME_LENGTH)
+        if correlation_id is not None:
+            check_identifier(correlation_id, "correlation_id", MAX_NAME_LENGTH)
         position, step_id, event = self._next_position(f"wait_event:{event_type}")
         if event is not None:
             if event.error is not None:
@@ -216,7 +237,9 @@ class WorkflowContext:
 
     def execute(self, activity: ActivityDefinition[Any, R], *args: Any, **kwargs: Any) -> R:
         """Run ``activity`` as the next step; see ``ActivityDefinition.execute``."""
-        (result,) = self._gather([StepSignature(activity, args, kwargs)], marked=False)
+        arguments = self._bind_unless_recorded(activity.name, activity.shape, args, kwargs)
+        signature = StepSignature(activity, args, kwargs, arguments)
+        (result,) = self._gather([signature], marked=False)
         value: R = result
         return value
 
@@ -350,6 +373,7 @@ class ActivityInfo:
     def publish_event(self, event_type: str, data: Any = None) -> None:
         """Publish through the outbox: the row commits with this step's result, or not at
         all if the step fails. Retried attempts reuse the same CloudEvents ids."""
+        check_identifier(event_type, "event_type", MAX_NAME_LENGTH)
         number = len(self.outbox) + 1
         self.outbox.append(
             {

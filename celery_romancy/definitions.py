@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 from .errors import ConfigurationError
 from .retry import RetryPolicy
 from .signatures import CallShape
+from .validation import MAX_NAME_LENGTH, check_identifier
 
 if TYPE_CHECKING:
     from .context import WorkflowContext
@@ -36,11 +37,11 @@ class CompensationDefinition(Generic[P]):
     def __init__(
         self, name: str, fn: Callable[P, Any], retry: RetryPolicy, queue: str | None
     ) -> None:
-        self.name = name
+        self.name = check_identifier(name, "a compensation name", MAX_NAME_LENGTH)
         self.fn = fn
         self.retry = retry
         self.queue = queue
-        self.shape = CallShape(fn)
+        self.shape = CallShape(fn, name=name)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
@@ -80,11 +81,11 @@ class ActivityDefinition(Generic[P, R]):
         retry: RetryPolicy,
         queue: str | None,
     ) -> None:
-        self.name = name
+        self.name = check_identifier(name, "an activity name", MAX_NAME_LENGTH)
         self.fn = fn
         self.retry = retry
         self.queue = queue
-        self.shape = CallShape(fn)
+        self.shape = CallShape(fn, name=name)
         self.compensation = compensation
         if compensation is not None:
             compensation.check_undoes(self)
@@ -119,12 +120,16 @@ class StepSignature(Generic[R]):
     call that is not recorded yet; ``.s()`` binds at once)."""
 
     def __init__(
-        self, activity: ActivityDefinition[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        activity: ActivityDefinition[Any, R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         self.activity = activity
         self._args = args
         self._kwargs = kwargs
-        self._arguments: dict[str, Any] | None = None
+        self._arguments = arguments
 
     @property
     def arguments(self) -> dict[str, Any]:
@@ -141,9 +146,9 @@ class WorkflowDefinition(Generic[P, R]):
     """A workflow: a plain function of a context and its input, replayed from history."""
 
     def __init__(self, name: str, fn: Callable[Concatenate[WorkflowContext, P], R]) -> None:
-        self.name = name
+        self.name = check_identifier(name, "a workflow name", MAX_NAME_LENGTH)
         self.fn = fn
-        self.shape = CallShape(fn, skip_first=True)
+        self.shape = CallShape(fn, skip_first=True, name=name)
 
     def __call__(self, ctx: WorkflowContext, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(ctx, *args, **kwargs)

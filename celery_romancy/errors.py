@@ -31,11 +31,42 @@ class InstanceStateError(RomancyError):
 
 
 class SerializationError(RomancyError, TypeError):
-    """A value cannot be stored as JSON, or stored JSON does not fit its declared type."""
+    """A value cannot be stored as JSON, or stored JSON does not fit its declared type.
+
+    When data does not fit its type, ``path`` names the part (``order.items[2].price``)
+    and ``problem`` says how (``expected float, got str '3'``); both are None otherwise.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, problem: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.problem = problem
 
 
 class InvalidArgumentsError(RomancyError, TypeError):
     """The arguments do not fit the function's signature."""
+
+
+class PayloadTooLargeError(InvalidArgumentsError):
+    """A value's JSON form is larger than ``romancy_max_payload_bytes``."""
+
+
+class EventConflictError(RomancyError):
+    """An event id already kept for this target and type came again with other data."""
+
+
+class WorkflowAlreadyStartedError(RomancyError):
+    """A start named an instance id that already runs another workflow or other arguments.
+
+    Starting the same workflow with equal arguments under the same id is idempotent and
+    returns the id; anything else would silently hand back a run the caller did not ask for.
+    """
+
+    def __init__(self, instance_id: str, reason: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"instance id {instance_id!r} {reason}")
 
 
 class WaitTimeoutError(RomancyError, TimeoutError):

@@ -4,17 +4,32 @@ Delivery is checked from both sides after each side commits: ``send_event`` look
 an instance already waiting, and an instance that starts waiting looks for an event
 already kept. Whichever commits second sees the other, so an event is never stranded;
 the claim on the instance and the conditional consume of the event row make sure it is
-taken once. The beat job (``fire_due``) repeats the check as a safety net.
+taken once. The beat job (``fire_due``) repeats the check as a safety net, and drops
+events kept longer than ``romancy_event_retention``.
+
+Everything the caller hands in is checked before anything is written: the type and the
+target must fit their columns (``validation.check_identifier``), the data must encode as
+JSON (``encode`` refuses NUL and lone surrogates) no larger than
+``romancy_max_payload_bytes`` and, given ``data_type``, decode as that type.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import TYPE_CHECKING, Any
 
-from .errors import InstanceStateError, InvalidArgumentsError
-from .serialization import encode
+from .errors import (
+    EventConflictError,
+    InstanceStateError,
+    InvalidArgumentsError,
+    PayloadTooLargeError,
+    SerializationError,
+)
+from .serialization import JSONValue, decode, encode
 from .states import HistoryKind, RunOutcome, StepKind
 from .storage import HistoryEvent
+from .validation import MAX_ID_LENGTH, MAX_NAME_LENGTH, check_identifier
 
 if TYPE_CHECKING:
     from .app import Romancy
@@ -27,20 +42,27 @@ def send_event(
     instance_id: str | None = None,
     correlation_id: str | None = None,
     *,
+    data_type: Any = None,
     dedupe_key: str | None = None,
 ) -> bool:
     """Store an event for one instance (or a correlation id) and wake it if it waits.
 
-    Returns False when ``dedupe_key`` was seen before (the same event sent twice).
-    Bad input raises before anything is written.
+    ``dedupe_key`` is the sender's own id for the event (for a CloudEvent, its source
+    and id). It is scoped by the event's type and target: the same id sent again to the
+    same target with the same data is stored once (returns False); with other data it
+    raises ``EventConflictError``. Bad input raises before anything is written.
     """
-    if not isinstance(event_type, str) or not event_type:
-        raise InvalidArgumentsError("event_type must be a non-empty string")
-    if (instance_id is None) == (correlation_id is None):
-        raise InvalidArgumentsError(
-            "address an event with exactly one of instance_id or correlation_id"
-        )
+    check_address(event_type, instance_id, correlation_id)
     payload = encode(data, path="data")
+    if data_type is not None:
+        check_data_type(payload, data_type)
+    check_payload_size(payload, romancy.settings.max_payload_bytes, "event data")
+    scoped_key = data_hash = None
+    if dedupe_key is not None:
+        scoped_key = event_key(dedupe_key, event_type, instance_id, correlation_id)
+        data_hash = payload_hash(payload)
+        if _already_kept(romancy, scoped_key, data_hash, dedupe_key):
+            return False
     if instance_id is not None:
         instance = romancy.get_instance(instance_id)  # UnknownInstanceError
         if instance.is_terminal:
@@ -54,13 +76,81 @@ def send_event(
             "instance_id": instance_id,
             "correlation_id": correlation_id,
             "data": payload,
-            "dedupe_key": dedupe_key,
+            "dedupe_key": scoped_key,
+            "data_hash": data_hash,
         }
     )
-    if stored:
-        for waiting in romancy.storage.waiting_for(event_type, instance_id, correlation_id):
-            deliver_kept_event(romancy, waiting.step.instance_id)
-    return stored
+    if not stored:  # a concurrent delivery of the same event inserted it first
+        assert scoped_key is not None and data_hash is not None and dedupe_key is not None
+        _already_kept(romancy, scoped_key, data_hash, dedupe_key)
+        return False
+    for waiting in romancy.storage.waiting_for(event_type, instance_id, correlation_id):
+        deliver_kept_event(romancy, waiting.step.instance_id)
+    return True
+
+
+def _already_kept(romancy: Romancy, scoped_key: str, data_hash: str, dedupe_key: str) -> bool:
+    """True if this event is kept already; ``EventConflictError`` if its id is, with
+    other data (a reused id must not pass for a harmless repeat)."""
+    kept_hash = romancy.storage.kept_event_hash(scoped_key)
+    if kept_hash is None:
+        return False
+    if kept_hash != data_hash:
+        raise EventConflictError(
+            f"event {dedupe_key} was already received for this target and type with "
+            "other data; send a new event id for new content"
+        )
+    return True
+
+
+def check_address(event_type: object, instance_id: object, correlation_id: object) -> None:
+    """An event's type and its one target, checked against the columns that keep them."""
+    if (instance_id is None) == (correlation_id is None):
+        raise InvalidArgumentsError(
+            "address an event with exactly one of instance_id or correlation_id"
+        )
+    check_identifier(event_type, "event_type", MAX_NAME_LENGTH)
+    if instance_id is not None:
+        check_identifier(instance_id, "instance_id", MAX_ID_LENGTH)
+    if correlation_id is not None:
+        check_identifier(correlation_id, "correlation_id", MAX_NAME_LENGTH)
+
+
+def check_data_type(payload: JSONValue, data_type: Any) -> None:
+    """The data must read back as ``data_type`` (what the waiting workflow declares)."""
+    try:
+        decode(payload, data_type, path="data")
+    except SerializationError as exc:
+        detail = f"{exc.path}: {exc.problem}" if exc.problem is not None else str(exc)
+        raise InvalidArgumentsError(f"event data does not fit data_type: {detail}") from None
+
+
+def check_payload_size(payload: JSONValue, limit: int, what: str) -> None:
+    """Refuse a value whose compact JSON form (UTF-8) is larger than ``limit`` bytes."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise InvalidArgumentsError(f"{what} is nested too deeply") from None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"{what} is {size} bytes as JSON; the limit (romancy_max_payload_bytes) is {limit}"
+        )
+
+
+def event_key(
+    dedupe_key: str, event_type: str, instance_id: str | None, correlation_id: str | None
+) -> str:
+    """The stored (unique) key: the sender's id scoped by type and target, hashed so any
+    length fits. Migration 0005 computes the same for rows kept before it: keep in step."""
+    scope = json.dumps([dedupe_key, event_type, instance_id, correlation_id])
+    return hashlib.sha256(scope.encode()).hexdigest()
+
+
+def payload_hash(payload: JSONValue) -> str:
+    """A fingerprint of the data that does not depend on key order."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def deliver_kept_event(romancy: Romancy, instance_id: str) -> bool:

@@ -95,7 +95,8 @@ def fire(romancy: Romancy, instance_id: str, token: str) -> RunOutcome:
 
 def fire_due(romancy: Romancy) -> int:
     """Fire every due timer and event timeout, whichever process started the workflow;
-    then hand kept events to waits that missed them (a sender that died mid-send)."""
+    then hand kept events to waits that missed them (a sender that died mid-send), and
+    drop events past their retention."""
     fired = 0
     for workflow_name, step in romancy.storage.due_waits(utcnow(), BATCH):
         if workflow_name not in romancy.registry.workflows:
@@ -110,7 +111,27 @@ def fire_due(romancy: Romancy) -> int:
     for workflow_name, step in romancy.storage.waiting_with_kept_events(BATCH):
         if workflow_name in romancy.registry.workflows:
             fired += deliver_kept_event(romancy, step.instance_id)
+    purge_expired_events(romancy)
     return fired
+
+
+def purge_expired_events(romancy: Romancy) -> int:
+    """Delete events received more than ``romancy_event_retention`` ago, consumed or not.
+
+    An event for a correlation id nobody ever waits for would otherwise be kept forever.
+    Consumed events stay as long, so a late redelivery is still known as a duplicate.
+    Cheap when there is nothing to do: one indexed read, no write.
+    """
+    cutoff = utcnow() - timedelta(seconds=romancy.settings.event_retention)
+    purged = 0
+    while True:
+        deleted = romancy.storage.purge_events(cutoff, BATCH)
+        purged += deleted
+        if deleted < BATCH:
+            break
+    if purged:
+        logger.info("celery_romancy: purged %d events older than %s", purged, cutoff)
+    return purged
 
 
 def beat_schedule(settings: RomancySettings) -> dict[str, dict[str, Any]]:

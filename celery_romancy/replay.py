@@ -6,6 +6,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from celery.exceptions import WorkerShutdown, WorkerTerminate
+
 from .commands import ActivityCommand
 from .context import WorkflowContext
 from .errors import NonDeterminismError, SerializationError, Suspend
@@ -14,6 +16,12 @@ from .failures import describe_error
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
     from .storage import HistoryEvent
+
+
+# Raised into a running task by Celery's own signal handlers to stop the worker process
+# (a hard shutdown of the solo pool), never by workflow code: the step must stay
+# unrecorded, to be run again, not end the workflow as failed.
+_PROCESS_STOPS = (WorkerShutdown, WorkerTerminate)
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,11 @@ def replay_recording(
         value = workflow.run(ctx, input_data)
     except Suspend as suspend:
         outcome: Outcome = Waiting(suspend.commands)
-    except Exception as exc:  # noqa: BLE001 - any error of the body fails the workflow
+    except _PROCESS_STOPS:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - whatever the body raises fails the workflow
+        # SystemExit, GeneratorExit, KeyboardInterrupt... included: raised by the body, they
+        # would be raised again on every replay and kill each worker (or CLI) that tries it.
         if ctx.reraised is not None and ctx.reraised[0] is exc:
             outcome = Failed(ctx.reraised[1])
         else:

@@ -16,6 +16,9 @@ seconds, Decimal and UUID as strings, enums as their value, dataclasses (``init`
 only) and TypedDicts as objects, NamedTuples, tuples and sets (sorted) as arrays, pydantic
 models as ``model_dump(mode="json")``. Dict keys are stored as strings (int and enum keys
 too). Decoding ignores unknown keys, so a field removed from a dataclass stays readable.
+
+Strings holding NUL (``\\u0000``) or a lone surrogate are refused by ``encode``, on every
+backend alike: PostgreSQL cannot use the first in JSON text, nor store the second as UTF-8.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import functools
 import inspect
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -83,6 +87,8 @@ _BARE: dict[object, object] = {
     abc.Mapping: dict[Any, Any],
     abc.MutableMapping: dict[Any, Any],
 }
+# NUL and lone surrogates: see the module docstring.
+_UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
 _LIST_ORIGINS = (list, abc.Sequence, abc.MutableSequence, abc.Collection, abc.Iterable)
 _SET_ORIGINS = (set, frozenset, abc.Set, abc.MutableSet)
 _DICT_ORIGINS = (dict, abc.Mapping, abc.MutableMapping)
@@ -117,7 +123,9 @@ def decode(data: JSONValue, type_hint: object, *, path: str = "value") -> object
 def _encode(value: object, path: str) -> JSONValue:
     if isinstance(value, enum.Enum):
         return _encode(value.value, path)
-    if value is None or isinstance(value, (bool, str)):
+    if isinstance(value, str):
+        return _checked_str(value, path)
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         return int(value)
@@ -132,9 +140,11 @@ def _encode(value: object, path: str) -> JSONValue:
         return [_encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
     if _is_pydantic_model(type(value)):
         try:
-            return cast(JSONValue, cast(Any, value).model_dump(mode="json"))
+            dumped = cast(JSONValue, cast(Any, value).model_dump(mode="json"))
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"cannot encode {path}: {exc}") from exc
+        _check_strings(dumped, path)
+        return dumped
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: _encode(getattr(value, f.name), f"{path}.{f.name}")
@@ -151,6 +161,31 @@ def _encode(value: object, path: str) -> JSONValue:
     raise SerializationError(f"cannot encode {path}: unsupported type {_name(type(value))}")
 
 
+def _checked_str(value: str, path: str) -> str:
+    if value.isascii() and "\x00" not in value:  # the common case, without a regex
+        return value
+    bad = _UNSTORABLE_CHAR.search(value)
+    if bad is not None:
+        raise SerializationError(
+            f"cannot encode {path}: the string holds {bad.group()!r} at index {bad.start()}, "
+            "which cannot be stored"
+        )
+    return value
+
+
+def _check_strings(data: JSONValue, path: str) -> None:
+    """Apply the string check to JSON made by someone else (pydantic's ``model_dump``)."""
+    if isinstance(data, str):
+        _checked_str(data, path)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            _check_strings(item, f"{path}[{i}]")
+    elif isinstance(data, dict):
+        for key, item in data.items():
+            _checked_str(key, f"{path} key {key[:40]!r}")
+            _check_strings(item, f"{path}[{key!r}]")
+
+
 def _encode_mapping(value: Mapping[object, object], path: str) -> dict[str, JSONValue]:
     out: dict[str, JSONValue] = {}
     for key, item in value.items():
@@ -163,6 +198,8 @@ def _encode_mapping(value: Mapping[object, object], path: str) -> dict[str, JSON
 
 def _encode_key(key: object, path: str) -> str:
     """JSON keys are strings: int keys and values stored as str or int (enums...) qualify."""
+    if type(key) is str:
+        return _checked_str(key, f"{path} key {key[:40]!r}")
     try:
         name = _encode(key, path)
     except SerializationError:
@@ -391,7 +428,12 @@ def _is_pydantic_model(cls: type) -> bool:
 
 def _mismatch(data: object, hint: object, path: str, reason: str = "") -> SerializationError:
     reason = reason or f"got {_short(data)}"
-    return SerializationError(f"cannot decode {path} as {_name(hint)}: {reason}")
+    expected = _name(hint)
+    joint = ", " if reason.startswith("got ") else ": "
+    problem = f"expected {expected}{joint}{reason}"
+    return SerializationError(
+        f"cannot decode {path} as {expected}: {reason}", path=path, problem=problem
+    )
 
 
 def _short(data: object) -> str:

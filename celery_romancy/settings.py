@@ -34,6 +34,12 @@ class RomancySettings:
     # PostgreSQL: prepare the per-step statements once per connection. Turn off behind
     # PgBouncer in transaction mode, which moves a session between server connections.
     prepared_statements: bool = True
+    # The largest JSON form (UTF-8 bytes) accepted for a value the caller hands in to be
+    # stored: an event's data today.
+    max_payload_bytes: int = 1 << 20
+    # Events older than this (seconds) are purged, consumed or not: an event nobody
+    # waits for is not kept forever. Also how long a CloudEvent's redelivery is a duplicate.
+    event_retention: float = 7 * 24 * 3600.0
 
     @classmethod
     def from_celery(cls, conf: Any, **overrides: Any) -> RomancySettings:
@@ -57,6 +63,8 @@ class RomancySettings:
             "max_step_crashes",
             "timer_interval",
             "outbox_interval",
+            "max_payload_bytes",
+            "event_retention",
         )
         for name in numbers:
             value = getattr(self, name)

@@ -14,9 +14,12 @@ from .serialization import decode, encode
 class CallShape:
     """A function's parameters and their declared types, resolved once."""
 
-    def __init__(self, fn: Callable[..., Any], *, skip_first: bool = False) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *, skip_first: bool = False, name: str | None = None
+    ) -> None:
         self.fn = fn
-        self.qualname = getattr(fn, "__qualname__", repr(fn))
+        # How errors name the function: its registered name, else its Python name.
+        self.qualname = name or getattr(fn, "__qualname__", repr(fn))
         signature = inspect.signature(fn)
         params = list(signature.parameters.values())
         if skip_first:
@@ -33,7 +36,14 @@ class CallShape:
         self.parameter_names = [p.name for p in params]
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Check a call against the signature and return its arguments as JSON, by name."""
+        """Check a call against the signature and the annotations; return its arguments as
+        JSON, by name.
+
+        A value fits its annotation when its JSON form decodes as that type, exactly what
+        a replay will do with it later; so a call that could not be replayed is refused
+        now (``InvalidArgumentsError`` naming the parameter and the path inside it).
+        Unannotated and ``Any`` parameters take any value that encodes.
+        """
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -42,9 +52,28 @@ class CallShape:
         for name, value in bound.arguments.items():
             try:
                 encoded[name] = encode(value, path=name)
+                self._check_type(name, encoded[name])
             except SerializationError as exc:
+                if exc.problem is not None:
+                    raise InvalidArgumentsError(
+                        f"{self.qualname}(): {exc.path}: {exc.problem}"
+                    ) from None
                 raise SerializationError(f"{self.qualname}(): {exc}") from None
         return encoded
+
+    def _check_type(self, name: str, data: Any) -> None:
+        hint = self.hints[name]
+        if hint is Any:
+            return
+        kind = self.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:  # the hint types each item
+            for i, item in enumerate(data):
+                decode(item, hint, path=f"{name}[{i}]")
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            for key, item in data.items():
+                decode(item, hint, path=key)
+        else:
+            decode(data, hint, path=name)
 
     def decode_arguments(self, arguments: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """JSON arguments back to typed positional and keyword arguments for a call."""

@@ -25,6 +25,7 @@ PUBLIC = {
     "UnknownInstanceError",
     "UnknownWorkflowError",
     "WaitTimeoutError",
+    "WorkflowAlreadyStartedError",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowFailedError",

@@ -503,3 +503,42 @@ def test_serialization_error_is_a_type_error() -> None:
 def test_unsupported_hint_is_reported() -> None:
     with pytest.raises(SerializationError, match="unsupported type hint"):
         decode(1, complex)
+
+
+# -- strings no database stores the same way, and where a value does not fit ----------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ("a\x00b", r"value: the string holds '\\x00' at index 1"),
+        (["ok", "bad\ud800"], r"value\[1\]: the string holds '\\ud800' at index 3"),
+        ({"k\x00": 1}, r"value key 'k\\x00': the string holds '\\x00'"),
+        (Item("mug\x00", Decimal("1")), r"value\.sku: the string holds '\\x00'"),
+    ],
+)
+def test_encode_refuses_nul_and_lone_surrogates_naming_the_path(value: object, path: str) -> None:
+    with pytest.raises(SerializationError, match=f"cannot encode {path}"):
+        encode(value)
+
+
+def test_encode_refuses_nul_inside_a_pydantic_model() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Note(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        lines: list[str]
+
+    with pytest.raises(SerializationError, match=r"cannot encode value\[\'lines\'\]\[1\]"):
+        encode(Note(lines=["fine", "nul\x00"]))
+
+
+def test_a_decode_mismatch_carries_its_path_and_problem() -> None:
+    with pytest.raises(SerializationError) as mismatch:
+        decode({"sku": "mug", "price": "x"}, Item, path="item")
+
+    assert mismatch.value.path == "item.price"
+    assert mismatch.value.problem is not None
+    assert mismatch.value.problem.startswith("expected decimal.Decimal: ")
+    with pytest.raises(SerializationError) as unsupported:
+        decode(1, complex)
+    assert (unsupported.value.path, unsupported.value.problem) == (None, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,26 @@ class EventQueries(StoreBase):
                 return True
             result = conn.execute(self.insert_ignoring_conflict(schema.events).values(**row))
             return bool(result.rowcount == 1)
+
+    def kept_event_hash(self, dedupe_key: str) -> str | None:
+        """The data hash of the event kept under ``dedupe_key``; None if there is none."""
+        e = schema.events
+        stmt = sa.select(e.c.data_hash).where(e.c.dedupe_key == dedupe_key)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else str(row.data_hash)
+
+    def purge_events(self, received_before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` events received before ``received_before``, consumed or
+        not; returns how many. Finds them by the received_at index, and takes a write
+        lock only when there is something to delete."""
+        e = schema.events
+        stmt = sa.select(e.c.id).where(e.c.received_at < received_before).limit(limit)
+        with self.transaction() as conn:
+            ids = list(conn.execute(stmt).scalars())
+            if not ids:
+                return 0
+            return int(conn.execute(sa.delete(e).where(e.c.id.in_(ids))).rowcount)
 
     def find_event(
         self, event_type: str, instance_id: str, correlation_id: str | None

@@ -181,13 +181,20 @@ events = sa.Table(
     sa.Column("instance_id", sa.String(100)),
     sa.Column("correlation_id", sa.String(200)),
     sa.Column("data", sa.JSON(none_as_null=True)),
-    # "<source> <id>" of a CloudEvent: the same event delivered twice is stored once.
+    # The sender's id for the event (a CloudEvent's source + id) scoped by event type and
+    # target, hashed (``events.event_key``): the same event delivered twice to the same
+    # target is stored once, while the same id aimed elsewhere is another event.
     sa.Column("dedupe_key", sa.String(700), unique=True),
+    # sha256 of the data (set with dedupe_key): a repeat must carry the same data, or
+    # it is an id reused for other content and is refused.
+    sa.Column("data_hash", sa.String(64)),
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Column("consumed_by", sa.String(100)),
     sa.Column("consumed_at", UTCDateTime()),
     sa.Index("ix_romancy_events_instance", "instance_id", "event_type", "consumed_by"),
     sa.Index("ix_romancy_events_correlation", "correlation_id", "event_type", "consumed_by"),
+    # The retention purge finds old events by this index.
+    sa.Index("ix_romancy_events_received", "received_at"),
 )
 
 # The transactional outbox: rows commit with a step, a beat job relays them.

@@ -4,8 +4,8 @@ Each instance's one ``pending`` command, with its token, lease, epoch and takeov
 becomes a row of ``romancy_steps``; a queued message (instance id + token) still finds
 its step. The instance keeps a ``version`` raised by every transition.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from alembic import op
 
 from celery_romancy.storage.schema import UTCDateTime
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
