@@ -25,6 +25,7 @@ FINISHED = (Status.COMPLETED, Status.FAILED, Status.COMPENSATION_FAILED)
 
 
 def _snapshot(romancy: Romancy, instance_id: str) -> Snapshot:
+    romancy.get_instance(instance_id)  # UnknownInstanceError, also for an impossible id
     snapshot = romancy.storage.snapshot(instance_id)
     if snapshot is None:
         raise UnknownInstanceError(f"no workflow instance {instance_id!r}")

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from celery_romancy.storage import Store
-from celery_romancy.storage.schema import steps
+from celery_romancy.storage.schema import instances, steps
 
 
 def set_steps(store: Store, instance_id: str, **values: Any) -> int:
@@ -17,3 +17,11 @@ def set_steps(store: Store, instance_id: str, **values: Any) -> int:
             sa.update(steps).where(steps.c.instance_id == instance_id).values(**values)
         )
         return int(result.rowcount)
+
+
+def set_instance(store: Store, instance_id: str, **values: Any) -> None:
+    """Set columns of an instance's row, as if it had moved on."""
+    with store.transaction() as conn:
+        conn.execute(
+            sa.update(instances).where(instances.c.instance_id == instance_id).values(**values)
+        )

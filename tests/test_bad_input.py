@@ -26,7 +26,7 @@ from celery_romancy.definitions import (
     CompensationDefinition,
     WorkflowDefinition,
 )
-from celery_romancy.replay import Completed, Failed, Next, replay
+from celery_romancy.replay import Completed, Failed, Waiting, replay
 from celery_romancy.storage import HistoryEvent
 
 from .flows import Currency, Customer, Item, Order
@@ -167,8 +167,8 @@ def test_a_refused_call_takes_no_position_so_replay_stays_deterministic() -> Non
     workflow = WorkflowDefinition("w", _catches_a_bad_call)
 
     first = replay(workflow, "bi-6", {}, [])
-    assert isinstance(first, Next)
-    assert (first.command.step_id, first.command.seq) == ("step:1", 0)
+    assert isinstance(first, Waiting)
+    assert (first.commands[0].step_id, first.commands[0].seq) == ("step:1", 0)
     recorded = HistoryEvent(seq=0, step_id="step:1", kind="activity", name="step", result=7)
     assert replay(workflow, "bi-6", {}, [recorded]) == Completed(7)
 

@@ -36,6 +36,7 @@ from celery_romancy.storage.migrate import alembic_config, current_revision, upg
 from celery_romancy.storage.schema import events, metadata, utcnow
 
 from .harness import Harness
+from .step_rows import set_instance
 from .wait_flows import Payment
 
 STRUCTURED = "application/cloudevents+json"
@@ -349,7 +350,7 @@ def test_a_repeat_after_its_instance_ended_is_still_a_duplicate(harness: Harness
     event = cloud_event(romancycorrelationid=None, romancyinstanceid=instance_id)
     intake = open_intake(harness)
     assert post(intake, event)[1]["duplicate"] is False
-    harness.romancy.storage.update_instance(instance_id, {"status": "completed"})
+    set_instance(harness.romancy.storage, instance_id, status="completed")
     assert post(intake, event) == (202, {"accepted": "evt-1", "duplicate": True})
     assert (
         post(

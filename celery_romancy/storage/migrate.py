@@ -45,10 +45,25 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.connect() as conn:
         if revision == "head" and current_revision(conn) == head:
             return
-    with _exclusive(engine), engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        command.upgrade(alembic_config(conn), revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with _exclusive(engine), engine.connect() as conn:
+        if sqlite:
+            # A migration that rebuilds a table (batch mode) drops the old one: with
+            # foreign keys on, that would cascade-delete every row referencing it (the
+            # history of every instance). The pragma only works outside a transaction.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()  # ends SQLAlchemy's autobegun (empty) transaction
+        try:
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY}
+                    )
+                command.upgrade(alembic_config(conn), revision)
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 @contextmanager

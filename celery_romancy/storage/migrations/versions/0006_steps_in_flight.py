@@ -112,4 +112,70 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError("steps in flight cannot be folded back into one pending column")
+    """Back to one ``pending`` command per instance: the oldest step in flight is kept;
+    other branches of a gather in flight cannot be represented and are dropped."""
+    with op.batch_alter_table("romancy_instances") as batch_op:
+        batch_op.alter_column("version", new_column_name="epoch")
+        batch_op.add_column(sa.Column("pending", sa.JSON(none_as_null=True)))
+        batch_op.add_column(sa.Column("dispatch_token", sa.String(64)))
+        batch_op.add_column(sa.Column("dispatch_at", UTCDateTime()))
+        batch_op.add_column(sa.Column("lease_owner", sa.String(200)))
+        batch_op.add_column(sa.Column("lease_expires_at", UTCDateTime()))
+        batch_op.add_column(
+            sa.Column("step_takeovers", sa.Integer(), server_default="0", nullable=False)
+        )
+        batch_op.add_column(sa.Column("wait_event_type", sa.String(200)))
+        batch_op.add_column(sa.Column("wait_correlation_id", sa.String(200)))
+        batch_op.create_index("ix_romancy_instances_status_dispatch", ["status", "dispatch_at"])
+        batch_op.create_index(
+            "ix_romancy_instances_waiting", ["wait_event_type", "wait_correlation_id"]
+        )
+    steps = sa.table(
+        "romancy_steps",
+        *(
+            sa.column(name)
+            for name in ("instance_id", "token", "lease_owner", "epoch", "takeovers")
+        ),
+        sa.column("command", sa.JSON(none_as_null=True)),
+        sa.column("dispatch_at", UTCDateTime()),
+        sa.column("lease_expires_at", UTCDateTime()),
+        sa.column("wait_event_type"),
+        sa.column("wait_correlation_id"),
+        sa.column("created_at", UTCDateTime()),
+    )
+    instances = sa.table(
+        "romancy_instances",
+        sa.column("instance_id"),
+        sa.column("pending", sa.JSON(none_as_null=True)),
+        sa.column("dispatch_token"),
+        sa.column("dispatch_at", UTCDateTime()),
+        sa.column("lease_owner"),
+        sa.column("lease_expires_at", UTCDateTime()),
+        sa.column("epoch"),
+        sa.column("step_takeovers"),
+        sa.column("wait_event_type"),
+        sa.column("wait_correlation_id"),
+    )
+    bind = op.get_bind()
+    folded: set[str] = set()
+    for step in bind.execute(sa.select(steps).order_by(steps.c.created_at)).all():
+        if step.instance_id in folded:
+            continue
+        folded.add(step.instance_id)
+        bind.execute(
+            sa.update(instances)
+            .where(instances.c.instance_id == step.instance_id)
+            .values(
+                pending=step.command,
+                dispatch_token=step.token,
+                dispatch_at=step.dispatch_at,
+                lease_owner=step.lease_owner,
+                lease_expires_at=step.lease_expires_at,
+                step_takeovers=step.takeovers,
+                wait_event_type=step.wait_event_type,
+                wait_correlation_id=step.wait_correlation_id,
+            )
+        )
+    with op.batch_alter_table("romancy_compensations") as batch_op:
+        batch_op.drop_column("recorded_version")
+    op.drop_table("romancy_steps")
