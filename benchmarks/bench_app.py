@@ -69,3 +69,29 @@ def plain_charge(previous: list[str]) -> list[str]:
 def plain_ship(previous: list[str]) -> list[object]:
     # The completion time, for start-to-completed latency.
     return [previous[0], f"S-{previous[1]}", time.time()]
+
+
+# Fan-out: one branch per item of a 20 ms I/O-bound activity, against a plain chord.
+FAN_OUT_SECONDS = 0.02
+
+
+@romancy.activity("bench.label")
+def label(item: int) -> int:
+    time.sleep(FAN_OUT_SECONDS)  # an I/O wait (an HTTP call, a printer)
+    return item
+
+
+@romancy.workflow("bench.fan_out")
+def fan_out(ctx: WorkflowContext, count: int) -> int:
+    return len(ctx.map(label, range(count)))
+
+
+@app.task(name="plain.label")
+def plain_label(item: int) -> int:
+    time.sleep(FAN_OUT_SECONDS)
+    return item
+
+
+@app.task(name="plain.join")
+def plain_join(items: list[int]) -> list[float]:
+    return [len(items), time.time()]

@@ -279,6 +279,26 @@ class Bench:
             )
         return summary(began, [(start, result.get(timeout=600)[2]) for start, result in sent])
 
+    def fan_out(self, branches: int, prefix: str) -> float:
+        """Seconds from start to completion of one fan-out workflow of ``branches``."""
+        since = datetime.now(UTC)
+        instance_id = f"{prefix}-fan"
+        self.romancy.start_workflow("bench.fan_out", branches, instance_id=instance_id)
+        wait_until(lambda: self.status(instance_id) == "completed", 300, "a fan-out", every=0.02)
+        [(start, done)] = self.timings(since)
+        return done - start
+
+    def chord(self, branches: int) -> float:
+        """Seconds from sending to the callback's end of the same fan-out as a chord."""
+        from celery import chord
+
+        app = self.bench_app
+        start = time.time()
+        result = chord(app.plain_label.s(i) for i in range(branches))(app.plain_join.s())
+        count, done = result.get(timeout=300)
+        assert count == branches
+        return float(done) - start
+
     def single_latencies(self, runs: int, prefix: str) -> tuple[float, float]:
         from celery import chain
 
@@ -443,11 +463,37 @@ def count_round_trips(bench: Bench, db_url: str, n: int) -> float | None:
     return len(lines) / (3 * n)
 
 
+FAN_OUT_BRANCHES = 100
+
+
+def fan_out_rounds(bench: Bench, rounds: int) -> None:
+    """A fan-out of 100 branches of a 20 ms activity against a chord of the same tasks,
+    on the same worker, in alternating rounds; medians."""
+    bench.fan_out(10, "fan-warm")
+    bench.chord(10)
+    pairs = []
+    for r in range(rounds):
+        chord_s = bench.chord(FAN_OUT_BRANCHES)
+        ours_s = bench.fan_out(FAN_OUT_BRANCHES, f"fan{r}")
+        pairs.append((chord_s, ours_s))
+        print(
+            f"# fan-out round {r + 1}: chord {chord_s:.3f} s, gather {ours_s:.3f} s, "
+            f"ratio {ours_s / chord_s:.3f}",
+            flush=True,
+        )
+    report("fan_out_100_chord_s", statistics.median(c for c, _ in pairs), "s")
+    report("fan_out_100_gather_s", statistics.median(o for _, o in pairs), "s")
+    report("fan_out_ratio_vs_chord", statistics.median(o / c for c, o in pairs), "x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median)")
     parser.add_argument("--client", nargs=2, metavar=("N", "PREFIX"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only-fan-out", action="store_true", help="only the fan-out against a chord"
+    )
     args = parser.parse_args()
     if args.client:
         client_round(int(args.client[0]), args.client[1])
@@ -463,6 +509,9 @@ def main() -> int:
         bench = Bench(db_url, queue)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with worker(env, log) as process:
+            fan_out_rounds(bench, args.rounds)
+            if args.only_fan_out:
+                return 0
             bench.workflows(50, "warm")
             bench.chains(50)
             # Rounds alternate baseline and project, and the medians are reported: on a

@@ -27,6 +27,8 @@ class ActivityCommand:
     queue: str | None = None
     attempt: int = 1
     group_id: str | None = None
+    # The gather's max_concurrency (None: every branch was sent at once).
+    group_limit: int | None = None
 
     @property
     def runs_as_task(self) -> bool:

@@ -279,7 +279,10 @@ class WorkflowContext:
         max_concurrency: int | None = None,
     ) -> list[R]:
         """``gather`` one step of ``activity`` per item, the item as its single argument."""
-        return self.gather(*(activity.s(item) for item in items), max_concurrency=max_concurrency)
+        # Bound by ``_gather`` only where nothing is recorded yet: a replay of a large
+        # map does not check and encode every item again.
+        signatures = [StepSignature(activity, (item,), {}) for item in items]
+        return self.gather(*signatures, max_concurrency=max_concurrency)
 
     def _gather(
         self,
@@ -292,6 +295,8 @@ class WorkflowContext:
         group_id = self._gather_marker(signatures) if marked else None
         branches = [(s, *self._next_position(s.activity.name)) for s in signatures]
         waiting = [b for b in branches if b[3] is None]
+        for signature, *_ in waiting:
+            signature.arguments  # noqa: B018 - a bad argument raises here, before any is sent
         failures = [b for b in branches if b[3] is not None and b[3].error is not None]
         if waiting and not (failures and not return_exceptions):
             # Branch i takes the i-th free slot: which ones run depends only on which
@@ -299,7 +304,7 @@ class WorkflowContext:
             sending = waiting[: max_concurrency or len(waiting)]
             self._suspend(
                 *(
-                    self._command(s, position, step_id, group_id)
+                    self._command(s, position, step_id, group_id, max_concurrency)
                     for s, position, step_id, _ in sending
                 )
             )
@@ -338,7 +343,11 @@ class WorkflowContext:
 
     @staticmethod
     def _command(
-        signature: StepSignature[Any], position: int, step_id: str, group_id: str | None
+        signature: StepSignature[Any],
+        position: int,
+        step_id: str,
+        group_id: str | None,
+        limit: int | None,
     ) -> ActivityCommand:
         activity = signature.activity
         return ActivityCommand(
@@ -349,6 +358,7 @@ class WorkflowContext:
             arguments=signature.arguments,
             queue=activity.queue,
             group_id=group_id,
+            group_limit=limit,
         )
 
 

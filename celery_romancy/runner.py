@@ -94,9 +94,9 @@ class StepRunner:
                 rows.registrations.append(
                     registration(command.seq, command.step_id, compensation.name, arguments)
                 )
-            return self._record(
-                claim, info, replayed(romancy, rows, parent_id=claim.step.token), rows
-            )
+            branch_of = command if command.group_id is not None else None
+            plan_for = replayed(romancy, rows, parent_id=claim.step.token, branch_of=branch_of)
+            return self._record(claim, info, plan_for, rows)
 
     # -- waits: timers and events ---------------------------------------------------------
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .commands import ActivityCommand
 from .dispatch import publish
 from .planning import Plan, plan_outcome, start_rollback
 from .replay import replay_recording
@@ -107,11 +108,13 @@ def replayed(
     ended: frozenset[str] = frozenset(),
     parent_id: str | None = None,
     revive: bool = False,
+    branch_of: ActivityCommand | None = None,
 ) -> PlanFor:
     """Replay with the finished step's history added and plan what follows.
 
     ``ended``: tokens of steps this transition ends besides a claimed one. ``revive``:
-    replay an instance parked as failed too (``resume``).
+    replay an instance parked as failed too (``resume``). ``branch_of``: the finished
+    step's command, when it is a branch of a gather.
     """
 
     def plan_for(snapshot: Snapshot) -> Planned:
@@ -120,6 +123,14 @@ def replayed(
         if instance.status not in ACTIVE and not revive:
             # A branch recorded after the instance moved past it (a rollback begun, the
             # instance parked or ended): keep its record, decide nothing.
+            return Planned(Plan())
+        siblings_run = any(s.kind is StepKind.ACTIVITY for s in in_flight)
+        whole_gather_sent = branch_of is not None and branch_of.group_limit is None
+        if whole_gather_sent and siblings_run and instance.cancel_reason is None:
+            # A branch of a gather that sent all its branches at once, with siblings still
+            # running: whatever it recorded, the gather waits for them and sends nothing
+            # (the body runs one gather at a time). Only the last one replays, so a
+            # fan-out of n costs n commits, not n replays of n steps.
             return Planned(Plan())
         workflow = romancy.registry.workflow(instance.workflow_name)
         outcome, new_events = replay_recording(

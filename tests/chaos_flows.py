@@ -79,7 +79,9 @@ def register_chaos(romancy: Romancy, folder: Path) -> None:
     @romancy.workflow("chaos_saga")
     def chaos_saga(ctx: WorkflowContext, n: int) -> dict[str, Any]:
         reserved = chaos_reserve.execute(ctx, n)
-        charged = chaos_charge.execute(ctx, reserved)
+        # A fan-out: two branches in flight at once, joined before the last step.
+        charged, again = ctx.gather(chaos_charge.s(reserved), chaos_charge.s(reserved))
+        assert charged == again
         shipped = chaos_ship.execute(ctx, charged)
         return {"n": n, "reserved": reserved, "charged": charged, "shipped": shipped}
 

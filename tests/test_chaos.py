@@ -40,7 +40,7 @@ pytestmark = pytest.mark.chaos
 
 MODULE = "tests.chaos_flows"
 WORKFLOWS = 200
-STEPS = 3
+STEPS = 4  # activity steps of chaos_saga: reserve, two charge branches, ship
 CONCURRENCY = 2
 KILLS = 4
 CONF: dict[str, Any] = {
@@ -139,8 +139,12 @@ class Rig:
     # -- reading back --------------------------------------------------------------------
 
     def recorded(self) -> int:
+        """Activity steps recorded (a gather's marker row is no step)."""
         with self.romancy.storage.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(history)).scalar_one())
+            count = (
+                sa.select(sa.func.count()).select_from(history).where(history.c.kind == "activity")
+            )
+            return int(conn.execute(count).scalar_one())
 
     def recorded_or_none(self) -> int | None:
         """``recorded()``, or None while the database is down."""
@@ -164,7 +168,9 @@ class Rig:
                     history.c.step_id,
                     history.c.worker_id,
                     history.c.created_at,
-                ).order_by(history.c.id)
+                )
+                .where(history.c.kind == "activity")
+                .order_by(history.c.id)
             )
             return [
                 Recorded(r.instance_id, r.step_id, int(r.worker_id.rsplit(":", 1)[1]), r.created_at)

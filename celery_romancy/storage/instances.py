@@ -92,8 +92,14 @@ class InstanceQueries(StoreBase):
         instance = self._get_instance(conn, instance_id)
         if instance is None:
             return None
+        s = schema.steps
         now = schema.utcnow()
-        steps = [ref_of(s, now) for s in self._get_steps(conn, instance_id)]
+        rows = conn.execute(
+            sa.select(s.c.token, s.c.step_id, s.c.kind, s.c.lease_expires_at).where(
+                s.c.instance_id == instance_id
+            )
+        )
+        steps = [ref_of(r.token, r.step_id, r.kind, r.lease_expires_at, now) for r in rows]
         return Snapshot(instance, self._get_history(conn, instance_id), steps)
 
     def get_steps(self, instance_id: str) -> list[StepRecord]:

@@ -16,10 +16,11 @@ import dataclasses
 import functools
 import os
 import select
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
@@ -129,20 +130,21 @@ class PostgresStore(Store):
         rows = self._run(_claim_with_snapshot(), params)
         if not rows:
             return None
-        first = rows[0]
-        step = step_of(first, prefix="s_")
-        instance = instance_of(first)
+        (row,) = rows
+        step = step_of(row, prefix="s_")
+        instance = instance_of(row)
         if instance.status == Status.PENDING:  # set by the same statement, not seen by it
             instance = dataclasses.replace(instance, status=str(Status.RUNNING))
-        now = params["claim_now"]
-        history = [
-            HistoryEvent(**{name: row[f"h_{name}"] for name in HISTORY_COLUMNS})
-            for row in rows
-            if row["h_seq"] is not None
-        ]
-        steps = [ref_from_json(item, now) for item in first["in_flight"] or []]
-        snapshot = Snapshot(instance, history, steps)
+        snapshot = _snapshot_of(instance, row, params["claim_now"])
         return Claim(step=step, snapshot=snapshot, worker_id=worker_id, epoch=step.epoch)
+
+    def snapshot(self, instance_id: str, conn: Connection | None = None) -> Snapshot | None:
+        if conn is not None:
+            return super().snapshot(instance_id, conn)
+        rows = self._run(_snapshot_statement(), {"snapshot_instance_id": instance_id})
+        if not rows:
+            return None
+        return _snapshot_of(instance_of(rows[0]), rows[0], schema.utcnow())
 
     def commit(
         self,
@@ -189,7 +191,13 @@ class PostgresStore(Store):
             return CommitResult.FENCED  # the step is already recorded: a duplicate
         if fenced["fenced"] == 1:
             return CommitResult.COMMITTED
-        return CommitResult.MOVED if self.still_claimed(claim) else CommitResult.FENCED
+        # The claim still held when the statement began: the version had moved.
+        return CommitResult.MOVED if fenced["held"] else CommitResult.FENCED
+
+
+def _snapshot_of(instance: WorkflowInstance, row: dict[str, Any], now: datetime) -> Snapshot:
+    steps = [ref_from_json(item, now) for item in row["in_flight"] or []]
+    return Snapshot(instance, _history_events(row["history"]), steps)
 
 
 def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -309,14 +317,44 @@ def _commit_statement(shape: _CommitShape) -> PreparedStatement:
             .returning(c.c.id)
             .cte("compensated")
         )
-    stmt = sa.select(sa.func.count().label("fenced")).select_from(fenced).add_cte(*writes)
+    stmt = sa.select(
+        sa.select(sa.func.count()).select_from(fenced).scalar_subquery().label("fenced"),
+        claim_holds.label("held"),
+    ).add_cte(*writes)
     return PreparedStatement(stmt)
+
+
+def _in_flight(instance_id: Any) -> sa.ScalarSelect[Any]:
+    """The instance's steps as one JSON array (decoded once, whatever their number)."""
+    s = schema.steps
+    row = sa.func.json_build_array(s.c.token, s.c.step_id, s.c.kind, s.c.lease_expires_at)
+    return sa.select(sa.func.json_agg(row)).where(s.c.instance_id == instance_id).scalar_subquery()
+
+
+def _history(instance_id: Any) -> sa.ScalarSelect[Any]:
+    """The instance's history as one JSON array in seq order (see ``_history_events``)."""
+    h = schema.history
+    row = sa.func.json_build_array(*(h.c[name] for name in HISTORY_COLUMNS))
+    return (
+        sa.select(sa.func.json_agg(aggregate_order_by(row, h.c.seq)))
+        .where(h.c.instance_id == instance_id)
+        .scalar_subquery()
+    )
+
+
+def _history_events(rows: list[list[Any]] | None) -> list[HistoryEvent]:
+    events = []
+    for row in rows or []:
+        values = dict(zip(HISTORY_COLUMNS, row, strict=True))
+        values["created_at"] = datetime.fromisoformat(values["created_at"]).replace(tzinfo=UTC)
+        events.append(HistoryEvent(**values))
+    return events
 
 
 @functools.cache
 def _claim_with_snapshot() -> PreparedStatement:
-    """The claim, and the instance's row, history and steps in flight, in one statement."""
-    s, t, h = schema.steps, schema.instances, schema.history
+    """The claim, and the instance's row, steps and history, as one row of one statement."""
+    s, t = schema.steps, schema.instances
     claimed = StepProtocol.claim_statement().returning(*s.columns).cte("claimed")
     started = (
         StepProtocol.start_statement()
@@ -324,32 +362,29 @@ def _claim_with_snapshot() -> PreparedStatement:
         .returning(t.c.instance_id)
         .cte("started")
     )
-    other = s.alias("other")
-    in_flight = (
-        sa.select(
-            sa.func.json_agg(
-                sa.func.json_build_array(
-                    other.c.token, other.c.step_id, other.c.kind, other.c.lease_expires_at
-                )
-            )
-        )
-        .where(other.c.instance_id == claimed.c.instance_id)
-        .scalar_subquery()
-    )
+    instance_id: sa.BindParameter[str] = sa.bindparam("claim_instance_id")
     return PreparedStatement(
         sa.select(
             *(claimed.c[c.name].label(f"s_{c.name}") for c in s.columns),
             *t.columns,
-            in_flight.label("in_flight"),
-            *(h.c[name].label(f"h_{name}") for name in HISTORY_COLUMNS),
+            _in_flight(instance_id).label("in_flight"),
+            _history(instance_id).label("history"),
         )
-        .select_from(
-            claimed.join(t, t.c.instance_id == claimed.c.instance_id).outerjoin(
-                h, h.c.instance_id == claimed.c.instance_id
-            )
-        )
-        .order_by(h.c.seq)
+        .select_from(claimed.join(t, t.c.instance_id == claimed.c.instance_id))
         .add_cte(started)
+    )
+
+
+@functools.cache
+def _snapshot_statement() -> PreparedStatement:
+    t = schema.instances
+    instance_id: sa.BindParameter[str] = sa.bindparam("snapshot_instance_id")
+    return PreparedStatement(
+        sa.select(
+            *t.columns,
+            _in_flight(instance_id).label("in_flight"),
+            _history(instance_id).label("history"),
+        ).where(t.c.instance_id == instance_id)
     )
 
 

@@ -27,19 +27,19 @@ def step_of(mapping: Any, prefix: str = "") -> StepRecord:
     return StepRecord(**values)
 
 
-def ref_of(step: StepRecord, now: datetime) -> StepRef:
-    return StepRef(step.token, step.step_id, step.kind, _leased(step.lease_expires_at, now))
+def ref_of(
+    token: str, step_id: str, kind: str, lease_expires_at: datetime | None, now: datetime
+) -> StepRef:
+    """A step in flight as a transition sees it: leased while its lease has not run out."""
+    leased = lease_expires_at is not None and lease_expires_at > now
+    return StepRef(token, step_id, StepKind(kind), leased)
 
 
 def ref_from_json(item: list[Any], now: datetime) -> StepRef:
     """A step from PostgreSQL's ``json_build_array(token, step_id, kind, lease_expires_at)``."""
     token, step_id, kind, expires = item
     expires_at = datetime.fromisoformat(expires).replace(tzinfo=UTC) if expires else None
-    return StepRef(token, step_id, StepKind(kind), _leased(expires_at, now))
-
-
-def _leased(expires_at: datetime | None, now: datetime) -> bool:
-    return expires_at is not None and expires_at > now
+    return ref_of(token, step_id, kind, expires_at, now)
 
 
 def outbox_of(mapping: Any, **overrides: Any) -> OutboxRecord:

@@ -189,13 +189,6 @@ class StepProtocol(InstanceQueries):
             raise
         return CommitResult.COMMITTED
 
-    def still_claimed(self, claim: Claim) -> bool:
-        """Whether ``claim`` still holds its step (after a commit that did not apply)."""
-        s = schema.steps
-        with self.engine.connect() as conn:
-            found = conn.execute(sa.select(s.c.token).where(*held_by(claim)))
-            return found.first() is not None
-
     def renew_lease(self, claim: Claim, lease_seconds: float) -> bool:
         """Extend a held lease (heartbeat for long activities); False if it was lost."""
         s = schema.steps
