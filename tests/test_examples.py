@@ -72,3 +72,27 @@ def test_order_saga_with_failed_shipping_refunds_then_releases(tmp_path: Path) -
     assert lines[5].startswith("error: __main__.ShippingError: carrier refused the parcel")
     assert lines[5].endswith("(step ship_order:1)")
     assert not any(line.startswith("ship_order: shipped") for line in lines)
+
+
+def test_fan_out_example_gathers_in_argument_order(tmp_path: Path) -> None:
+    done = run_example("fan_out.py", tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == [
+        "receipt: receipt-ORD-7",
+        "hold: hold-ORD-7",
+        "labels: label:mug, label:tee, label:cap, label:pin",
+    ]
+    recorded = sorted(line.split()[-1] for line in lines[3:])
+    assert recorded == sorted(
+        ["gather:1", "charge:1", "reserve:1", "gather:2"]
+        + [f"print_label:{i}" for i in range(1, 5)]
+    )
+
+
+def test_the_readme_fan_out_example_is_the_one_that_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "example_project" / "fan_out.py").read_text()
+    start = readme.index("<!-- fan-out example -->")
+    block = readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    assert block.strip() and block in example
