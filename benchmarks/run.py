@@ -494,6 +494,9 @@ def main() -> int:
     parser.add_argument(
         "--only-fan-out", action="store_true", help="only the fan-out against a chord"
     )
+    parser.add_argument(
+        "--only-throughput", action="store_true", help="only saga3 against the chain, in rounds"
+    )
     args = parser.parse_args()
     if args.client:
         client_round(int(args.client[0]), args.client[1])
@@ -509,7 +512,8 @@ def main() -> int:
         bench = Bench(db_url, queue)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with worker(env, log) as process:
-            fan_out_rounds(bench, args.rounds)
+            if not args.only_throughput:
+                fan_out_rounds(bench, args.rounds)
             if args.only_fan_out:
                 return 0
             bench.workflows(50, "warm")
@@ -554,6 +558,8 @@ def main() -> int:
                 statistics.median(o["per_s"] / c["per_s"] for c, o in rounds),
                 "x",
             )
+            if args.only_throughput:
+                return 0
 
             single, single_chain = bench.single_latencies(100, "single")
             report("single_latency_p50", single * 1000, "ms")
