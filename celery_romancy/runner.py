@@ -20,6 +20,7 @@ from .failures import describe_error
 from .planning import dispatch_command, finish, plan_outcome, start_rollback
 from .replay import replay_recording
 from .retry import RetryPolicy
+from .settings import masked_url
 from .storage import Claim, CompensationRecord, HistoryEvent, StepWrite
 from .storage.schema import utcnow
 
@@ -47,6 +48,16 @@ class StepRunner:
                 # In flight elsewhere, or its worker died holding the lease: come back
                 # after the lease runs out rather than drop the only message for it.
                 raise LeaseHeldError(instance_id, held_for + 0.5)
+            if romancy.storage.get_instance(instance_id) is None:
+                # Not a duplicate: whoever started it wrote to another database.
+                logger.error(
+                    "celery_romancy: %s for instance %s, which the history database %s "
+                    "does not have: is romancy_database_url the same here as where it started?",
+                    task_name,
+                    instance_id,
+                    masked_url(romancy.settings.database_url),
+                )
+                return "unknown_instance"
             logger.info("celery_romancy: dropped duplicate %s for %s", task_name, instance_id)
             return "duplicate"
         pending = claim.instance.pending
