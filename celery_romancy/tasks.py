@@ -95,7 +95,7 @@ def refuse_unsafe_content(accepted: Any, settings: RomancySettings) -> None:
             f"this worker accepts {' and '.join(unsafe)} messages (accept_content="
             f"{list(accepted)!r}): whoever can publish to the broker could run code in it, "
             "since a message is decoded before any task sees it. celery_romancy's messages "
-            "are JSON: remove them from accept_content, or set "
+            f"are JSON: remove {' and '.join(unsafe)} from accept_content, or set "
             "romancy_allow_unsafe_content = True to take that risk knowingly"
         )
 
