@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -23,23 +24,38 @@ import sqlalchemy as sa
 from .app import Romancy
 from .contrib.status import instance_status
 from .errors import RomancyError, UnknownInstanceError
+from .settings import masked_url
 from .storage import STATUSES, WorkflowInstance
 from .storage.migrate import current_revision
 
 
 def romancy_of(app: Any) -> Romancy:
     """The ``Romancy`` bound to a Celery app (``Romancy(app)`` registers itself)."""
+    setup_django()
+    # What ``celery worker`` imports too: the Romancy and its workflows may live in
+    # modules the app imports lazily (Django's autodiscovered tasks.py).
+    app.loader.import_default_modules()
     found = getattr(app, "_celery_romancy", None)
-    if found is None:
-        # The Romancy may live in a module the app imports lazily (autodiscovered tasks).
-        app.loader.import_default_modules()
-        found = getattr(app, "_celery_romancy", None)
     if not isinstance(found, Romancy):
         raise click.UsageError(
             f"no Romancy is bound to the Celery app {app.main!r}: create Romancy(app) in the "
             "module -A names, or in one that module imports"
         )
     return found
+
+
+def setup_django() -> None:
+    """Load a Django project's apps, as Celery's worker does, before anything imports a
+    model: a ``django-db`` result backend does on the first publish."""
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return
+    try:
+        import django
+        from django.apps import apps
+    except ImportError:  # the variable set, Django not installed: not a Django project
+        return
+    if not apps.ready:
+        django.setup()
 
 
 @contextmanager
@@ -268,8 +284,8 @@ def migrate(ctx: click.Context) -> None:
         engine.migrate()
         with engine.storage.engine.connect() as conn:
             revision = current_revision(conn)
-    url = sa.make_url(engine.settings.database_url).render_as_string(hide_password=True)
-    click.echo(f"history schema at revision {revision} ({url})")
+    shown = masked_url(engine.settings.database_url)
+    click.echo(f"history schema at revision {revision} ({shown})")
 
 
 # -- formatting ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from .errors import ConfigurationError, LeaseHeldError, PoisonStepError, Seriali
 from .failures import describe_error
 from .planning import Plan, dispatch_step, wind_down
 from .retry import RetryPolicy
+from .settings import masked_url
 from .states import ACTIVE, HistoryKind, RunOutcome, Status, StepKind
 from .storage import Claim, CommitResult, HistoryEvent, StepWrite
 from .storage.records import InstanceChange
@@ -46,6 +47,16 @@ class StepRunner:
                 # In flight elsewhere, or its worker died holding the lease: come back
                 # after the lease runs out rather than drop the only message for it.
                 raise LeaseHeldError(instance_id, held_for + 0.5)
+            if not romancy.storage.instance_exists(instance_id):
+                # Not a duplicate: whoever started it wrote to another database.
+                logger.error(
+                    "celery_romancy: %s for instance %s, which the history database %s "
+                    "does not have: is romancy_database_url the same here as where it started?",
+                    task_name,
+                    instance_id,
+                    masked_url(romancy.settings.database_url),
+                )
+                return RunOutcome.UNKNOWN_INSTANCE
             logger.info("celery_romancy: dropped duplicate %s for %s", task_name, instance_id)
             return RunOutcome.DUPLICATE
         command = claim.command

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, fields
 from typing import Any
+
+import sqlalchemy as sa
 
 from .errors import ConfigurationError
 
@@ -31,6 +34,9 @@ class RomancySettings:
     outbox_source: str = "celery-romancy"
     # Queue for the beat jobs (recovery, timers, outbox); None: the default queue.
     maintenance_queue: str | None = None
+    # A worker refuses to start while the app accepts pickle or YAML messages (see
+    # tasks.refuse_unsafe_content); True accepts that risk knowingly.
+    allow_unsafe_content: bool = False
     # PostgreSQL: prepare the per-step statements once per connection. Turn off behind
     # PgBouncer in transaction mode, which moves a session between server connections.
     prepared_statements: bool = True
@@ -70,16 +76,46 @@ class RomancySettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"romancy_{name} must be a positive number, not {value!r}")
-        if not isinstance(self.prepared_statements, bool):
+        for name in ("prepared_statements", "allow_unsafe_content"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(
+                    f"romancy_{name} must be True or False, not {getattr(self, name)!r}"
+                )
+        self._validate_database_url()
+
+    def _validate_database_url(self) -> None:
+        url = self.database_url
+        if not isinstance(url, str) or "://" not in url:
+            shown = masked_url(url) if isinstance(url, str) else f"a {type(url).__name__}"
+            raise ConfigurationError(f"romancy_database_url must be a database URL, not {shown!r}")
+        try:
+            sa.make_url(url)
+        except (sa.exc.ArgumentError, ValueError) as exc:
+            # SQLAlchemy's message never holds the URL; ours must not hold its password.
             raise ConfigurationError(
-                f"romancy_prepared_statements must be True or False, not "
-                f"{self.prepared_statements!r}"
-            )
-        if not isinstance(self.database_url, str) or "://" not in self.database_url:
-            raise ConfigurationError(
-                f"romancy_database_url must be a database URL, not {self.database_url!r}"
-            )
+                f"romancy_database_url {masked_url(url)!r} is not a valid database URL: {exc}"
+            ) from None
 
     def resolved_worker_id(self) -> str:
         """The lease holder's name; read per process, as prefork children differ in pid."""
         return self.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+# A password passed as a query parameter (libpq accepts ``?password=``).
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&]*", re.IGNORECASE)
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit for a log line or an error message: any password is ``***``.
+
+    Done on the text, not with SQLAlchemy, so that a URL SQLAlchemy cannot parse is
+    masked too, and a password holding an unescaped ``@`` is hidden whole (SQLAlchemy
+    cuts it at the first ``@`` and shows the rest as the host). Where the text is
+    ambiguous it hides too much rather than too little.
+    """
+    scheme, separator, rest = url.partition("://")
+    head, body = (scheme + separator, rest) if separator else ("", url)
+    userinfo, at, host = body.rpartition("@")
+    if at and ":" in userinfo and not userinfo.startswith("/"):  # "/": a SQLite path
+        body = f"{userinfo.partition(':')[0]}:***@{host}"
+    return _QUERY_PASSWORD.sub(r"\g<key>***", head + body)

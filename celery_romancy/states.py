@@ -67,6 +67,7 @@ class RunOutcome(StrEnum):
     RECORDED = "recorded"
     RETRYING = "retrying"
     DUPLICATE = "duplicate"
+    UNKNOWN_INSTANCE = "unknown_instance"  # another history database started it
     FENCED = "fenced"
     MISMATCH = "mismatch"
     EARLY = "early"

@@ -7,15 +7,16 @@ it); the maintenance jobs are ``romancy.*`` tasks that beat sends.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from celery import Task, signals
+from celery import Task, bootsteps, signals
 
 from . import maintenance, outbox
 from .dispatch import WAKE_TASK
 from .errors import ConfigurationError, LeaseHeldError
-from .settings import RomancySettings
+from .settings import DEFAULT_DATABASE_URL, RomancySettings, masked_url
 
 if TYPE_CHECKING:
     from .app import Romancy
@@ -31,6 +32,13 @@ STEP_TASK_OPTIONS: dict[str, Any] = {
     "ignore_result": True,
 }
 MAINTENANCE_TASK_OPTIONS: dict[str, Any] = {"serializer": "json", "ignore_result": True}
+# Serializers whose decoder can run code the message's sender chose, by name and by
+# content type (``accept_content`` takes either). Kombu decodes YAML with ``safe_load``,
+# but a project may register its own YAML serializer: refused all the same.
+UNSAFE_CONTENT = {
+    "pickle": "application/x-python-serialize",
+    "yaml": "application/x-yaml",
+}
 
 
 def install(romancy: Romancy) -> None:
@@ -49,6 +57,62 @@ def install(romancy: Romancy) -> None:
             sender.scheduler.update_from_dict(maintenance.beat_schedule(romancy.settings))
 
     signals.beat_init.connect(add_beat_entries, weak=False)
+    app.steps["worker"].add(worker_startup_step(romancy))
+
+
+def worker_startup_step(romancy: Romancy) -> type[bootsteps.StartStopStep]:
+    """A worker bootstep: check the configuration and say which database the worker
+    records to, before the worker consumes its first message.
+
+    A bootstep rather than a signal: Celery logs and swallows what a signal receiver
+    raises, while a bootstep that raises stops the worker (exit code 1).
+    """
+
+    class RomancyStartup(bootsteps.StartStopStep):  # type: ignore[misc]  # untyped Celery
+        label = "celery_romancy"
+
+        def start(self, worker: Any) -> None:
+            settings = romancy.settings  # a bad setting stops the worker here, not mid-step
+            refuse_unsafe_content(romancy.app.conf.get("accept_content") or [], settings)
+            log_history_database(settings)
+
+    return RomancyStartup
+
+
+def refuse_unsafe_content(accepted: Any, settings: RomancySettings) -> None:
+    """``ConfigurationError`` if the worker would decode pickle or YAML messages.
+
+    Celery decodes a message before any task sees it, with the app's ``accept_content``
+    for every task alike, so one pickled message to any task name (a romancy step or
+    Celery's own ``celery.chord_unlock``) runs the code its sender put in it.
+    """
+    if settings.allow_unsafe_content:
+        return
+    names = {str(entry).lower() for entry in accepted}
+    unsafe = sorted(name for name, mime in UNSAFE_CONTENT.items() if {name, mime} & names)
+    if unsafe:
+        raise ConfigurationError(
+            f"this worker accepts {' and '.join(unsafe)} messages (accept_content="
+            f"{list(accepted)!r}): whoever can publish to the broker could run code in it, "
+            "since a message is decoded before any task sees it. celery_romancy's messages "
+            f"are JSON: remove {' and '.join(unsafe)} from accept_content, or set "
+            "romancy_allow_unsafe_content = True to take that risk knowingly"
+        )
+
+
+def log_history_database(settings: RomancySettings) -> None:
+    """Name the history database in the worker's startup log (password masked)."""
+    url = settings.database_url
+    logger.info("celery_romancy: workflow history in %s", masked_url(url))
+    if url == DEFAULT_DATABASE_URL:
+        # Only right for a single-process demo: other processes would write elsewhere.
+        logger.warning(
+            "celery_romancy: the history is the default %s, the file %s in this "
+            "worker's working directory: set romancy_database_url to the database the "
+            "processes that start workflows use",
+            url,
+            os.path.abspath("romancy.db"),
+        )
 
 
 def configure(romancy: Romancy) -> None:

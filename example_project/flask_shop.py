@@ -25,7 +25,8 @@ romancy_ext = FlaskRomancy(romancy)
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
-    app.config.from_prefixed_env()  # FLASK_ROMANCY_LEASE_TIMEOUT=600 -> ROMANCY_LEASE_TIMEOUT
+    # No ROMANCY_* settings here: they live on the Celery app (celery_app.py, from the
+    # environment), which the worker imports too; it never calls create_app.
     app.config.update(config or {})
     romancy_ext.init_app(app)
 

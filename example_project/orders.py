@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -107,9 +108,11 @@ SAMPLE_ORDER = OrderInput(
 
 
 def main() -> int:
+    # The id chosen here so that it is printed before the worker's first line.
+    instance_id = uuid.uuid4().hex
+    say(f"starting order_processing, instance id: {instance_id}")
     with in_process_worker(app):
-        instance_id = romancy.start_workflow(order_processing, SAMPLE_ORDER)
-        say(f"started order_processing, instance id: {instance_id}")
+        romancy.start_workflow(order_processing, SAMPLE_ORDER, instance_id=instance_id)
         instance = romancy.wait(instance_id, timeout=60)
     say(f"status: {instance.status}")
     if instance.status == "completed":

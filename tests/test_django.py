@@ -317,3 +317,77 @@ def test_the_documented_django_layout(tmp_path: Path) -> None:
 def _tables(path: Path) -> set[str]:
     with sqlite3.connect(path) as db:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+# -- JSON views under Django's default protections; the CLI with a django-db backend -------
+
+DEFAULT_MIDDLEWARE = [  # a new project's, less sessions, auth and messages (not installed)
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+
+def test_the_json_views_pass_csrf_checks_and_answer_404_for_a_missing_saga(
+    shop: ModuleType,
+) -> None:
+    """A JSON POST carries no CSRF token; the README's and the example's checkout view
+    is exempt. A saved order whose saga never started is a 404, not a 500."""
+    from example_project.django_shop.models import Checkout
+
+    with override_settings(MIDDLEWARE=DEFAULT_MIDDLEWARE):
+        client = Client(enforce_csrf_checks=True, raise_request_exception=False)
+        response = post_order(client, order(f"ORD-{uuid.uuid4().hex[:8]}"))
+        assert response.status_code == 202, response.content
+
+        # Saved with its order, but the start after the commit never happened.
+        lost = f"ORD-{uuid.uuid4().hex[:8]}"
+        Checkout.objects.create(order_id=lost, instance_id=f"never-started-{lost}")
+        missing = client.get(f"/orders/{lost}")
+        assert missing.status_code == 404
+        assert missing.json() == {"error": f"order {lost} has no saga"}
+
+
+def test_the_cli_sets_django_up_for_a_django_db_result_backend(tmp_path: Path) -> None:
+    """With django-celery-results' ``django-db`` backend, the first publish imports its
+    models: ``celery -A proj romancy resume`` must have set Django up by then."""
+    redis = redis_client()
+    project = ROOT / "tests" / "django_project"
+    queue = f"romancy-results-{uuid.uuid4().hex[:10]}"
+    (tmp_path / "results_settings.py").write_text(
+        "from proj.settings import *  # noqa: F403\n"
+        "INSTALLED_APPS = [*INSTALLED_APPS, 'django_celery_results']  # noqa: F405\n"
+        "CELERY_RESULT_BACKEND = 'django-db'\n"
+    )
+    env = {
+        **os.environ,
+        "SHOP_SQLITE_PATH": str(tmp_path / "shop.sqlite3"),
+        "SHOP_BROKER_URL": REDIS_URL,
+        "SHOP_QUEUE": queue,
+        "DJANGO_SETTINGS_MODULE": "results_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(project), str(ROOT)]),
+    }
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, cwd=project, env=env, capture_output=True, text=True, timeout=90, check=False
+        )
+
+    script = (
+        "import django; django.setup()\n"
+        "from proj.celery import romancy\n"
+        "from shop.tasks import greeting\n"
+        "print(romancy.start_workflow(greeting, 'Ada'))\n"
+    )
+    try:
+        started = run(sys.executable, "-c", script)
+        assert started.returncode == 0, started.stderr
+        redis.delete(queue)  # no worker: the step's message is dropped, resume sends it again
+        done = run(*celery("proj", "romancy", "resume", started.stdout.strip()))
+        assert done.returncode == 0, done.stderr
+        assert "AppRegistryNotReady" not in done.stderr
+        assert "could not publish" not in done.stderr
+        assert redis.llen(queue) == 1
+    finally:
+        redis.delete(queue)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +20,8 @@ from celery_romancy.contrib.flask import FlaskRomancy, current_romancy
 
 from .example_stack import QUEUE, example_worker, import_example, order
 from .ledger import wait_for
-from .services import redis_client
+from .processes import ROOT, ServiceProcess, celery, free_port, http, log_says
+from .services import REDIS_URL, redis_client
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +107,123 @@ def test_init_app_reports_mistakes() -> None:
     FlaskRomancy().init_app(late, romancy)  # the factory pattern: the Romancy given late
     with late.app_context():
         assert current_romancy() is romancy
+
+
+# -- the README's Flask layout, as processes ----------------------------------------------
+
+README = ROOT / "README.md"
+FILE_HEADER = re.compile(r"^# (shop/\w+\.py).*$", re.MULTILINE)
+# What the README leaves to the reader ("Order and order_processing ... as in the
+# Example"), and this test's own queue.
+WORKFLOWS = """
+from dataclasses import dataclass
+
+from celery_romancy import WorkflowContext
+
+celery_app.conf.task_default_queue = os.environ["SHOP_QUEUE"]
+
+
+@dataclass
+class Order:
+    order_id: str
+    amount: float
+
+
+@romancy.activity("readme_flask_charge")
+def charge(order_id: str, amount: float) -> str:
+    return f"charged {amount} for {order_id}"
+
+
+@romancy.workflow("readme_flask_order")
+def order_processing(ctx: WorkflowContext, order: Order) -> str:
+    return charge.execute(ctx, order.order_id, order.amount)
+"""
+
+
+def readme_flask_files(readme: Path) -> dict[str, str]:
+    """The files the README's Flask section shows (each starts with ``# shop/x.py``)."""
+    text = readme.read_text()
+    section = text[text.index("### Flask\n") : text.index("### Flower\n")]
+    files: dict[str, str] = {}
+    for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL):
+        parts = FILE_HEADER.split(block)  # ["", name, code, name, code, ...]
+        for name, code in zip(parts[1::2], parts[2::2], strict=True):
+            files[name] = code
+    return files
+
+
+def responding(url: str) -> Callable[[ServiceProcess], bool]:
+    """Ready when the server answers at all (a 404 is an answer)."""
+
+    def ready(_: ServiceProcess) -> bool:
+        try:
+            http("GET", url)
+        except OSError:  # not listening yet
+            return False
+        return True
+
+    return ready
+
+
+def test_the_readme_flask_layout_records_where_its_worker_reads(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The README's Flask files and commands, as processes: the web app and a worker
+    that never calls ``create_app`` use the same history database, and the workflow the
+    web app starts completes."""
+    files = readme_flask_files(README)
+    assert {"shop/workflows.py", "shop/extensions.py", "shop/app.py"} <= set(files)
+    section = README.read_text().split("### Flask\n")[1].split("### Flower\n")[0]
+    assert "celery -A shop.workflows worker" in section
+    assert "flask --app shop.app:create_app run" in section
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    for name, code in files.items():
+        extra = WORKFLOWS if name == "shop/workflows.py" else ""
+        (tmp_path / name).write_text(code + extra)
+
+    redis = redis_client()
+    queue = f"romancy-readme-flask-{uuid.uuid4().hex[:10]}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "ROMANCY"))},
+        "CELERY_BROKER_URL": REDIS_URL,
+        "ROMANCY_DATABASE_URL": pg_url,
+        "SHOP_QUEUE": queue,
+        "PYTHONPATH": str(tmp_path),
+    }
+    port = free_port()
+    web = ServiceProcess(
+        "readme-flask-web",
+        [sys.executable, "-m", "flask", "--app", "shop.app:create_app", "run", "--port", str(port)],
+        env,
+        tmp_path,
+        cwd=tmp_path,
+    )
+    name = f"readme-flask-{uuid.uuid4().hex[:6]}@localhost"
+    worker = ServiceProcess(
+        "readme-flask-worker",
+        celery("shop.workflows", "worker", "-l", "INFO", "-c", "1", "-n", name),
+        env,
+        tmp_path,
+        cwd=tmp_path,  # where a worker without the URL would put sqlite:///romancy.db
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        worker.start(log_says(" ready."))
+        assert f"celery_romancy: workflow history in {pg_url}" in worker.log()
+        web.start(responding(f"{base}/orders/none-yet"))
+        status, body = http("POST", f"{base}/orders", {"order_id": "ORD-R1", "amount": 9.5})
+        assert status == 202, body
+        instance_id = body["instance_id"]
+
+        def completed() -> bool:
+            return bool(http("GET", f"{base}/orders/{instance_id}")[1]["status"] == "completed")
+
+        wait_for(completed, 60, "the README's worker to finish the web app's workflow")
+        assert http("GET", f"{base}/orders/{instance_id}")[1]["output"] == "charged 9.5 for ORD-R1"
+        assert http("GET", f"{base}/orders/no-such-order")[0] == 404
+        assert not (tmp_path / "romancy.db").exists()
+    finally:
+        web.stop()
+        worker.stop()
+        redis.delete(queue)

@@ -3,7 +3,7 @@
 The Celery app is configured from the environment too (``example_project/celery_app.py``)
 because the Flask app and the workers share it. A Django-only project would rather
 write ``app.config_from_object("django.conf:settings", namespace="CELERY")`` and
-``DjangoRomancy(app)``: see docs/integrations.md.
+``DjangoRomancy(app)``: see the README's Django section.
 """
 
 import os
@@ -15,7 +15,14 @@ INSTALLED_APPS = [
     "celery_romancy.contrib.django",  # manage.py romancy_migrate
     "example_project.django_shop",
 ]
-MIDDLEWARE: list[str] = []  # a JSON API: no sessions, no CSRF
+# Django's defaults, less sessions, auth and messages (a JSON API has no logins):
+# CSRF checks stay on, so the checkout view shows how a JSON POST passes them.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
 ROOT_URLCONF = "example_project.django_shop.urls"
 WSGI_APPLICATION = "example_project.django_shop.wsgi.application"
 DATABASES = {

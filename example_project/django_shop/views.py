@@ -4,8 +4,10 @@ import json
 
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from celery_romancy import UnknownInstanceError
 from celery_romancy.contrib.django import start_workflow_on_commit
 from celery_romancy.contrib.status import instance_status
 from example_project.celery_app import romancy
@@ -15,6 +17,9 @@ from example_project.shop import order_from_json
 from .models import Checkout
 
 
+# A JSON API for other programs, which hold no CSRF token: Django's CSRF middleware
+# would answer 403. Authenticate such callers another way in a real shop.
+@csrf_exempt
 @require_POST
 def checkout(request: HttpRequest) -> JsonResponse:
     try:
@@ -37,7 +42,10 @@ def order_status(request: HttpRequest, order_id: str) -> JsonResponse:
     placed = Checkout.objects.filter(order_id=order_id).first()
     if placed is None:
         return JsonResponse({"error": f"no order {order_id}"}, status=404)
-    instance = romancy.get_instance(placed.instance_id)
+    try:
+        instance = romancy.get_instance(placed.instance_id)
+    except UnknownInstanceError:  # saved, but its start after the commit failed
+        return JsonResponse({"error": f"order {order_id} has no saga"}, status=404)
     return JsonResponse({"order_id": order_id, **instance_status(instance)})
 
 

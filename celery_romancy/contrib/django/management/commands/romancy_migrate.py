@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from celery_romancy import Romancy, RomancyError
 from celery_romancy.contrib.django import database_url_from_django
+from celery_romancy.settings import masked_url
 from celery_romancy.storage import open_store
 from celery_romancy.storage.migrate import current_revision
 
@@ -42,7 +43,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no type hints
                 store.dispose()
         except (RomancyError, sa.exc.SQLAlchemyError) as exc:
             raise CommandError(str(exc)) from exc
-        shown = sa.make_url(url).render_as_string(hide_password=True)
+        shown = masked_url(url)
         self.stdout.write(f"history schema at revision {revision} ({shown})")
 
     def _configured_url(self, alias: str) -> str:
