@@ -2,14 +2,21 @@
 
 from .app import Romancy
 from .context import ActivityInfo, WorkflowContext, current_activity
-from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
+from .definitions import (
+    ActivityDefinition,
+    CompensationDefinition,
+    StepSignature,
+    WorkflowDefinition,
+)
 from .errors import (
     ActivityError,
     ConfigurationError,
+    EventConflictError,
     EventTimeoutError,
     InstanceStateError,
     InvalidArgumentsError,
     NonDeterminismError,
+    PayloadTooLargeError,
     PoisonStepError,
     RomancyError,
     SerializationError,
@@ -30,17 +37,20 @@ __all__ = [
     "ActivityInfo",
     "CompensationDefinition",
     "ConfigurationError",
+    "EventConflictError",
     "EventTimeoutError",
     "HistoryEvent",
     "InstanceStateError",
     "InvalidArgumentsError",
     "NonDeterminismError",
+    "PayloadTooLargeError",
     "PoisonStepError",
     "RetryPolicy",
     "Romancy",
     "RomancyError",
     "RomancySettings",
     "SerializationError",
+    "StepSignature",
     "TerminalError",
     "UnknownInstanceError",
     "UnknownWorkflowError",

@@ -18,7 +18,7 @@ from celery_romancy.errors import (
     SerializationError,
 )
 from celery_romancy.failures import describe_error, rebuild_error
-from celery_romancy.replay import Completed, Diverged, Failed, Waiting, replay
+from celery_romancy.replay import Completed, Diverged, Failed, Waiting, replay, replay_recording
 from celery_romancy.retry import RetryPolicy
 from celery_romancy.storage import HistoryEvent
 
@@ -370,3 +370,95 @@ def test_rebuild_error_of_an_importable_type_restores_it() -> None:
 
     assert type(error) is PaymentDeclinedError
     assert error.args == ("card expired", 51)
+
+
+# -- gather: which branches run, in what order results come back --------------------------
+
+
+def _label(item: str) -> str:
+    raise AssertionError("activities do not run during replay")
+
+
+label = activity("label", _label)
+MARKER = HistoryEvent(0, "gather:1", "gather", "gather", result=["label", "label", "label"])
+
+
+def _labels(ctx: WorkflowContext, limit: int | None) -> list[str]:
+    return ctx.map(label, ["x", "y", "z"], max_concurrency=limit)
+
+
+labels = WorkflowDefinition("labels", _labels)
+
+
+def sent(outcome: Any) -> list[str]:
+    assert isinstance(outcome, Waiting), outcome
+    return [command.step_id for command in outcome.commands]
+
+
+def test_a_gather_sends_every_branch_with_its_own_step_id_and_one_group() -> None:
+    outcome, recorded = replay_recording(labels, "g-1", {"limit": None}, [])
+    assert sent(outcome) == ["label:1", "label:2", "label:3"]
+    assert isinstance(outcome, Waiting)
+    assert [c.seq for c in outcome.commands] == [1, 2, 3]
+    assert [c.arguments for c in outcome.commands] == [{"item": i} for i in "xyz"]
+    assert {c.group_id for c in outcome.commands} == {"g-1:gather:1"}
+    assert [(e.step_id, e.result) for e in recorded] == [("gather:1", ["label"] * 3)]
+
+
+def test_max_concurrency_sends_the_first_free_branches_in_argument_order() -> None:
+    assert sent(replay(labels, "g-2", {"limit": 2}, [MARKER])) == ["label:1", "label:2"]
+    # label:2 finished first: label:3 takes its slot; label:1 is still on its way.
+    history = [MARKER, done(2, "label:2", "y")]
+    assert sent(replay(labels, "g-2", {"limit": 2}, history, {"label:1"})) == [
+        "label:1",
+        "label:3",
+    ]
+
+
+def test_results_come_back_in_argument_order_whatever_order_they_were_recorded_in() -> None:
+    history = [MARKER, done(3, "label:3", "Z"), done(1, "label:1", "X"), done(2, "label:2", "Y")]
+    assert replay(labels, "g-3", {"limit": None}, history) == Completed(["X", "Y", "Z"])
+
+
+def test_a_failed_branch_waits_for_those_in_flight_then_raises_the_first_failure() -> None:
+    error = describe_error(PaymentDeclinedError("card expired", 51), "label:2")
+    history = [MARKER, failed(2, "label:2", error)]
+    # label:1 and label:3 still run: nothing new is sent, nothing is decided.
+    assert sent(replay(labels, "g-4", {"limit": None}, history, {"label:1", "label:3"})) == []
+    history += [done(1, "label:1", "X"), done(3, "label:3", "Z")]
+    outcome = replay(labels, "g-4", {"limit": None}, history)
+    assert isinstance(outcome, Failed)
+    assert outcome.error["type"].endswith("PaymentDeclinedError")
+
+
+def test_a_failed_branch_stops_the_branches_not_yet_sent() -> None:
+    error = describe_error(PaymentDeclinedError("card expired", 51), "label:1")
+    history = [MARKER, failed(1, "label:1", error)]
+    # With max_concurrency=1, label:2 and label:3 were never sent: the gather raises.
+    outcome = replay(labels, "g-5", {"limit": 1}, history)
+    assert isinstance(outcome, Failed)
+
+
+def test_an_empty_gather_returns_no_results_without_a_step() -> None:
+    def _nothing(ctx: WorkflowContext) -> list[Any]:
+        return ctx.gather() + ctx.map(label, [])
+
+    outcome, recorded = replay_recording(WorkflowDefinition("none", _nothing), "g-6", {}, [])
+    assert outcome == Completed([])
+    assert recorded == []
+
+
+def test_changing_the_branches_of_a_recorded_gather_is_nondeterminism() -> None:
+    def _four(ctx: WorkflowContext) -> list[str]:
+        return ctx.map(label, ["w", "x", "y", "z"])
+
+    history = [MARKER, done(1, "label:1", "X")]
+    outcome = replay(WorkflowDefinition("labels", _four), "g-7", {}, history)
+    assert isinstance(outcome, Diverged)
+    assert "gather of ['label', 'label', 'label']" in str(outcome.error)
+
+    def _other(ctx: WorkflowContext) -> list[Any]:
+        return ctx.gather(label.s("x"), a.s(), label.s("z"))
+
+    outcome = replay(WorkflowDefinition("labels", _other), "g-7", {}, history)
+    assert isinstance(outcome, Diverged)
