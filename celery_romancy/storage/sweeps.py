@@ -18,6 +18,8 @@ from .rows import step_of
 
 _TASK_KINDS = [str(StepKind.ACTIVITY), str(StepKind.COMPENSATION)]
 _WAIT_KINDS = [str(StepKind.TIMER), str(StepKind.WAIT_EVENT)]
+# A literal, not a bound value: the planners can then use the partial index on waits.
+_IS_EVENT_WAIT = schema.steps.c.kind == sa.literal_column(f"'{StepKind.WAIT_EVENT}'")
 
 
 class SweptStep(NamedTuple):
@@ -87,9 +89,7 @@ class SweepQueries(StoreBase):
     ) -> list[SweptStep]:
         """Event waits that an event of ``event_type`` so addressed would reach."""
         s = schema.steps
-        stmt = _with_workflow().where(
-            s.c.kind == str(StepKind.WAIT_EVENT), s.c.wait_event_type == event_type
-        )
+        stmt = _with_workflow().where(_IS_EVENT_WAIT, s.c.wait_event_type == event_type)
         if instance_id is not None:
             stmt = stmt.where(s.c.instance_id == instance_id)
         else:
@@ -115,7 +115,7 @@ class SweepQueries(StoreBase):
             )
             .exists()
         )
-        stmt = _with_workflow().where(s.c.kind == str(StepKind.WAIT_EVENT), kept).limit(limit)
+        stmt = _with_workflow().where(_IS_EVENT_WAIT, kept).limit(limit)
         with self.engine.connect() as conn:
             return [SweptStep(r.workflow_name, step_of(r._mapping)) for r in conn.execute(stmt)]
 

@@ -59,7 +59,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_romancy_steps_kind_dispatch", "romancy_steps", ["kind", "dispatch_at"])
     op.create_index(
-        "ix_romancy_steps_waiting", "romancy_steps", ["wait_event_type", "wait_correlation_id"]
+        "ix_romancy_steps_waiting",
+        "romancy_steps",
+        ["wait_event_type", "wait_correlation_id"],
+        postgresql_where=sa.text("kind = 'wait_event'"),
+        sqlite_where=sa.text("kind = 'wait_event'"),
     )
     instances = sa.table(
         "romancy_instances",
