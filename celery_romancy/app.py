@@ -6,14 +6,13 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from celery import Celery
 
-from . import events, maintenance, operations, outbox, tasks
+from . import events, maintenance, operations, outbox, tasks, transition
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
-from .dispatch import NewInstance, publish
 from .errors import (
     RomancyError,
     UnknownInstanceError,
@@ -22,15 +21,11 @@ from .errors import (
     WorkflowFailedError,
 )
 from .heartbeat import LeaseKeeper
-from .planning import plan_outcome
 from .registry import Registry
-from .replay import replay_recording
 from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from .runner import StepRunner
 from .settings import RomancySettings
-from .states import Status, StepKind
 from .storage import HistoryEvent, Store, WorkflowInstance, open_store
-from .transition import recorded_rows
 from .validation import check_identifier, check_text, is_possible_identifier, shorten
 
 P = ParamSpec("P")
@@ -196,30 +191,7 @@ class Romancy:
             prepared.input_data,
             prepared.instance_id,
         )
-        ref = NewInstance(instance_id, definition.name)
-        # Replaying with empty history finds the first steps (or an immediate end).
-        outcome, recorded = replay_recording(definition, instance_id, input_data, [])
-        rows = recorded_rows(recorded)
-        plan = plan_outcome(
-            ref,
-            None,
-            outcome,
-            [],
-            lambda: list(reversed(rows.registrations)),
-            self.registry.compensation_queue,
-        )
-        change = plan.change
-        if any(s.command.kind.runs_as_task for s in plan.add) and change.status == Status.RUNNING:
-            change = replace(change, status=Status.PENDING)  # not picked up yet
-        instance, created = self.storage.create_instance(
-            {
-                "instance_id": instance_id,
-                "workflow_name": definition.name,
-                "input_data": input_data,
-                **change.columns(),
-            },
-            replace(rows, add_steps=plan.add),
-        )
+        instance, created = transition.start(self, definition.name, instance_id, input_data)
         if not created:
             if instance.workflow_name != definition.name:
                 raise WorkflowAlreadyStartedError(
@@ -231,11 +203,6 @@ class Romancy:
                     f"was already started with other arguments for {definition.name!r}; "
                     "start it with the same arguments to get it back, or choose another id",
                 )
-            return instance_id
-        for dispatch in plan.dispatches:
-            publish(self.app, dispatch)
-        if any(s.command.kind is StepKind.WAIT_EVENT for s in plan.add):
-            events.deliver_kept_event(self, instance_id)  # sent before the start
         return instance_id
 
     def get_instance(self, instance_id: str) -> WorkflowInstance:

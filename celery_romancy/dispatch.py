@@ -24,12 +24,6 @@ class InstanceRef(Protocol):
 
 
 @dataclass(frozen=True)
-class NewInstance:
-    instance_id: str
-    workflow_name: str
-
-
-@dataclass(frozen=True)
 class Dispatch:
     """One message: run ``command`` of ``instance_id``; ``token`` makes duplicates detectable."""
 

@@ -27,6 +27,7 @@ from .storage import (
     HistoryEvent,
     Snapshot,
     StepWrite,
+    WorkflowInstance,
 )
 from .storage.schema import utcnow
 
@@ -79,13 +80,7 @@ def apply(
         )
         result = store.commit(snapshot, write, claim, conn)
         if result is CommitResult.COMMITTED:
-            for dispatch in plan.dispatches:
-                publish(romancy.app, dispatch)
-            if any(s.command.kind is StepKind.WAIT_EVENT for s in plan.add):
-                # An event may have come before the wait: deliver it now (see events.py).
-                from .events import deliver_kept_event
-
-                deliver_kept_event(romancy, snapshot.instance.instance_id)
+            _committed(romancy, snapshot.instance.instance_id, plan)
             return result
         if result is CommitResult.FENCED:
             return result
@@ -96,6 +91,50 @@ def apply(
     raise RuntimeError(
         f"instance {snapshot.instance.instance_id} kept moving under {MAX_TRIES} tries"
     )
+
+
+def start(
+    romancy: Romancy, workflow_name: str, instance_id: str, input_data: dict[str, Any]
+) -> tuple[WorkflowInstance, bool]:
+    """A new instance, planned like every transition (a replay of an empty history
+    finds its first steps, or its end); its row, those steps and whatever the body
+    recorded before them are inserted at once, unless the id exists."""
+    now = utcnow()
+    new = WorkflowInstance(
+        instance_id=instance_id,
+        workflow_name=workflow_name,
+        status=Status.PENDING,
+        input_data=input_data,
+        output_data=None,
+        error=None,
+        version=0,
+        cancel_reason=None,
+        created_at=now,
+        updated_at=now,
+    )
+    planned = replayed(romancy, StepWrite())(Snapshot(new, [], []))
+    plan = planned.plan
+    change = plan.change
+    if change.status == Status.RUNNING:
+        change = replace(change, status=Status.PENDING)  # not picked up yet
+    values = {"instance_id": instance_id, "workflow_name": workflow_name, "input_data": input_data}
+    instance, created = romancy.storage.create_instance(
+        {**values, **change.columns()}, replace(planned.rows, add_steps=plan.add)
+    )
+    if created:
+        _committed(romancy, instance_id, plan)
+    return instance, created
+
+
+def _committed(romancy: Romancy, instance_id: str, plan: Plan) -> None:
+    """What follows a commit: its messages, and an event that may have come before a wait
+    it began (see events.py)."""
+    for dispatch in plan.dispatches:
+        publish(romancy.app, dispatch)
+    if any(s.command.kind is StepKind.WAIT_EVENT for s in plan.add):
+        from .events import deliver_kept_event
+
+        deliver_kept_event(romancy, instance_id)
 
 
 # -- the plans ------------------------------------------------------------------------

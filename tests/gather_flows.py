@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from celery_romancy import RetryPolicy, Romancy, WorkflowContext
+from celery_romancy import RetryPolicy, Romancy, TerminalError, WorkflowContext
 
 from .ledger import Gate, Ledger
 
@@ -23,7 +23,9 @@ class Label:
     number: int
 
 
-class LabelPrinterJamError(Exception):
+class LabelPrinterJamError(TerminalError):
+    """A terminal failure of one branch, with attributes of its own."""
+
     def __init__(self, item: str, tray: int) -> None:
         super().__init__(f"printer jammed on {item} (tray {tray})")
         self.item = item
@@ -85,7 +87,8 @@ def register_gathers(romancy: Romancy, folder: Path) -> None:
         ledger.record(f"reserve:{order_id}")
         return f"hold-{order_id}"
 
-    @romancy.activity("g_jam", compensation=g_release, retry=NO_RETRY)
+    # Retries would be allowed: TerminalError fails it at once all the same.
+    @romancy.activity("g_jam", compensation=g_release, retry=RetryPolicy(max_attempts=5))
     def g_jam(order_id: str) -> str:
         ledger.record(f"jam:{order_id}")
         raise LabelPrinterJamError(order_id, 2)
