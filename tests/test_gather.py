@@ -45,9 +45,9 @@ def step_ids(harness: Harness, instance_id: str) -> list[str]:
 
 
 def test_sixteen_branches_run_at_the_same_time_and_come_back_in_order(harness: Harness) -> None:
-    instance_id = harness.romancy.start_workflow("label_all", "par", 16, None)
-    for _ in range(2):
+    for _ in range(2):  # both ready before the fan-out, so both take branches
         harness.worker_process(concurrency=2).start()
+    instance_id = harness.romancy.start_workflow("label_all", "par", 16, None)
 
     labels = harness.romancy.result(instance_id, timeout=90)
 
@@ -65,9 +65,9 @@ def test_sixteen_branches_run_at_the_same_time_and_come_back_in_order(harness: H
 
 
 def test_max_concurrency_bounds_the_branches_running_at_once(harness: Harness) -> None:
-    instance_id = harness.romancy.start_workflow("label_all", "lim", 8, 2)
-    for _ in range(2):
+    for _ in range(2):  # four slots in all: only max_concurrency holds them back
         harness.worker_process(concurrency=2).start()
+    instance_id = harness.romancy.start_workflow("label_all", "lim", 8, 2)
 
     labels = harness.romancy.result(instance_id, timeout=90)
 
