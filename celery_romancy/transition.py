@@ -66,24 +66,11 @@ def apply(
     base = step_rows or StepWrite()
     store = romancy.storage
     for _ in range(MAX_TRIES):
-        # The claimed step ends with this commit: plan as if it were gone already.
-        planned = plan_for(snapshot if claim is None else snapshot.ending(claim.step.token))
-        plan, rows = planned.plan, planned.rows
-        write = replace(
-            base,
-            instance_changes=plan.change,
-            remove_steps=plan.remove,
-            add_steps=plan.add,
-            events=[*base.events, *rows.events],
-            registrations=[*base.registrations, *rows.registrations],
-            outbox=[*base.outbox, *rows.outbox],
-        )
-        result = store.commit(snapshot, write, claim, conn)
-        if result is CommitResult.COMMITTED:
-            _committed(romancy, snapshot.instance.instance_id, plan)
+        result = _try(romancy, snapshot, plan_for, base, claim, conn)
+        if result is not CommitResult.MOVED:
             return result
-        if result is CommitResult.FENCED:
-            return result
+        # Another transition went first (or the plan needs the history the claim left
+        # out): read the instance again and plan anew.
         fresh = store.snapshot(snapshot.instance.instance_id, conn)
         if fresh is None:
             return CommitResult.FENCED
@@ -91,6 +78,40 @@ def apply(
     raise RuntimeError(
         f"instance {snapshot.instance.instance_id} kept moving under {MAX_TRIES} tries"
     )
+
+
+def _try(
+    romancy: Romancy,
+    snapshot: Snapshot,
+    plan_for: PlanFor,
+    base: StepWrite,
+    claim: Claim | None,
+    conn: Connection | None,
+) -> CommitResult:
+    """One plan and one commit."""
+    try:
+        # The claimed step ends with this commit: plan as if it were gone already.
+        planned = plan_for(snapshot if claim is None else snapshot.ending(claim.step.token))
+    except _HistoryNeededError:
+        return CommitResult.MOVED
+    plan, rows = planned.plan, planned.rows
+    write = replace(
+        base,
+        instance_changes=plan.change,
+        remove_steps=plan.remove,
+        add_steps=plan.add,
+        events=[*base.events, *rows.events],
+        registrations=[*base.registrations, *rows.registrations],
+        outbox=[*base.outbox, *rows.outbox],
+    )
+    result = romancy.storage.commit(snapshot, write, claim, conn)
+    if result is CommitResult.COMMITTED:
+        _committed(romancy, snapshot.instance.instance_id, plan)
+    return result
+
+
+class _HistoryNeededError(Exception):
+    """A plan needs the history its snapshot left out."""
 
 
 def start(
@@ -171,6 +192,8 @@ def replayed(
             # (the body runs one gather at a time). Only the last one replays, so a
             # fan-out of n costs n commits, not n replays of n steps.
             return Planned(Plan())
+        if not snapshot.complete:
+            raise _HistoryNeededError
         workflow = romancy.registry.workflow(instance.workflow_name)
         outcome, new_events = replay_recording(
             workflow,

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
-from ..states import Status
+from ..states import Status, StepKind
 from . import schema
 from .instances import HISTORY_COLUMNS
 from .prepared import PreparedStatement
@@ -197,7 +197,8 @@ class PostgresStore(Store):
 
 def _snapshot_of(instance: WorkflowInstance, row: dict[str, Any], now: datetime) -> Snapshot:
     steps = [ref_from_json(item, now) for item in row["in_flight"] or []]
-    return Snapshot(instance, _history_events(row["history"]), steps)
+    complete = row.get("history_read", True)
+    return Snapshot(instance, _history_events(row["history"]), steps, complete)
 
 
 def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -363,12 +364,32 @@ def _claim_with_snapshot() -> PreparedStatement:
         .cte("started")
     )
     instance_id: sa.BindParameter[str] = sa.bindparam("claim_instance_id")
+    # A branch of a gather that sent every branch at once, with siblings in flight, will
+    # not replay when it is recorded (transition.replayed): its claim need not read the
+    # history, which grows with the fan-out. Should it replay after all, it reads again.
+    other = s.alias("sibling")
+    siblings_run = sa.exists(
+        sa.select(other.c.token).where(
+            other.c.instance_id == instance_id,
+            other.c.token != claimed.c.token,
+            other.c.kind == str(StepKind.ACTIVITY),
+        )
+    )
+
+    def field(name: str) -> sa.ColumnElement[str]:
+        key: sa.ColumnElement[str] = sa.literal_column(f"'{name}'")
+        return sa.func.json_extract_path_text(claimed.c.command, key)
+
+    history_read = sa.not_(
+        sa.and_(field("group_id").is_not(None), field("group_limit").is_(None), siblings_run)
+    )
     return PreparedStatement(
         sa.select(
             *(claimed.c[c.name].label(f"s_{c.name}") for c in s.columns),
             *t.columns,
             _in_flight(instance_id).label("in_flight"),
-            _history(instance_id).label("history"),
+            sa.case((history_read, _history(instance_id)), else_=sa.null()).label("history"),
+            history_read.label("history_read"),
         )
         .select_from(claimed.join(t, t.c.instance_id == claimed.c.instance_id))
         .add_cte(started)

@@ -76,10 +76,14 @@ class Snapshot:
     instance: WorkflowInstance
     history: list[HistoryEvent]
     steps: list[StepRef]
+    # False when the claim of a gather branch left the history out (see postgres.py):
+    # a transition that needs it reads the instance again.
+    complete: bool = True
 
     def ending(self, token: str) -> Snapshot:
         """The snapshot as a transition that ends step ``token`` plans from."""
-        return Snapshot(self.instance, self.history, [s for s in self.steps if s.token != token])
+        steps = [s for s in self.steps if s.token != token]
+        return Snapshot(self.instance, self.history, steps, self.complete)
 
 
 @dataclass(frozen=True)
