@@ -165,21 +165,19 @@ def replayed(
     romancy: Romancy,
     step_rows: StepWrite,
     *,
-    ended: frozenset[str] = frozenset(),
     parent_id: str | None = None,
     revive: bool = False,
     branch_of: ActivityCommand | None = None,
 ) -> PlanFor:
     """Replay with the finished step's history added and plan what follows.
 
-    ``ended``: tokens of steps this transition ends besides a claimed one. ``revive``:
-    replay an instance parked as failed too (``resume``). ``branch_of``: the finished
-    step's command, when it is a branch of a gather.
+    ``revive``: replay an instance parked as failed too (``resume``). ``branch_of``:
+    the finished step's command, when it is a branch of a gather.
     """
 
     def plan_for(snapshot: Snapshot) -> Planned:
         instance = snapshot.instance
-        in_flight = [s for s in snapshot.steps if s.token not in ended]
+        in_flight = snapshot.steps
         if instance.status not in ACTIVE and not revive:
             # A branch recorded after the instance moved past it (a rollback begun, the
             # instance parked or ended): keep its record, decide nothing.
@@ -223,9 +221,7 @@ def replayed(
     return plan_for
 
 
-def rolled_back(
-    romancy: Romancy, undone_step: str | None, ended: frozenset[str] = frozenset()
-) -> PlanFor:
+def rolled_back(romancy: Romancy, undone_step: str | None) -> PlanFor:
     """The next compensation after ``undone_step`` (or the first), or the end."""
 
     def plan_for(snapshot: Snapshot) -> Planned:
@@ -236,7 +232,7 @@ def rolled_back(
             if c.step_id != undone_step
         ]
         final = Status.CANCELLED if instance.cancel_reason is not None else Status.FAILED
-        in_flight = [s for s in snapshot.steps if s.token not in ended]
+        in_flight = snapshot.steps
         plan = start_rollback(
             instance,
             instance.error,
