@@ -26,7 +26,13 @@ from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from .runner import StepRunner
 from .settings import RomancySettings
 from .storage import HistoryEvent, Store, WorkflowInstance, open_store
-from .validation import check_identifier, check_text, is_possible_identifier, shorten
+from .validation import (
+    check_identifier,
+    check_payload_size,
+    check_text,
+    is_possible_identifier,
+    shorten,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -182,6 +188,7 @@ class Romancy:
         if instance_id is not None:
             check_identifier(instance_id, "instance_id")
         input_data = definition.shape.bind(args, kwargs)
+        check_payload_size(input_data, self.settings.max_payload_bytes, "the workflow input")
         return PreparedStart(definition, input_data, instance_id or uuid.uuid4().hex)
 
     def start_prepared(self, prepared: PreparedStart) -> str:

@@ -23,13 +23,12 @@ from .errors import (
     EventConflictError,
     InstanceStateError,
     InvalidArgumentsError,
-    PayloadTooLargeError,
     SerializationError,
 )
 from .serialization import JSONValue, decode, encode
 from .states import HistoryKind, RunOutcome, StepKind
 from .storage import HistoryEvent
-from .validation import MAX_ID_LENGTH, MAX_NAME_LENGTH, check_identifier
+from .validation import MAX_ID_LENGTH, MAX_NAME_LENGTH, check_identifier, check_payload_size
 
 if TYPE_CHECKING:
     from .app import Romancy
@@ -123,19 +122,6 @@ def check_data_type(payload: JSONValue, data_type: Any) -> None:
     except SerializationError as exc:
         detail = f"{exc.path}: {exc.problem}" if exc.problem is not None else str(exc)
         raise InvalidArgumentsError(f"event data does not fit data_type: {detail}") from None
-
-
-def check_payload_size(payload: JSONValue, limit: int, what: str) -> None:
-    """Refuse a value whose compact JSON form (UTF-8) is larger than ``limit`` bytes."""
-    try:
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    except RecursionError:
-        raise InvalidArgumentsError(f"{what} is nested too deeply") from None
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > limit:
-        raise PayloadTooLargeError(
-            f"{what} is {size} bytes as JSON; the limit (romancy_max_payload_bytes) is {limit}"
-        )
 
 
 def event_key(

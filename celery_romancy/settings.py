@@ -41,11 +41,17 @@ class RomancySettings:
     # PgBouncer in transaction mode, which moves a session between server connections.
     prepared_statements: bool = True
     # The largest JSON form (UTF-8 bytes) accepted for a value the caller hands in to be
-    # stored: an event's data today.
+    # stored: a workflow's input, an event's data.
     max_payload_bytes: int = 1 << 20
     # Events older than this (seconds) are purged, consumed or not: an event nobody
     # waits for is not kept forever. Also how long a CloudEvent's redelivery is a duplicate.
     event_retention: float = 7 * 24 * 3600.0
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: never with the database password.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["database_url"] = masked_url(self.database_url)
+        return f"RomancySettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def from_celery(cls, conf: Any, **overrides: Any) -> RomancySettings:

@@ -8,9 +8,11 @@ SQLite accepts all three, so without these checks the backends would disagree.
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
-from .errors import InvalidArgumentsError
+from .errors import InvalidArgumentsError, PayloadTooLargeError
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -73,3 +75,16 @@ def shorten(value: object, limit: int = 80) -> str:
         value = value[:limit]  # no repr of a huge string just to cut it
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def check_payload_size(payload: Any, limit: int, what: str) -> None:
+    """Refuse a value whose compact JSON form (UTF-8) is larger than ``limit`` bytes."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise InvalidArgumentsError(f"{what} is nested too deeply") from None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"{what} is {size} bytes as JSON; the limit (romancy_max_payload_bytes) is {limit}"
+        )

@@ -15,6 +15,7 @@ import pytest
 
 from celery_romancy import (
     InvalidArgumentsError,
+    PayloadTooLargeError,
     RetryPolicy,
     SerializationError,
     UnknownInstanceError,
@@ -304,3 +305,13 @@ def test_a_name_no_column_holds_is_refused_at_registration(
         romancy.compensation(name)(lambda: None)
     assert name not in romancy.registry.workflows
     assert name not in romancy.app.tasks
+
+
+def test_a_workflow_input_over_max_payload_bytes_is_refused_and_writes_nothing(
+    harness: Harness,
+) -> None:
+    limit = harness.romancy.settings.max_payload_bytes
+    with pytest.raises(PayloadTooLargeError, match=r"the workflow input is \d+ bytes as JSON"):
+        harness.romancy.start_workflow("order_saga", "x" * limit)
+    assert nothing_written(harness)
+    harness.romancy.start_workflow("order_saga", "x" * (limit // 2))  # under it: fine

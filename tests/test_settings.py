@@ -80,3 +80,10 @@ def test_the_package_accepts_json_for_its_own_messages() -> None:
     app.conf.accept_content = ["msgpack"]
     Romancy(app)
     assert "json" in app.conf.accept_content
+
+
+def test_the_settings_repr_never_shows_the_database_password() -> None:
+    settings = RomancySettings(database_url="postgresql://shop:s3cr3t@db/shop")
+    assert "s3cr3t" not in repr(settings)
+    assert "postgresql://shop:***@db/shop" in repr(settings)
+    assert "lease_timeout=300.0" in repr(settings)
