@@ -8,6 +8,7 @@ its next step boundary.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .errors import InstanceStateError, UnknownInstanceError
@@ -58,9 +59,7 @@ def cancel(romancy: Romancy, instance_id: str, reason: str) -> bool:
             lambda: romancy.storage.get_compensations(instance_id),
             romancy.registry.compensation_queue,
         )
-        plan.change = InstanceChange(
-            status=plan.change.status, error=plan.change.error, cancel_reason=reason
-        )
+        plan.change = replace(plan.change, cancel_reason=reason)
         return Planned(plan)
 
     apply(romancy, snapshot, plan_for)

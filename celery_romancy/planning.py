@@ -112,11 +112,11 @@ def plan_outcome(
     if isinstance(outcome, Waiting):
         if cancel_reason is not None:
             return wind_down(instance, in_flight, registered_compensations, compensation_queue)
-        running = {s.step_id for s in in_flight if s.kind.runs_as_task}
+        on_its_way = {s.step_id for s in in_flight}
         plan = Plan()
         for command in outcome.commands:
-            if command.step_id in running:
-                continue  # a branch already on its way
+            if command.step_id in on_its_way:
+                continue  # a branch already sent (or a wait already begun)
             step, dispatch = dispatch_step(instance, command, parent_id=parent_id)
             plan.add.append(step)
             if dispatch is not None:

@@ -20,7 +20,7 @@ from .planning import Plan, dispatch_step, wind_down
 from .retry import RetryPolicy
 from .settings import masked_url
 from .states import ACTIVE, HistoryKind, RunOutcome, Status, StepKind
-from .storage import Claim, CommitResult, HistoryEvent, StepWrite
+from .storage import Claim, CommitResult, HistoryEvent, Snapshot, StepWrite
 from .storage.records import InstanceChange
 from .storage.schema import utcnow
 from .transition import PlanFor, Planned, apply, fixed, registration, replayed, rolled_back
@@ -221,7 +221,7 @@ class StepRunner:
         once no sibling runs) or has moved past it."""
         romancy = self.romancy
 
-        def plan_for(snapshot: Any) -> Planned:
+        def plan_for(snapshot: Snapshot) -> Planned:
             instance = snapshot.instance
             if instance.cancel_reason is None or instance.status not in ACTIVE:
                 return Planned(Plan())
