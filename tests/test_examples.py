@@ -96,3 +96,38 @@ def test_the_readme_fan_out_example_is_the_one_that_runs() -> None:
     start = readme.index("<!-- fan-out example -->")
     block = readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
     assert block.strip() and block in example
+
+
+def test_the_embedded_broker_never_hands_out_a_half_written_message(tmp_path: Path) -> None:
+    """kombu's filesystem transport shows a message's file before it is written: a
+    consumer polling the folder then loses it (JSONDecodeError). Large messages, a
+    reader polling all the while: every one must arrive whole."""
+    import threading
+    from queue import Empty
+
+    from celery_romancy.embedded import embedded_celery
+
+    app = embedded_celery("race", tmp_path)
+    count, body = 40, "x" * 1_000_000
+    received: list[int] = []
+    failures: list[str] = []
+
+    def read() -> None:
+        with app.connection_for_read() as conn:
+            channel = conn.default_channel
+            while len(received) + len(failures) < count:
+                try:
+                    received.append(channel._get("q")["i"])
+                except Empty:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a lost message is what we look for
+                    failures.append(repr(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    with app.connection_for_write() as conn:
+        for i in range(count):
+            conn.default_channel._put("q", {"i": i, "body": body})
+    reader.join(60)
+    assert failures == []
+    assert sorted(received) == list(range(count))
