@@ -98,8 +98,15 @@ steps = sa.Table(
     sa.Column("wait_correlation_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     # No index on the lease columns: a claim then changes no indexed column and is an
-    # in-place (HOT) update on PostgreSQL.
-    sa.Index("ix_romancy_steps_kind_dispatch", "kind", "dispatch_at"),
+    # in-place (HOT) update on PostgreSQL. Waits (timers, events) are found by when they
+    # are due, through this partial index; a step that runs as a task costs no index but
+    # the key (the recovery sweep reads the few in flight at once, once a minute).
+    sa.Index(
+        "ix_romancy_steps_waits_due",
+        "dispatch_at",
+        postgresql_where=sa.text("kind IN ('timer', 'wait_event')"),
+        sqlite_where=sa.text("kind IN ('timer', 'wait_event')"),
+    ),
     # Event waits only: the other steps, most of them, cost this index nothing.
     sa.Index(
         "ix_romancy_steps_waiting",

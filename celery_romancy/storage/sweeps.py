@@ -1,6 +1,7 @@
 """The queries behind the beat jobs: lost or stalled steps, due timers, missed events.
 
-Each finds steps through ``(kind, dispatch_at)`` or the wait columns, by index.
+Waits are found by index (when they are due, what they wait for); the steps that run as
+tasks, few at any time, by a scan of those in flight.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from .records import StepRecord
 from .rows import step_of
 
 _TASK_KINDS = [str(StepKind.ACTIVITY), str(StepKind.COMPENSATION)]
-_WAIT_KINDS = [str(StepKind.TIMER), str(StepKind.WAIT_EVENT)]
-# A literal, not a bound value: the planners can then use the partial index on waits.
+# Literals, not bound values: the planners can then use the partial indexes on waits.
+_IS_WAIT = schema.steps.c.kind.in_(
+    [sa.literal_column(f"'{StepKind.TIMER}'"), sa.literal_column(f"'{StepKind.WAIT_EVENT}'")]
+)
 _IS_EVENT_WAIT = schema.steps.c.kind == sa.literal_column(f"'{StepKind.WAIT_EVENT}'")
 
 
@@ -77,7 +80,7 @@ class SweepQueries(StoreBase):
         s = schema.steps
         stmt = (
             _with_workflow()
-            .where(s.c.kind.in_(_WAIT_KINDS), s.c.dispatch_at <= now)
+            .where(_IS_WAIT, s.c.dispatch_at <= now)
             .order_by(s.c.dispatch_at)
             .limit(limit)
         )

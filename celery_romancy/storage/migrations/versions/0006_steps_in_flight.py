@@ -57,7 +57,13 @@ def upgrade() -> None:
         sa.Column("wait_correlation_id", sa.String(200)),
         sa.Column("created_at", UTCDateTime(), nullable=False),
     )
-    op.create_index("ix_romancy_steps_kind_dispatch", "romancy_steps", ["kind", "dispatch_at"])
+    op.create_index(
+        "ix_romancy_steps_waits_due",
+        "romancy_steps",
+        ["dispatch_at"],
+        postgresql_where=sa.text("kind IN ('timer', 'wait_event')"),
+        sqlite_where=sa.text("kind IN ('timer', 'wait_event')"),
+    )
     op.create_index(
         "ix_romancy_steps_waiting",
         "romancy_steps",
