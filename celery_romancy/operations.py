@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from .errors import InstanceStateError, UnknownInstanceError
 from .planning import Plan, dispatch_step, status_of, wind_down
 from .states import ACTIVE, Status, StepKind
-from .storage import CommitResult, Snapshot, StepRecord, StepWrite
+from .storage import CommitResult, Snapshot, StepWrite
 from .storage.records import InstanceChange
+from .storage.rows import leased
 from .storage.schema import utcnow
 from .transition import Planned, apply, replayed
 
@@ -92,7 +93,8 @@ def resume(romancy: Romancy, instance_id: str) -> None:
 
         def plan_for(current: Snapshot) -> Planned:
             steps = romancy.storage.get_steps(instance_id)
-            idle = [s for s in steps if s.kind.runs_as_task and not _leased(s)]
+            now = utcnow()
+            idle = [s for s in steps if s.kind.runs_as_task and not leased(s.lease_expires_at, now)]
             if not idle:
                 raise InstanceStateError(
                     f"workflow instance {instance_id} is held by a worker right now"
@@ -146,7 +148,3 @@ def retry_compensation(romancy: Romancy, instance_id: str) -> None:
     )
     if apply(romancy, snapshot, plan_for, rows) is not CommitResult.COMMITTED:
         raise InstanceStateError(f"workflow instance {instance_id} was taken over meanwhile")
-
-
-def _leased(step: StepRecord) -> bool:
-    return step.lease_expires_at is not None and step.lease_expires_at > utcnow()

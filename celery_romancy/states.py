@@ -22,10 +22,6 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
     COMPENSATION_FAILED = "compensation_failed"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL
-
 
 TERMINAL = frozenset(
     {Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.COMPENSATION_FAILED}

@@ -52,11 +52,6 @@ class StepRecord:
     wait_correlation_id: str | None = None
     created_at: datetime | None = None
 
-    @property
-    def parked(self) -> bool:
-        """Kept for an operator (a poison step, a failed compensation): no sweep sends it."""
-        return self.kind.runs_as_task and self.dispatch_at is None
-
 
 @dataclass(frozen=True)
 class StepRef:

@@ -30,9 +30,13 @@ def step_of(mapping: Any, prefix: str = "") -> StepRecord:
 def ref_of(
     token: str, step_id: str, kind: str, lease_expires_at: datetime | None, now: datetime
 ) -> StepRef:
-    """A step in flight as a transition sees it: leased while its lease has not run out."""
-    leased = lease_expires_at is not None and lease_expires_at > now
-    return StepRef(token, step_id, StepKind(kind), leased)
+    """A step in flight as a transition sees it."""
+    return StepRef(token, step_id, StepKind(kind), leased(lease_expires_at, now))
+
+
+def leased(lease_expires_at: datetime | None, now: datetime) -> bool:
+    """A worker holds the step: its lease has not run out."""
+    return lease_expires_at is not None and lease_expires_at > now
 
 
 def ref_from_json(item: list[Any], now: datetime) -> StepRef:
