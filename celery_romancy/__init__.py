@@ -1,15 +1,18 @@
 """Durable sagas for Celery: workflows whose every step is a recorded Celery task."""
 
+from .activity_info import ActivityInfo, current_activity
 from .app import Romancy
-from .context import ActivityInfo, WorkflowContext, current_activity
+from .context import ChildHandle, WorkflowContext
 from .definitions import (
     ActivityDefinition,
+    ChildSignature,
     CompensationDefinition,
     StepSignature,
     WorkflowDefinition,
 )
 from .errors import (
     ActivityError,
+    ChildWorkflowError,
     ConfigurationError,
     EventConflictError,
     EventTimeoutError,
@@ -35,6 +38,9 @@ __all__ = [
     "ActivityDefinition",
     "ActivityError",
     "ActivityInfo",
+    "ChildHandle",
+    "ChildSignature",
+    "ChildWorkflowError",
     "CompensationDefinition",
     "ConfigurationError",
     "EventConflictError",

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
-from .commands import ActivityCommand
-from .definitions import CompensationDefinition, StepSignature
-from .errors import ConfigurationError, NonDeterminismError, RomancyError, Suspend
+from .activity_info import ActivityInfo, current_activity
+from .commands import ActivityCommand, child_command
+from .definitions import ChildSignature, CompensationDefinition, StepSignature, WorkflowDefinition
+from .errors import ConfigurationError, NonDeterminismError, Suspend, WorkflowAlreadyStartedError
 from .failures import rebuild_error
 from .serialization import decode, encode
 from .states import HistoryKind, StepKind
 from .storage.records import HistoryEvent
 from .storage.schema import utcnow
-from .validation import MAX_NAME_LENGTH, check_identifier
+from .validation import MAX_NAME_LENGTH, check_identifier, check_payload_size
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.orm import Session
-
-    from .definitions import ActivityDefinition, R
+    from .definitions import ActivityDefinition
+    from .registry import Registry
     from .signatures import CallShape
+
+__all__ = ["ActivityInfo", "ChildHandle", "WorkflowContext", "current_activity"]
+
+R = TypeVar("R")
+Signature = StepSignature[Any] | ChildSignature[Any]
+_START_FAILED = (
+    f"{WorkflowAlreadyStartedError.__module__}.{WorkflowAlreadyStartedError.__qualname__}"
+)
 
 P = ParamSpec("P")
 
@@ -42,6 +47,8 @@ class WorkflowContext:
         workflow_name: str,
         history: list[HistoryEvent],
         in_flight: Collection[str] = (),
+        registry: Registry | None = None,
+        max_payload_bytes: int | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.workflow_name = workflow_name
@@ -63,6 +70,11 @@ class WorkflowContext:
         # The step that stopped the replay; kept in case the body catches BaseException
         # or returns from ``finally``, which would otherwise skip the step silently.
         self.suspended: Suspend | None = None
+        # Child workflows started by this replay without waiting (``start_child``);
+        # they start with whatever the replay decides next.
+        self.started: list[ActivityCommand] = []
+        self._registry = registry
+        self._max_payload_bytes = max_payload_bytes
 
     @property
     def is_replaying(self) -> bool:
@@ -79,11 +91,15 @@ class WorkflowContext:
         """The call's JSON arguments, checked before the call takes a position: a bad call
         raises and leaves no trace, on the first run and on every replay alike. A call that
         history records at this position was checked when it was made: not bound again."""
-        step_id = f"{key}:{self._name_counts.get(key, 0) + 1}"
-        recorded = self._history.get(self._position)
-        if recorded is not None and recorded.step_id == step_id:
+        if self._recorded_next(key):
             return None
         return shape.bind(args, kwargs)
+
+    def _recorded_next(self, key: str) -> bool:
+        """History records the next call of ``key`` at the next position."""
+        step_id = f"{key}:{self._name_counts.get(key, 0) + 1}"
+        recorded = self._history.get(self._position)
+        return recorded is not None and recorded.step_id == step_id
 
     def _next_position(self, key: str) -> tuple[int, str, HistoryEvent | None]:
         """Claim the next position for a call; return it, its step id and its record."""
@@ -245,25 +261,28 @@ class WorkflowContext:
 
     def gather(
         self,
-        *signatures: StepSignature[Any],
+        *signatures: Signature,
         return_exceptions: bool = False,
         max_concurrency: int | None = None,
     ) -> list[Any]:
         """Run steps in parallel, each its own Celery task; their results in argument order.
 
-        ``ctx.gather(charge.s(order_id, amount), reserve.s(order_id))``. All branches
-        are sent at once, or at most ``max_concurrency`` at a time (the next sent as
-        one is recorded). When a branch fails for good, no further branch is sent, the
-        ones in flight finish and are recorded, then the first failure in argument
-        order is raised here with its original type; ``return_exceptions=True`` returns
-        each failure in its place instead.
+        ``ctx.gather(charge.s(order_id, amount), reserve.s(order_id))``; a child
+        workflow's signature (``refund.s(item)``) is a branch too, its result the
+        child's output. All branches are sent at once, or at most ``max_concurrency``
+        at a time (the next sent as one is recorded). When a branch fails for good, no
+        further branch is sent, the ones in flight finish and are recorded, then the
+        first failure in argument order is raised here with its original type;
+        ``return_exceptions=True`` returns each failure in its place instead.
         """
         for signature in signatures:
-            if not isinstance(signature, StepSignature):
+            if not isinstance(signature, StepSignature | ChildSignature):
                 raise ConfigurationError(
                     f"ctx.gather takes step signatures such as charge.s(order_id), "
                     f"not {signature!r}"
                 )
+            if isinstance(signature, ChildSignature):
+                self._check_child(signature)
         if max_concurrency is not None and (
             not isinstance(max_concurrency, int) or max_concurrency < 1
         ):
@@ -286,17 +305,18 @@ class WorkflowContext:
 
     def _gather(
         self,
-        signatures: list[StepSignature[Any]],
+        signatures: list[Signature],
         return_exceptions: bool = False,
         max_concurrency: int | None = None,
         *,
         marked: bool,
     ) -> list[Any]:
         group_id = self._gather_marker(signatures) if marked else None
-        branches = [(s, *self._next_position(s.activity.name)) for s in signatures]
+        branches = [(s, *self._next_position(s.step_key)) for s in signatures]
         waiting = [b for b in branches if b[3] is None]
-        for signature, *_ in waiting:
-            signature.arguments  # noqa: B018 - a bad argument raises here, before any is sent
+        for signature, _, step_id, _ in waiting:
+            if step_id not in self._in_flight:
+                self._checked_arguments(signature)  # a bad one raises here, before any is sent
         failures = [b for b in branches if b[3] is not None and b[3].error is not None]
         if waiting and not (failures and not return_exceptions):
             # Branch i takes the i-th free slot: which ones run depends only on which
@@ -315,16 +335,16 @@ class WorkflowContext:
             if event is None:
                 continue  # never sent: an earlier failure stopped the gather
             if event.error is None:
-                results.append(signature.activity.shape.decode_result(event.result))
+                results.append(signature.decode_result(event.result))
             elif return_exceptions:
                 results.append(rebuild_error(event.error))
             else:
                 raise self._recorded_error(event)  # the first failure in argument order
         return results
 
-    def _gather_marker(self, signatures: list[StepSignature[Any]]) -> str:
+    def _gather_marker(self, signatures: list[Signature]) -> str:
         """Record (or check, on replay) the branch list of a gather; its Celery group id."""
-        names = [s.activity.name for s in signatures]
+        names = [s.step_key for s in signatures]
         position, step_id, event = self._next_position("gather")
         group_id = f"{self.instance_id}:{step_id}"
         if event is None:
@@ -341,14 +361,16 @@ class WorkflowContext:
             raise self.nondeterminism
         return group_id
 
-    @staticmethod
     def _command(
-        signature: StepSignature[Any],
+        self,
+        signature: Signature,
         position: int,
         step_id: str,
         group_id: str | None,
         limit: int | None,
     ) -> ActivityCommand:
+        if isinstance(signature, ChildSignature):
+            return child_command(self.instance_id, signature, position, step_id, group_id, limit)
         activity = signature.activity
         return ActivityCommand(
             kind=StepKind.ACTIVITY,
@@ -361,82 +383,114 @@ class WorkflowContext:
             group_limit=limit,
         )
 
+    def _checked_arguments(self, signature: Signature) -> dict[str, Any]:
+        arguments = signature.arguments
+        if isinstance(signature, ChildSignature) and self._max_payload_bytes is not None:
+            what = f"the input of child workflow {signature.workflow.name!r}"
+            check_payload_size(arguments, self._max_payload_bytes, what)
+        return arguments
 
-@dataclass
-class ActivityInfo:
-    """What an activity may know about its run; see ``current_activity()``.
+    # -- child workflows -------------------------------------------------------------------
 
-    ``session`` (SQLAlchemy ORM) and ``connection`` (Core) belong to the transaction that
-    records the step: what the activity writes through them commits together with its
-    result, exactly once, or not at all.
-    """
+    def start_child(
+        self,
+        workflow: WorkflowDefinition[Any, R] | str,
+        *args: Any,
+        instance_id: str | None = None,
+        parent_close: str = "cancel",
+        **kwargs: Any,
+    ) -> ChildHandle[R]:
+        """Start ``workflow`` as a child of this instance and go on; ``.result()`` on the
+        handle waits for it (no worker waits meanwhile).
 
-    instance_id: str
-    workflow_name: str
-    step_id: str
-    attempt: int
-    _open_connection: Callable[[], Connection] = field(repr=False)
-    _connection: Connection | None = field(default=None, repr=False)
-    _session: Session | None = field(default=None, repr=False)
-    outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
-
-    def publish_event(self, event_type: str, data: Any = None) -> None:
-        """Publish through the outbox: the row commits with this step's result, or not at
-        all if the step fails. Retried attempts reuse the same CloudEvents ids."""
-        check_identifier(event_type, "event_type", MAX_NAME_LENGTH)
-        number = len(self.outbox) + 1
-        self.outbox.append(
-            {
-                "event_id": f"{self.idempotency_key}:{number}",
-                "event_type": event_type,
-                "data": encode(data, path=event_type),
-            }
+        The child is a separate instance, started once with this instance's next step
+        (its id defaults to ``<this id>/<step id>``, so a replay or a redelivery never
+        starts it twice). If this workflow ends, fails or is cancelled while the child
+        runs, ``parent_close="cancel"`` cancels the child (which compensates itself);
+        ``"abandon"`` lets it run on. If this workflow rolls back after the child
+        completed, the child's compensations run as part of that rollback, at the
+        child's place in its order, and the child ends ``compensated``.
+        """
+        definition = self._child_workflow(workflow)
+        signature = ChildSignature(
+            definition, args, kwargs, instance_id=instance_id, parent_close=parent_close
         )
+        key = signature.step_key
+        if not self._recorded_next(key):
+            step_id = f"{key}:{self._name_counts.get(key, 0) + 1}"
+            if step_id not in self._in_flight:
+                self._checked_arguments(signature)  # bad input raises before the position
+        position, step_id, event = self._next_position(key)
+        if event is None and step_id not in self._in_flight:
+            self.started.append(self._command(signature, position, step_id, None, None))
+        if (
+            event is not None
+            and event.error is not None
+            and event.error.get("type") == _START_FAILED
+        ):
+            raise self._recorded_error(event)
+        child_id = (
+            event.result["instance_id"]
+            if event is not None and event.error is None
+            else child_command(
+                self.instance_id, signature, position, step_id, None, None
+            ).arguments["instance_id"]
+        )
+        return ChildHandle(self, signature, position, child_id)
 
-    @property
-    def idempotency_key(self) -> str:
-        """Stable across retries and redeliveries of this step: pass it to external APIs."""
-        return f"{self.instance_id}:{self.step_id}"
+    def execute_child(
+        self,
+        workflow: WorkflowDefinition[Any, R] | str,
+        *args: Any,
+        instance_id: str | None = None,
+        parent_close: str = "cancel",
+        **kwargs: Any,
+    ) -> R:
+        """Start ``workflow`` as a child and wait for its output (``start_child`` then
+        ``result()``); ``ChildWorkflowError`` if it fails or is cancelled."""
+        handle = self.start_child(
+            workflow, *args, instance_id=instance_id, parent_close=parent_close, **kwargs
+        )
+        return handle.result()
 
-    @property
-    def connection(self) -> Connection:
-        if self._connection is None:
-            self._connection = self._open_connection()
-            self._connection.begin()
-        return self._connection
+    def _child_workflow(
+        self, workflow: WorkflowDefinition[Any, R] | str
+    ) -> WorkflowDefinition[Any, R]:
+        """The child's definition, as registered here: an unknown one fails the call."""
+        if self._registry is None:
+            if isinstance(workflow, WorkflowDefinition):
+                return workflow
+            raise ConfigurationError("child workflows need a registry to look names up")
+        definition: WorkflowDefinition[Any, R] = self._registry.resolve_workflow(workflow)
+        return definition
 
-    @property
-    def session(self) -> Session:
-        if self._session is None:
-            from sqlalchemy.orm import Session
+    def _check_child(self, signature: ChildSignature[Any]) -> None:
+        self._child_workflow(signature.workflow)
 
-            # The step's commit, not the session, ends this transaction.
-            self._session = Session(bind=self.connection, join_transaction_mode="rollback_only")
-        return self._session
-
-    def recording_connection(self) -> Connection | None:
-        """The open transaction to commit the step on, with the session's writes flushed."""
-        if self._session is not None:
-            self._session.flush()
-        return self._connection
-
-    def close(self) -> None:
-        """Release the connection; whatever was not committed is rolled back."""
-        if self._session is not None:
-            self._session.close()
-        if self._connection is not None:
-            self._connection.close()
-        self._session = self._connection = None
-
-
-_current_activity: ContextVar[ActivityInfo | None] = ContextVar(
-    "celery_romancy_activity", default=None
-)
+    def _child_outcome(self, handle: ChildHandle[R]) -> R:
+        event = self._history.get(handle.position)
+        if event is None:
+            self._suspend()  # the child runs: its end wakes this instance
+        if event.error is not None:
+            raise self._recorded_error(event)
+        return handle.signature.decode_result(event.result)
 
 
-def current_activity() -> ActivityInfo:
-    """The running activity's ``ActivityInfo``, like Celery's ``current_task``."""
-    info = _current_activity.get()
-    if info is None:
-        raise RomancyError("current_activity() is only available inside a running activity")
-    return info
+class ChildHandle(Generic[R]):
+    """A started child workflow: ``instance_id``, and ``result()`` to wait for it."""
+
+    def __init__(
+        self, ctx: WorkflowContext, signature: ChildSignature[R], position: int, instance_id: str
+    ) -> None:
+        self._ctx = ctx
+        self.signature = signature
+        self.position = position
+        self.instance_id = instance_id
+
+    def result(self) -> R:
+        """The child's output, typed as its workflow declares; suspends this workflow
+        until the child ends. ``ChildWorkflowError`` if it ended failed or cancelled."""
+        return self._ctx._child_outcome(self)
+
+    def __repr__(self) -> str:
+        return f"<child {self.signature.workflow.name} {self.instance_id}>"

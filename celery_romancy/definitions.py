@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidArgumentsError
 from .retry import RetryPolicy
 from .signatures import CallShape
 from .validation import MAX_NAME_LENGTH, check_identifier
@@ -132,14 +132,72 @@ class StepSignature(Generic[R]):
         self._arguments = arguments
 
     @property
+    def step_key(self) -> str:
+        """What its step ids are made of: ``<key>:<n>``."""
+        return self.activity.name
+
+    @property
     def arguments(self) -> dict[str, Any]:
         """The arguments as stored JSON, by parameter name."""
         if self._arguments is None:
             self._arguments = self.activity.shape.bind(self._args, self._kwargs)
         return self._arguments
 
+    def decode_result(self, recorded: Any) -> R:
+        value: R = self.activity.shape.decode_result(recorded)
+        return value
+
     def __repr__(self) -> str:
         return f"<step {self.activity.name}{self._args!r}>"
+
+
+PARENT_CLOSE_POLICIES = ("cancel", "abandon")
+
+
+class ChildSignature(Generic[R]):
+    """A child workflow and its input, for ``ctx.gather`` beside activity steps
+    (``payment.s(order.payment)``) and for ``ctx.start_child``."""
+
+    def __init__(
+        self,
+        workflow: WorkflowDefinition[Any, R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        instance_id: str | None = None,
+        parent_close: str = "cancel",
+    ) -> None:
+        if parent_close not in PARENT_CLOSE_POLICIES:
+            raise InvalidArgumentsError(
+                f"parent_close must be 'cancel' or 'abandon', not {parent_close!r}"
+            )
+        if instance_id is not None:
+            check_identifier(instance_id, "instance_id")
+        self.workflow = workflow
+        self.instance_id = instance_id
+        self.parent_close = parent_close
+        self._args = args
+        self._kwargs = kwargs
+        self._arguments: dict[str, Any] | None = None
+
+    @property
+    def step_key(self) -> str:
+        return f"child:{self.workflow.name}"
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The child's input as stored JSON, by parameter name."""
+        if self._arguments is None:
+            self._arguments = self.workflow.shape.bind(self._args, self._kwargs)
+        return self._arguments
+
+    def decode_result(self, recorded: Any) -> R:
+        """The child's output from its record in the parent's history."""
+        value: R = self.workflow.shape.decode_result(recorded["output"])
+        return value
+
+    def __repr__(self) -> str:
+        return f"<child {self.workflow.name}{self._args!r}>"
 
 
 class WorkflowDefinition(Generic[P, R]):
@@ -152,6 +210,13 @@ class WorkflowDefinition(Generic[P, R]):
 
     def __call__(self, ctx: WorkflowContext, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(ctx, *args, **kwargs)
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> ChildSignature[R]:
+        """This workflow as a child with this input, for ``ctx.gather``; the input is
+        checked now, nothing starts until the signature is gathered."""
+        signature = ChildSignature(self, args, kwargs)
+        signature.arguments  # noqa: B018 - bad arguments raise here, at the call
+        return signature
 
     def run(self, ctx: WorkflowContext, input_data: dict[str, Any]) -> Any:
         args, kwargs = self.shape.decode_arguments(input_data)

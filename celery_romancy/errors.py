@@ -69,6 +69,25 @@ class WorkflowAlreadyStartedError(RomancyError):
         super().__init__(f"instance id {instance_id!r} {reason}")
 
 
+class ChildWorkflowError(RomancyError):
+    """Raised in a parent workflow when a child workflow ended ``failed``, ``cancelled``
+    or ``compensation_failed``.
+
+    ``error`` is the child's own error record (``type``, ``message``, ``traceback``...),
+    so the original type and message of what failed in the child are kept.
+    """
+
+    def __init__(
+        self, instance_id: str, workflow: str, status: str, error: dict[str, Any] | None
+    ) -> None:
+        self.instance_id = instance_id
+        self.workflow = workflow
+        self.status = status
+        self.error = error
+        cause = f": {error.get('type')}: {error.get('message')}" if error else ""
+        super().__init__(f"child workflow {workflow} {instance_id} ended {status}{cause}")
+
+
 class WaitTimeoutError(RomancyError, TimeoutError):
     """``Romancy.wait`` gave up before the instance reached a terminal status."""
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import children
 from .commands import ActivityCommand
 from .dispatch import Dispatch, publish
 from .errors import EventTimeoutError
@@ -56,6 +57,8 @@ def recover(romancy: Romancy) -> RecoveryReport:
                 failed += 1
         if len(overdue) < BATCH:
             break
+    # Children whose end, undo or cancel was lost with the process that committed it.
+    children.reconcile(romancy, stale_before, BATCH)
     if republished or failed:
         logger.warning(
             "celery_romancy: recovery re-sent %d lost or stalled steps (%d could not be sent)",

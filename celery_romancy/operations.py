@@ -116,9 +116,11 @@ def resume(romancy: Romancy, instance_id: str) -> None:
 
 
 def retry_compensation(romancy: Romancy, instance_id: str) -> None:
-    """Resume a rollback parked in ``compensation_failed``, from the compensation that failed."""
+    """Resume a rollback parked in ``compensation_failed``, from the compensation that
+    failed (for a child workflow being undone: the child's own rollback, retried)."""
     snapshot = _snapshot(romancy, instance_id)
-    failed = [s for s in romancy.storage.get_steps(instance_id) if s.kind is StepKind.COMPENSATION]
+    undoing = (StepKind.COMPENSATION, StepKind.UNDO_CHILD)
+    failed = [s for s in romancy.storage.get_steps(instance_id) if s.kind in undoing]
     if snapshot.instance.status != Status.COMPENSATION_FAILED or not failed:
         raise InstanceStateError(
             f"workflow instance {instance_id} is {snapshot.instance.status}, "
@@ -133,13 +135,12 @@ def retry_compensation(romancy: Romancy, instance_id: str) -> None:
             k: v for k, v in (current.instance.error or {}).items() if k != "compensation_error"
         }
         step, dispatch = dispatch_step(current.instance, parked.command.first_attempt())
-        assert dispatch is not None
         return Planned(
             Plan(
                 change=InstanceChange(status=Status.COMPENSATING, error=saga_error or None),
                 remove=[parked.token],
                 add=[step],
-                dispatches=[dispatch],
+                dispatches=[dispatch] if dispatch is not None else [],
             )
         )
 
@@ -148,3 +149,8 @@ def retry_compensation(romancy: Romancy, instance_id: str) -> None:
     )
     if apply(romancy, snapshot, plan_for, rows) is not CommitResult.COMMITTED:
         raise InstanceStateError(f"workflow instance {instance_id} was taken over meanwhile")
+    if parked.kind is StepKind.UNDO_CHILD:
+        child_id = parked.command.arguments["instance_id"]
+        child = romancy.storage.get_instance(child_id)
+        if child is not None and child.status == Status.COMPENSATION_FAILED:
+            retry_compensation(romancy, child_id)  # its end wakes this instance

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from .storage.schema import utcnow
 
 if TYPE_CHECKING:
     from .dispatch import InstanceRef
-    from .storage import CompensationRecord
+    from .storage import CompensationRecord, WorkflowInstance
 
 # Timers due within this many seconds also get a Celery countdown message, for
 # precision; later ones (and any message lost) are fired by the beat job.
@@ -40,6 +40,10 @@ class Plan:
     add: list[NewStep] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)  # tokens of steps that end here
     dispatches: list[Dispatch] = field(default_factory=list)
+    # Child workflows to start with this commit (``StepKind.CHILD`` commands).
+    start_children: list[ActivityCommand] = field(default_factory=list)
+    # Running children to cancel once this commit is in (their parent closes).
+    cancel_children: list[str] = field(default_factory=list)
 
 
 def dispatch_step(
@@ -54,6 +58,15 @@ def dispatch_step(
     an event wait, or a timer beyond the countdown horizon: beat fires those)."""
     token = new_token()
     now = utcnow()
+    if command.kind in (StepKind.CHILD, StepKind.UNDO_CHILD):
+        # No message: the child's own last transition wakes it. Stamped with now, so the
+        # recovery sweep can tell a wake that is late from one still on its way.
+        arguments = command.arguments
+        # The input goes into the child's own row; the step keeps who and how.
+        kept = replace(command, arguments={k: v for k, v in arguments.items() if k != "input"})
+        at = None if parked else now
+        policy, child = arguments.get("parent_close"), arguments["instance_id"]
+        return NewStep(token, kept, at, policy, child), None
     if parked:
         return NewStep(token, command, None), None
     countdown: float | None = delay or None
@@ -87,10 +100,11 @@ def dispatch_step(
 
 
 def status_of(kinds: Sequence[StepKind]) -> Status:
-    """An instance's status from the kinds of its steps in flight."""
-    if StepKind.COMPENSATION in kinds:
+    """An instance's status from the kinds of its steps in flight (waiting for a child
+    workflow is ``running``: the tree runs)."""
+    if StepKind.COMPENSATION in kinds or StepKind.UNDO_CHILD in kinds:
         return Status.COMPENSATING
-    if StepKind.ACTIVITY in kinds:
+    if StepKind.ACTIVITY in kinds or StepKind.CHILD in kinds:
         return Status.RUNNING
     if StepKind.TIMER in kinds:
         return Status.WAITING_FOR_TIMER
@@ -107,13 +121,17 @@ def plan_outcome(
     registered_compensations: Callable[[], list[CompensationRecord]],
     compensation_queue: Callable[[str], str | None],
     parent_id: str | None = None,
+    started: Sequence[ActivityCommand] = (),
 ) -> Plan:
-    """What follows ``outcome``, with ``in_flight`` the steps still running besides."""
-    if isinstance(outcome, Waiting):
-        if cancel_reason is not None:
-            return wind_down(instance, in_flight, registered_compensations, compensation_queue)
-        on_its_way = {s.step_id for s in in_flight}
-        plan = Plan()
+    """What follows ``outcome``, with ``in_flight`` the steps still running besides and
+    ``started`` the child workflows the body started in this replay (without waiting)."""
+    # A started child is a child step from now on, like one started earlier: whatever
+    # the outcome decides for those decides for it (its step is added only if kept).
+    new_children = [dispatch_step(instance, command)[0] for command in started]
+    refs = [*in_flight, *(_ref(step) for step in new_children)]
+    if isinstance(outcome, Waiting) and cancel_reason is None:
+        on_its_way = {s.step_id for s in refs}
+        plan = Plan(add=list(new_children))
         for command in outcome.commands:
             if command.step_id in on_its_way:
                 continue  # a branch already sent (or a wait already begun)
@@ -121,25 +139,54 @@ def plan_outcome(
             plan.add.append(step)
             if dispatch is not None:
                 plan.dispatches.append(dispatch)
+            if command.kind is StepKind.CHILD:
+                plan.start_children.append(command)  # a child branch of a gather
         kinds = [s.kind for s in in_flight] + [s.command.kind for s in plan.add]
         # Moving forward clears a parked instance's error.
         plan.change = InstanceChange(status=status_of(kinds), error=None)
-        return plan
-    if isinstance(outcome, Completed):
-        return finish(Status.COMPLETED, in_flight, output_data=outcome.output, error=None)
-    if isinstance(outcome, Diverged):
+    elif isinstance(outcome, Waiting):
+        plan = wind_down(instance, refs, registered_compensations, compensation_queue)
+    elif isinstance(outcome, Completed):
+        plan = finish(Status.COMPLETED, refs, output_data=outcome.output, error=None)
+    elif isinstance(outcome, Diverged):
         # No rollback: history and code disagree, so an operator must look first.
         error = describe_error(outcome.error, outcome.error.recorded)
-        return finish(Status.FAILED, in_flight, error=error)
-    assert isinstance(outcome, Failed)
-    return start_rollback(
-        instance,
-        outcome.error,
-        registered_compensations(),
-        compensation_queue,
-        Status.FAILED,
-        in_flight,
+        plan = finish(Status.FAILED, refs, error=error)
+    else:
+        assert isinstance(outcome, Failed)
+        final = Status.CANCELLED if cancel_reason is not None else Status.FAILED
+        plan = roll_back_when_idle(
+            instance,
+            outcome.error,
+            refs,
+            registered_compensations,
+            compensation_queue,
+            final,
+            waiting_status=Status.COMPENSATING,
+        )
+    plan.start_children = [*started, *plan.start_children]
+    return _unsent_children_dropped(plan, new_children)
+
+
+def _ref(step: NewStep) -> StepRef:
+    return StepRef(
+        step.token,
+        step.command.step_id,
+        step.command.kind,
+        leased=False,
+        child_id=step.wait_correlation_id,
+        abandon=step.wait_event_type == "abandon",
     )
+
+
+def _unsent_children_dropped(plan: Plan, new_children: list[NewStep]) -> Plan:
+    """Child steps started in this replay are not in the database yet: one the plan
+    ends is simply not added (its child is still started, then closed as planned)."""
+    fresh = {step.token for step in new_children}
+    ended = {token for token in plan.remove if token in fresh}
+    plan.remove = [token for token in plan.remove if token not in fresh]
+    plan.add = [step for step in plan.add if step.token not in ended]
+    return plan
 
 
 def wind_down(
@@ -148,22 +195,65 @@ def wind_down(
     registered_compensations: Callable[[], list[CompensationRecord]],
     compensation_queue: Callable[[str], str | None],
 ) -> Plan:
-    """A cancel requested: send nothing new; once no branch runs, roll back."""
-    if any(s.kind is StepKind.ACTIVITY and s.leased for s in in_flight):
-        # Queued siblings are dropped by their own workers (they see the cancel).
-        return Plan(remove=[s.token for s in in_flight if not s.leased])
-    return start_rollback(
-        instance, KEEP, registered_compensations(), compensation_queue, Status.CANCELLED, in_flight
+    """A cancel requested: send nothing new; once no branch and no child runs, roll back."""
+    return roll_back_when_idle(
+        instance, KEEP, in_flight, registered_compensations, compensation_queue, Status.CANCELLED
+    )
+
+
+def roll_back_when_idle(
+    instance: InstanceRef,
+    error: dict[str, Any] | None,
+    in_flight: Sequence[StepRef],
+    registered_compensations: Callable[[], list[CompensationRecord]],
+    compensation_queue: Callable[[str], str | None],
+    final_status: Status,
+    waiting_status: Status | None = None,
+) -> Plan:
+    """Roll back once nothing runs any more: no activity held by a worker, no child
+    that the parent cancels (``parent_close="cancel"``) still running. Until then the
+    instance waits (as ``waiting_status``, if given) and those children are cancelled;
+    abandoned children are let go. A child that completes meanwhile is undone with the
+    rest; one that ends cancelled or failed has compensated itself."""
+    held = [s for s in in_flight if s.kind is StepKind.CHILD and not s.abandon]
+    busy = any(s.kind is StepKind.ACTIVITY and s.leased for s in in_flight)
+    if not held and not busy:
+        return start_rollback(
+            instance, error, registered_compensations(), compensation_queue, final_status, in_flight
+        )
+    # Queued siblings are dropped by their own workers (they see the cancel).
+    change = InstanceChange(status=waiting_status, error=error)
+    return Plan(
+        change=change,
+        remove=[s.token for s in in_flight if not s.leased and s not in held],
+        cancel_children=[s.child_id for s in held if s.child_id is not None],
     )
 
 
 def finish(status: Status, in_flight: Sequence[StepRef] = (), **columns: Any) -> Plan:
     """End the instance; steps no worker holds end with it (a held one is fenced out
-    when it tries to record)."""
+    when it tries to record), and children it holds are cancelled (parent close)."""
     return Plan(
         change=InstanceChange(status=status, **columns),
         remove=[s.token for s in in_flight if not s.leased],
+        cancel_children=_held_children(in_flight),
     )
+
+
+def _held_children(in_flight: Sequence[StepRef]) -> list[str]:
+    return [
+        s.child_id
+        for s in in_flight
+        if s.kind is StepKind.CHILD and not s.abandon and s.child_id is not None
+    ]
+
+
+def final_status(instance: WorkflowInstance) -> Status:
+    """How a rollback ends: ``cancelled`` if it was asked for, ``failed`` after a
+    failure, ``compensated`` when a parent undoes a child that had completed."""
+    if instance.cancel_reason is not None:
+        return Status.CANCELLED
+    return Status.FAILED if instance.error is not None else Status.COMPENSATED
 
 
 def start_rollback(
@@ -179,12 +269,12 @@ def start_rollback(
     if command is None:
         return finish(final_status, in_flight, error=error)
     step, dispatch = dispatch_step(instance, command)
-    assert dispatch is not None
     return Plan(
         change=InstanceChange(status=Status.COMPENSATING, error=error),
         add=[step],
         remove=[s.token for s in in_flight if not s.leased],
-        dispatches=[dispatch],
+        dispatches=[dispatch] if dispatch is not None else [],
+        cancel_children=_held_children(in_flight),
     )
 
 
@@ -195,6 +285,15 @@ def next_compensation(
     newest = next((c for c in compensations if c.status == "registered"), None)
     if newest is None:
         return None
+    if newest.kind == "child":
+        # A completed child workflow: its parent waits while it runs its own rollback.
+        return ActivityCommand(
+            kind=StepKind.UNDO_CHILD,
+            name=newest.name,
+            step_id=newest.step_id,
+            seq=newest.seq,
+            arguments=newest.arguments,
+        )
     return ActivityCommand(
         kind=StepKind.COMPENSATION,
         name=newest.name,
@@ -203,3 +302,16 @@ def next_compensation(
         arguments=newest.arguments,
         queue=compensation_queue(newest.name),
     )
+
+
+def parked(
+    instance: WorkflowInstance, command: ActivityCommand, status: Status, failure: dict[str, Any]
+) -> Plan:
+    """End the instance as ``status`` with ``command``'s step kept, unsent, to retry."""
+    step, _ = dispatch_step(instance, command, parked=True)
+    if command.kind in (StepKind.COMPENSATION, StepKind.UNDO_CHILD):
+        # The saga's own error stays; the compensation's is added beside it.
+        error = {**(instance.error or {}), "compensation_error": failure}
+    else:
+        error = failure
+    return Plan(change=InstanceChange(status=status, error=error), add=[step])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import WorkerShutdown, WorkerTerminate
@@ -15,6 +15,7 @@ from .failures import describe_error
 
 if TYPE_CHECKING:
     from .definitions import WorkflowDefinition
+    from .registry import Registry
     from .storage import HistoryEvent
 
 
@@ -53,6 +54,17 @@ class Diverged:
 Outcome = Waiting | Completed | Failed | Diverged
 
 
+@dataclass(frozen=True)
+class Replayed:
+    """A replay's outcome, with what it recorded on its own (compensation registrations,
+    published events) and the child workflows it started without waiting: all of them
+    commit with the outcome."""
+
+    outcome: Outcome
+    events: list[HistoryEvent] = field(default_factory=list)
+    started: list[ActivityCommand] = field(default_factory=list)
+
+
 def replay(
     workflow: WorkflowDefinition[Any, Any],
     instance_id: str,
@@ -60,7 +72,7 @@ def replay(
     history: list[HistoryEvent],
     in_flight: Collection[str] = (),
 ) -> Outcome:
-    return replay_recording(workflow, instance_id, input_data, history, in_flight)[0]
+    return replay_recording(workflow, instance_id, input_data, history, in_flight).outcome
 
 
 def replay_recording(
@@ -69,14 +81,18 @@ def replay_recording(
     input_data: dict[str, Any],
     history: list[HistoryEvent],
     in_flight: Collection[str] = (),
-) -> tuple[Outcome, list[HistoryEvent]]:
-    """Replay, and also return the events this replay recorded on its own (for example
-    compensation registrations); they must commit with the outcome.
+    registry: Registry | None = None,
+    max_payload_bytes: int | None = None,
+) -> Replayed:
+    """Replay, and also return what this replay recorded and started on its own.
 
-    ``in_flight``: the step ids of activities sent and not recorded yet (branches of a
-    gather that are still running).
+    ``in_flight``: the step ids of activities and child workflows sent and not recorded
+    yet (branches of a gather that are still running, children that run).
+    ``registry``: where child workflows are looked up.
     """
-    ctx = WorkflowContext(instance_id, workflow.name, history, in_flight)
+    ctx = WorkflowContext(
+        instance_id, workflow.name, history, in_flight, registry, max_payload_bytes
+    )
     try:
         value = workflow.run(ctx, input_data)
     except Suspend as suspend:
@@ -96,15 +112,15 @@ def replay_recording(
         except SerializationError as exc:
             outcome = Failed(describe_error(exc, _last_step(history)))
     if ctx.nondeterminism is not None:
-        return Diverged(ctx.nondeterminism), []
+        return Replayed(Diverged(ctx.nondeterminism))
     if ctx.suspended is not None:
-        return Waiting(ctx.suspended.commands), ctx.new_events
+        return Replayed(Waiting(ctx.suspended.commands), ctx.new_events, ctx.started)
     skipped = ctx.recorded_beyond_reach()
     if not isinstance(outcome, Waiting) and skipped is not None:
         # The body ended before reaching steps that history says it took.
         error = NonDeterminismError(instance_id, skipped.seq, skipped.step_id, "<end of workflow>")
-        return Diverged(error), []
-    return outcome, ctx.new_events
+        return Replayed(Diverged(error))
+    return Replayed(outcome, ctx.new_events, ctx.started)
 
 
 def _last_step(history: list[HistoryEvent]) -> str | None:

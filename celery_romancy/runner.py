@@ -12,16 +12,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .activity_info import ActivityInfo, _current_activity
 from .commands import ActivityCommand
-from .context import ActivityInfo, _current_activity
 from .errors import ConfigurationError, LeaseHeldError, PoisonStepError, SerializationError
 from .failures import describe_error
-from .planning import Plan, dispatch_step, wind_down
+from .planning import Plan, dispatch_step, parked, wind_down
 from .retry import RetryPolicy
 from .settings import masked_url
 from .states import ACTIVE, HistoryKind, RunOutcome, Status, StepKind
 from .storage import Claim, CommitResult, HistoryEvent, Snapshot, StepWrite
-from .storage.records import InstanceChange
 from .storage.schema import utcnow
 from .transition import PlanFor, Planned, apply, fixed, registration, replayed, rolled_back
 
@@ -160,7 +159,9 @@ class StepRunner:
                 failure = describe_error(error, command.step_id)
                 update.update(status="failed", error=failure)
                 # Parked for an operator: the step is kept to retry.
-                plan_for = fixed(self._parked(claim, Status.COMPENSATION_FAILED, failure))
+                plan_for = fixed(
+                    parked(claim.instance, command, Status.COMPENSATION_FAILED, failure)
+                )
             rows = StepWrite(compensation_update=(command.step_id, update))
             return self._record(claim, info, plan_for, rows)
 
@@ -243,21 +244,10 @@ class StepRunner:
         status = (
             Status.COMPENSATION_FAILED if command.kind is StepKind.COMPENSATION else Status.FAILED
         )
-        plan = self._parked(claim, status, describe_error(error))
+        plan = parked(claim.instance, command, status, describe_error(error))
         result = apply(self.romancy, claim.snapshot, fixed(plan), None, claim)
         logger.error("celery_romancy: %s", error)
         return _outcome(claim, result, RunOutcome.PARKED)
-
-    @staticmethod
-    def _parked(claim: Claim, status: Status, failure: dict[str, Any]) -> Plan:
-        """End the instance as ``status`` with the claimed step kept, unsent, to retry."""
-        step, _ = dispatch_step(claim.instance, claim.command, parked=True)
-        if claim.command.kind is StepKind.COMPENSATION:
-            # The saga's own error stays; the compensation's is added beside it.
-            error = {**(claim.instance.error or {}), "compensation_error": failure}
-        else:
-            error = failure
-        return Plan(change=InstanceChange(status=status, error=error), add=[step])
 
 
 def _call(info: ActivityInfo, body: Callable[[], Any]) -> tuple[Any, Exception | None]:

@@ -21,10 +21,17 @@ class Status(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     COMPENSATION_FAILED = "compensation_failed"
+    COMPENSATED = "compensated"  # a completed child workflow undone by its parent's rollback
 
 
 TERMINAL = frozenset(
-    {Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.COMPENSATION_FAILED}
+    {
+        Status.COMPLETED,
+        Status.FAILED,
+        Status.CANCELLED,
+        Status.COMPENSATION_FAILED,
+        Status.COMPENSATED,
+    }
 )
 # An operator may cancel these; a worker may still move them on.
 ACTIVE = frozenset(
@@ -34,12 +41,16 @@ ACTIVE = frozenset(
 
 class StepKind(StrEnum):
     """What a dispatched step is. Activities and compensations run as Celery tasks of
-    their own name; timers and event waits hold no worker and are fired by the engine."""
+    their own name; timers and event waits hold no worker and are fired by the engine;
+    a child step waits for a child workflow to end (or, in a rollback, to be undone)
+    and is woken by the child's own last transition."""
 
     ACTIVITY = "activity"
     COMPENSATION = "compensation"
     TIMER = "timer"
     WAIT_EVENT = "wait_event"
+    CHILD = "child"
+    UNDO_CHILD = "undo_child"
 
     @property
     def runs_as_task(self) -> bool:
@@ -55,6 +66,7 @@ class HistoryKind(StrEnum):
     COMPENSATION_REGISTERED = "compensation_registered"
     EVENT_PUBLISHED = "event_published"
     GATHER = "gather"  # the branch list of a ctx.gather / ctx.map, checked on replay
+    CHILD = "child"  # how a child workflow ended: its output, or ChildWorkflowError
 
 
 class RunOutcome(StrEnum):

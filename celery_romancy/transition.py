@@ -17,10 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from .commands import ActivityCommand
 from .dispatch import publish
-from .planning import Plan, plan_outcome, start_rollback
+from .errors import WorkflowAlreadyStartedError
+from .failures import describe_error
+from .planning import Plan, final_status, plan_outcome, start_rollback
 from .replay import replay_recording
-from .states import ACTIVE, HistoryKind, Status, StepKind
+from .states import ACTIVE, TERMINAL, HistoryKind, Status, StepKind
 from .storage import (
+    ChildIdTakenError,
+    ChildStart,
     Claim,
     CommitResult,
     CompensationRecord,
@@ -43,10 +47,12 @@ MAX_TRIES = 1000
 
 @dataclass
 class Planned:
-    """A plan and the rows its replay recorded on its own (registrations, outbox)."""
+    """A plan, the rows its replay recorded on its own (registrations, outbox, child
+    instances), and the children it starts, each with its own first plan."""
 
     plan: Plan
     rows: StepWrite = field(default_factory=StepWrite)
+    children: list[tuple[WorkflowInstance, Planned]] = field(default_factory=list)
 
 
 PlanFor = Callable[[Snapshot], Planned]
@@ -103,10 +109,11 @@ def _try(
         events=[*base.events, *rows.events],
         registrations=[*base.registrations, *rows.registrations],
         outbox=[*base.outbox, *rows.outbox],
+        children=rows.children,
     )
     result = romancy.storage.commit(snapshot, write, claim, conn)
     if result is CommitResult.COMMITTED:
-        _committed(romancy, snapshot.instance.instance_id, plan)
+        _committed(romancy, snapshot.instance, planned)
     return result
 
 
@@ -120,8 +127,28 @@ def start(
     """A new instance, planned like every transition (a replay of an empty history
     finds its first steps, or its end); its row, those steps and whatever the body
     recorded before them are inserted at once, unless the id exists."""
+    new = new_instance(instance_id, workflow_name, input_data)
+    for _ in range(MAX_TRIES):
+        values, write, planned = planned_start(romancy, new)
+        try:
+            instance, created = romancy.storage.create_instance(values, write)
+        except ChildIdTakenError:
+            continue  # a child's id was taken meanwhile: plan again, its start fails
+        if created:
+            _committed(romancy, new, planned)
+        return instance, created
+    raise RuntimeError(f"instance {instance_id} could not start its children")
+
+
+def new_instance(
+    instance_id: str,
+    workflow_name: str,
+    input_data: dict[str, Any],
+    parent: WorkflowInstance | None = None,
+    parent_close: str | None = None,
+) -> WorkflowInstance:
     now = utcnow()
-    new = WorkflowInstance(
+    return WorkflowInstance(
         instance_id=instance_id,
         workflow_name=workflow_name,
         status=Status.PENDING,
@@ -132,30 +159,53 @@ def start(
         cancel_reason=None,
         created_at=now,
         updated_at=now,
+        parent_instance_id=parent.instance_id if parent is not None else None,
+        root_instance_id=(parent.root_instance_id or parent.instance_id) if parent else None,
+        parent_close=parent_close,
     )
+
+
+def planned_start(
+    romancy: Romancy, new: WorkflowInstance
+) -> tuple[dict[str, Any], StepWrite, Planned]:
+    """A new instance's row, what its start writes, and its first plan."""
     planned = replayed(romancy, StepWrite())(Snapshot(new, [], []))
     plan = planned.plan
     change = plan.change
     if change.status == Status.RUNNING:
         change = replace(change, status=Status.PENDING)  # not picked up yet
-    values = {"instance_id": instance_id, "workflow_name": workflow_name, "input_data": input_data}
-    instance, created = romancy.storage.create_instance(
-        {**values, **change.columns()}, replace(planned.rows, add_steps=plan.add)
-    )
-    if created:
-        _committed(romancy, instance_id, plan)
-    return instance, created
+    values = {
+        "instance_id": new.instance_id,
+        "workflow_name": new.workflow_name,
+        "input_data": new.input_data,
+        "parent_instance_id": new.parent_instance_id,
+        "root_instance_id": new.root_instance_id,
+        "parent_close": new.parent_close,
+        **change.columns(),
+    }
+    return values, replace(planned.rows, add_steps=plan.add), planned
 
 
-def _committed(romancy: Romancy, instance_id: str, plan: Plan) -> None:
-    """What follows a commit: its messages, and an event that may have come before a wait
-    it began (see events.py)."""
+def _committed(romancy: Romancy, instance: WorkflowInstance, planned: Planned) -> None:
+    """What follows a commit: its messages, an event that may have come before a wait
+    it began (see events.py), and what it means for the instance's children and parent
+    (see children.py)."""
+    plan = planned.plan
     for dispatch in plan.dispatches:
         publish(romancy.app, dispatch)
+    for child, child_planned in planned.children:
+        _committed(romancy, child, child_planned)
+    instance_id = instance.instance_id
     if any(s.command.kind is StepKind.WAIT_EVENT for s in plan.add):
         from .events import deliver_kept_event
 
         deliver_kept_event(romancy, instance_id)
+    undo = [s.wait_correlation_id for s in plan.add if s.command.kind is StepKind.UNDO_CHILD]
+    ended = plan.change.status in TERMINAL and instance.parent_instance_id is not None
+    if plan.cancel_children or undo or ended:
+        from . import children
+
+        children.after_commit(romancy, instance, plan.cancel_children, undo, ended)
 
 
 # -- the plans ------------------------------------------------------------------------
@@ -193,30 +243,54 @@ def replayed(
         if not snapshot.complete:
             raise _HistoryNeededError
         workflow = romancy.registry.workflow(instance.workflow_name)
-        outcome, new_events = replay_recording(
-            workflow,
-            instance.instance_id,
-            instance.input_data,
-            [*snapshot.history, *step_rows.events],
-            {s.step_id for s in in_flight if s.kind is StepKind.ACTIVITY},
-        )
-        rows = recorded_rows(new_events)
+        history = [*snapshot.history, *step_rows.events]
+        running = {s.step_id for s in in_flight if s.kind in (StepKind.ACTIVITY, StepKind.CHILD)}
+        refused: list[HistoryEvent] = []
+        while True:
+            replay = replay_recording(
+                workflow,
+                instance.instance_id,
+                instance.input_data,
+                [*history, *refused],
+                running,
+                romancy.registry,
+                romancy.settings.max_payload_bytes,
+            )
+            rows = recorded_rows([*refused, *replay.events])
 
-        def compensations() -> list[CompensationRecord]:
-            # Newest first: what this transition registers, then what is stored.
-            fresh = [*step_rows.registrations, *rows.registrations]
-            return [*reversed(fresh), *romancy.storage.get_compensations(instance.instance_id)]
+            def compensations() -> list[CompensationRecord]:
+                # Newest first: what this transition registers, then what is stored.
+                fresh = [*step_rows.registrations, *rows.registrations]  # noqa: B023
+                return [*reversed(fresh), *romancy.storage.get_compensations(instance.instance_id)]
 
-        plan = plan_outcome(
-            instance,
-            instance.cancel_reason,
-            outcome,
-            in_flight,
-            compensations,
-            romancy.registry.compensation_queue,
-            parent_id,
-        )
-        return Planned(plan, rows)
+            plan = plan_outcome(
+                instance,
+                instance.cancel_reason,
+                replay.outcome,
+                in_flight,
+                compensations,
+                romancy.registry.compensation_queue,
+                parent_id,
+                replay.started,
+            )
+            taken = [c for c in plan.start_children if _id_taken(romancy, c)]
+            if not taken:
+                break
+            # Replay again with those starts refused: the body sees the error at the call.
+            refused += [start_refused(c) for c in taken]
+        planned = Planned(plan, rows)
+        for command in plan.start_children:
+            child = new_instance(
+                command.arguments["instance_id"],
+                command.name,
+                command.arguments["input"],
+                instance,
+                command.arguments["parent_close"],
+            )
+            values, write, child_planned = planned_start(romancy, child)
+            rows.children.append(ChildStart(values, write))
+            planned.children.append((child, child_planned))
+        return planned
 
     return plan_for
 
@@ -231,15 +305,13 @@ def rolled_back(romancy: Romancy, undone_step: str | None) -> PlanFor:
             for c in romancy.storage.get_compensations(instance.instance_id)
             if c.step_id != undone_step
         ]
-        final = Status.CANCELLED if instance.cancel_reason is not None else Status.FAILED
-        in_flight = snapshot.steps
         plan = start_rollback(
             instance,
             instance.error,
             remaining,
             romancy.registry.compensation_queue,
-            final,
-            in_flight,
+            final_status(instance),
+            snapshot.steps,
         )
         return Planned(plan)
 
@@ -249,6 +321,25 @@ def rolled_back(romancy: Romancy, undone_step: str | None) -> PlanFor:
 def fixed(plan: Plan) -> PlanFor:
     """A plan that does not depend on the instance's state (a retry, a parked step)."""
     return lambda _snapshot: Planned(plan)
+
+
+def _id_taken(romancy: Romancy, command: ActivityCommand) -> bool:
+    return romancy.storage.instance_exists(command.arguments["instance_id"])
+
+
+def start_refused(command: ActivityCommand) -> HistoryEvent:
+    """The record of a child start whose instance id another instance already has."""
+    child_id = command.arguments["instance_id"]
+    error = WorkflowAlreadyStartedError(
+        child_id, "is already used by another instance; give each child an id of its own"
+    )
+    return HistoryEvent(
+        command.seq,
+        command.step_id,
+        HistoryKind.CHILD,
+        command.name,
+        error=describe_error(error, command.step_id),
+    )
 
 
 # -- rows that replays record on their own ----------------------------------------------

@@ -10,6 +10,9 @@ PUBLIC = {
     "ActivityDefinition",
     "ActivityError",
     "ActivityInfo",
+    "ChildHandle",
+    "ChildSignature",
+    "ChildWorkflowError",
     "CompensationDefinition",
     "ConfigurationError",
     "EventConflictError",
@@ -62,6 +65,33 @@ def test_the_parallel_step_api_is_pinned() -> None:
         inspect.Parameter.VAR_POSITIONAL,
         inspect.Parameter.VAR_KEYWORD,
     ]
+
+
+def test_the_child_workflow_api_is_pinned() -> None:
+    """``ctx.start_child`` / ``ctx.execute_child``, ``workflow.s`` and the handle and error
+    they give, as DESIGN.md and the child-workflow issue name them."""
+    context = celery_romancy.WorkflowContext
+    for method in (context.start_child, context.execute_child):
+        params = inspect.signature(method).parameters
+        assert [(p.name, p.kind, p.default) for p in params.values()][1:] == [
+            ("workflow", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+            ("args", inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.empty),
+            ("instance_id", inspect.Parameter.KEYWORD_ONLY, None),
+            ("parent_close", inspect.Parameter.KEYWORD_ONLY, "cancel"),
+            ("kwargs", inspect.Parameter.VAR_KEYWORD, inspect.Parameter.empty),
+        ]
+    handle = celery_romancy.ChildHandle
+    assert list(inspect.signature(handle.result).parameters) == ["self"]
+    child = inspect.signature(celery_romancy.WorkflowDefinition.s).parameters
+    assert [p.kind for p in child.values()][1:] == [
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    ]
+    error = celery_romancy.ChildWorkflowError("c-1", "payment", "failed", {"type": "X"})
+    assert (error.instance_id, error.status, error.error) == ("c-1", "failed", {"type": "X"})
+    from celery_romancy.states import TERMINAL, Status
+
+    assert Status("compensated") in TERMINAL  # a child undone by its parent's rollback
 
 
 def test_every_error_shares_one_root() -> None:

@@ -396,7 +396,8 @@ def sent(outcome: Any) -> list[str]:
 
 
 def test_a_gather_sends_every_branch_with_its_own_step_id_and_one_group() -> None:
-    outcome, recorded = replay_recording(labels, "g-1", {"limit": None}, [])
+    replayed = replay_recording(labels, "g-1", {"limit": None}, [])
+    outcome, recorded = replayed.outcome, replayed.events
     assert sent(outcome) == ["label:1", "label:2", "label:3"]
     assert isinstance(outcome, Waiting)
     assert [c.seq for c in outcome.commands] == [1, 2, 3]
@@ -443,7 +444,8 @@ def test_an_empty_gather_returns_no_results_without_a_step() -> None:
     def _nothing(ctx: WorkflowContext) -> list[Any]:
         return ctx.gather() + ctx.map(label, [])
 
-    outcome, recorded = replay_recording(WorkflowDefinition("none", _nothing), "g-6", {}, [])
+    replayed = replay_recording(WorkflowDefinition("none", _nothing), "g-6", {}, [])
+    outcome, recorded = replayed.outcome, replayed.events
     assert outcome == Completed([])
     assert recorded == []
 

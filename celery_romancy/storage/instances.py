@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from . import schema
 from .base import StoreBase
 from .records import (
     AttemptRecord,
+    ChildIdTakenError,
     CompensationRecord,
     HistoryEvent,
     Snapshot,
@@ -49,11 +51,35 @@ class InstanceQueries(StoreBase):
             result = conn.execute(self.insert_ignoring_conflict(schema.instances).values(**row))
             created = result.rowcount == 1
             if created and write is not None:
-                for table, rows in write_rows(row["instance_id"], None, write, now, 0):
-                    conn.execute(sa.insert(table), rows)
+                self.insert_rows(conn, row["instance_id"], None, write, now, 0)
             instance = self._get_instance(conn, row["instance_id"])
         assert instance is not None
         return instance, created
+
+    def insert_rows(
+        self,
+        conn: Connection,
+        instance_id: str,
+        worker_id: str | None,
+        write: StepWrite,
+        now: datetime,
+        version: int,
+    ) -> None:
+        """Insert what a transition writes, and the child instances it starts with theirs.
+
+        ``ChildIdTakenError`` if a child's id is taken: the caller rolls back and plans
+        again (the start then fails in the parent, which sees the id taken).
+        """
+        for table, rows in write_rows(instance_id, worker_id, write, now, version):
+            conn.execute(sa.insert(table), rows)
+        for child in write.children:
+            row = {"version": 0, "created_at": now, "updated_at": now, **child.values}
+            inserted = conn.execute(
+                self.insert_ignoring_conflict(schema.instances).values(**row)
+            ).rowcount
+            if inserted != 1:
+                raise ChildIdTakenError(child.instance_id)
+            self.insert_rows(conn, child.instance_id, None, child.write, now, 0)
 
     def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         with self.engine.connect() as conn:
@@ -70,7 +96,12 @@ class InstanceQueries(StoreBase):
         status: str | Sequence[str] | None = None,
         workflow: str | None = None,
         limit: int = 100,
+        *,
+        parent: str | None = None,
+        root: str | None = None,
     ) -> list[WorkflowInstance]:
+        """Newest first. ``parent``: that instance's children; ``root``: the whole tree
+        under that root, the root included."""
         t = schema.instances
         stmt = sa.select(t).order_by(t.c.created_at.desc(), t.c.instance_id).limit(limit)
         if status is not None:
@@ -78,6 +109,10 @@ class InstanceQueries(StoreBase):
             stmt = stmt.where(t.c.status.in_(statuses))
         if workflow is not None:
             stmt = stmt.where(t.c.workflow_name == workflow)
+        if parent is not None:
+            stmt = stmt.where(t.c.parent_instance_id == parent)
+        if root is not None:
+            stmt = stmt.where(sa.or_(t.c.root_instance_id == root, t.c.instance_id == root))
         with self.engine.connect() as conn:
             return [instance_of(r._mapping) for r in conn.execute(stmt)]
 
@@ -95,11 +130,16 @@ class InstanceQueries(StoreBase):
         s = schema.steps
         now = schema.utcnow()
         rows = conn.execute(
-            sa.select(s.c.token, s.c.step_id, s.c.kind, s.c.lease_expires_at).where(
-                s.c.instance_id == instance_id
-            )
+            sa.select(
+                s.c.token,
+                s.c.step_id,
+                s.c.kind,
+                s.c.lease_expires_at,
+                s.c.wait_event_type,
+                s.c.wait_correlation_id,
+            ).where(s.c.instance_id == instance_id)
         )
-        steps = [ref_of(r.token, r.step_id, r.kind, r.lease_expires_at, now) for r in rows]
+        steps = [ref_of(r.token, r.step_id, r.kind, r.lease_expires_at, now, *r[4:]) for r in rows]
         return Snapshot(instance, self._get_history(conn, instance_id), steps)
 
     def get_steps(self, instance_id: str) -> list[StepRecord]:
@@ -145,6 +185,7 @@ class InstanceQueries(StoreBase):
                 c.c.attempts,
                 c.c.created_at,
                 c.c.finished_at,
+                c.c.kind,
             )
             .where(c.c.instance_id == instance_id)
             .order_by(c.c.recorded_version.desc(), c.c.seq.desc())

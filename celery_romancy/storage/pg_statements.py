@@ -131,7 +131,14 @@ def commit_statement(shape: CommitShape) -> PreparedStatement:
 def _in_flight(instance_id: Any) -> sa.ScalarSelect[Any]:
     """The instance's steps as one JSON array (decoded once, whatever their number)."""
     s = schema.steps
-    row = sa.func.json_build_array(s.c.token, s.c.step_id, s.c.kind, s.c.lease_expires_at)
+    row = sa.func.json_build_array(
+        s.c.token,
+        s.c.step_id,
+        s.c.kind,
+        s.c.lease_expires_at,
+        s.c.wait_event_type,
+        s.c.wait_correlation_id,
+    )
     return sa.select(sa.func.json_agg(row)).where(s.c.instance_id == instance_id).scalar_subquery()
 
 

@@ -117,6 +117,8 @@ class PostgresStore(Store):
     def create_instance(
         self, values: dict[str, Any], write: StepWrite | None = None
     ) -> tuple[WorkflowInstance, bool]:
+        if write is not None and write.children:
+            return super().create_instance(values, write)  # one statement per tree level
         now = schema.utcnow()
         row = {"version": 0, "created_at": now, "updated_at": now, **values}
         table_rows = flat_rows(row["instance_id"], None, write or StepWrite(), now, 0)
@@ -163,6 +165,7 @@ class PostgresStore(Store):
             claim is not None
             and conn is None
             and write.consume_event is None
+            and not write.children
             and set(write.remove_steps) <= {claim.step.token}
         )
         if not hot:

@@ -28,6 +28,11 @@ class WorkflowInstance:
     cancel_reason: str | None
     created_at: datetime
     updated_at: datetime
+    # Set for a child workflow: its parent, the root of its tree, and what happens to
+    # it if the parent ends first ("cancel" or "abandon").
+    parent_instance_id: str | None = None
+    root_instance_id: str | None = None
+    parent_close: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -61,6 +66,10 @@ class StepRef:
     step_id: str
     kind: StepKind
     leased: bool  # a worker holds it right now (its lease has not run out)
+    # A child step: the child's instance id, and whether the parent lets it run on
+    # (parent_close="abandon") rather than cancel it and wait for it when it closes.
+    child_id: str | None = None
+    abandon: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,9 @@ class CompensationRecord:
     attempts: int
     created_at: datetime
     finished_at: datetime | None
+    # "activity": run the compensation task ``name``; "child": undo the completed child
+    # workflow ``arguments["instance_id"]``.
+    kind: str = "activity"
 
 
 @dataclass(frozen=True)
@@ -203,6 +215,24 @@ class StepWrite:
     consume_event: int | None = None
     # Outbox rows: dicts with event_id, event_type, data.
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    # Child workflows this transition starts, inserted with it (or not at all).
+    children: list[ChildStart] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChildStart:
+    """A child instance's row and what its start records and dispatches."""
+
+    values: dict[str, Any]
+    write: StepWrite
+
+    @property
+    def instance_id(self) -> str:
+        return str(self.values["instance_id"])
+
+
+class ChildIdTakenError(Exception):
+    """A child's instance id is already used: the transition must be planned again."""
 
 
 @dataclass(frozen=True)

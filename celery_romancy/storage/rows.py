@@ -28,10 +28,22 @@ def step_of(mapping: Any, prefix: str = "") -> StepRecord:
 
 
 def ref_of(
-    token: str, step_id: str, kind: str, lease_expires_at: datetime | None, now: datetime
+    token: str,
+    step_id: str,
+    kind: str,
+    lease_expires_at: datetime | None,
+    now: datetime,
+    wait_event_type: str | None = None,
+    wait_correlation_id: str | None = None,
 ) -> StepRef:
     """A step in flight as a transition sees it."""
-    return StepRef(token, step_id, StepKind(kind), leased(lease_expires_at, now))
+    step_kind = StepKind(kind)
+    ref = StepRef(token, step_id, step_kind, leased(lease_expires_at, now))
+    if step_kind in (StepKind.CHILD, StepKind.UNDO_CHILD):
+        # See the steps table: a child step keeps its child and policy in the wait columns.
+        abandon = wait_event_type == "abandon"
+        return StepRef(ref.token, step_id, step_kind, ref.leased, wait_correlation_id, abandon)
+    return ref
 
 
 def leased(lease_expires_at: datetime | None, now: datetime) -> bool:
@@ -40,10 +52,11 @@ def leased(lease_expires_at: datetime | None, now: datetime) -> bool:
 
 
 def ref_from_json(item: list[Any], now: datetime) -> StepRef:
-    """A step from PostgreSQL's ``json_build_array(token, step_id, kind, lease_expires_at)``."""
-    token, step_id, kind, expires = item
+    """A step from PostgreSQL's ``json_build_array(token, step_id, kind, lease_expires_at,
+    wait_event_type, wait_correlation_id)``."""
+    token, step_id, kind, expires, wait_type, wait_id = item
     expires_at = datetime.fromisoformat(expires).replace(tzinfo=UTC) if expires else None
-    return ref_of(token, step_id, kind, expires_at, now)
+    return ref_of(token, step_id, kind, expires_at, now, wait_type, wait_id)
 
 
 def outbox_of(mapping: Any, **overrides: Any) -> OutboxRecord:
@@ -117,6 +130,7 @@ def write_rows(
                         "name": r.name,
                         "arguments": r.arguments,
                         "recorded_version": version,
+                        "kind": r.kind,
                         "status": "registered",
                         "attempts": 0,
                         "created_at": now,

@@ -61,8 +61,15 @@ instances = sa.Table(
     sa.Column("cancel_reason", sa.Text),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # A child workflow's parent, and the root of its tree (NULL for a root itself).
+    sa.Column("parent_instance_id", sa.String(100)),
+    sa.Column("root_instance_id", sa.String(100)),
+    # A child's fate when its parent ends first: "cancel" or "abandon".
+    sa.Column("parent_close", sa.String(16)),
     sa.Index("ix_romancy_instances_workflow_status", "workflow_name", "status"),
     sa.Index("ix_romancy_instances_created", "created_at"),
+    sa.Index("ix_romancy_instances_parent", "parent_instance_id"),
+    sa.Index("ix_romancy_instances_root", "root_instance_id"),
 )
 
 # The steps in flight: one row per dispatched command (an activity, a compensation, a
@@ -93,7 +100,9 @@ steps = sa.Table(
     # Claims that found the previous lease expired (its worker died or stalled): the
     # poison-step guard.
     sa.Column("takeovers", sa.Integer, nullable=False, server_default="0"),
-    # Set for an event wait, so an arriving event finds its step by index.
+    # Set for an event wait, so an arriving event finds its step by index. A child step
+    # (the parent waiting for a child workflow, or for its undo) keeps the child's
+    # instance id in wait_correlation_id and its parent_close policy in wait_event_type.
     sa.Column("wait_event_type", sa.String(200)),
     sa.Column("wait_correlation_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
@@ -157,6 +166,9 @@ compensations = sa.Table(
     # The instance version that recorded it: a rollback undoes newest record first,
     # and branches of a gather are recorded in the order they finish, not by seq.
     sa.Column("recorded_version", sa.Integer, nullable=False, server_default="0"),
+    # "activity": a compensation task to run; "child": a completed child workflow to
+    # undo (its own compensations run, newest first).
+    sa.Column("kind", sa.String(16), nullable=False, server_default="activity"),
     # registered -> done | failed
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("error", sa.JSON(none_as_null=True)),

@@ -19,8 +19,8 @@ from sqlalchemy.engine import Connection
 from ..states import Status
 from . import schema
 from .instances import InstanceQueries
-from .records import Claim, CommitResult, Snapshot, StepWrite
-from .rows import step_of, write_rows
+from .records import ChildIdTakenError, Claim, CommitResult, Snapshot, StepWrite
+from .rows import step_of
 
 
 class StepProtocol(InstanceQueries):
@@ -169,8 +169,7 @@ class StepProtocol(InstanceQueries):
                     return CommitResult.FENCED
             worker_id = claim.worker_id if claim is not None else None
             version = snapshot.instance.version + 1
-            for table, rows in write_rows(instance_id, worker_id, write, now, version):
-                conn.execute(sa.insert(table), rows)
+            self.insert_rows(conn, instance_id, worker_id, write, now, version)
             if write.compensation_update is not None:
                 step_id, changes = write.compensation_update
                 c = schema.compensations
@@ -180,6 +179,9 @@ class StepProtocol(InstanceQueries):
                     .values(**changes)
                 )
             txn.commit()
+        except ChildIdTakenError:
+            txn.rollback()  # plan again: the start of that child fails in the parent
+            return CommitResult.MOVED
         except sa.exc.IntegrityError:
             # The step is already recorded: a duplicate that slipped past the claim.
             txn.rollback()

@@ -11,11 +11,11 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from ..states import StepKind
+from ..states import ACTIVE, TERMINAL, StepKind
 from . import schema
 from .base import StoreBase
-from .records import StepRecord
-from .rows import step_of
+from .records import StepRecord, WorkflowInstance
+from .rows import instance_of, step_of
 
 _TASK_KINDS = [str(StepKind.ACTIVITY), str(StepKind.COMPENSATION)]
 # Literals, not bound values: the planners can then use the partial indexes on waits.
@@ -23,6 +23,7 @@ _IS_WAIT = schema.steps.c.kind.in_(
     [sa.literal_column(f"'{StepKind.TIMER}'"), sa.literal_column(f"'{StepKind.WAIT_EVENT}'")]
 )
 _IS_EVENT_WAIT = schema.steps.c.kind == sa.literal_column(f"'{StepKind.WAIT_EVENT}'")
+_CHILD_KINDS = [str(StepKind.CHILD), str(StepKind.UNDO_CHILD)]
 
 
 class SweptStep(NamedTuple):
@@ -121,6 +122,54 @@ class SweepQueries(StoreBase):
         stmt = _with_workflow().where(_IS_EVENT_WAIT, kept).limit(limit)
         with self.engine.connect() as conn:
             return [SweptStep(r.workflow_name, step_of(r._mapping)) for r in conn.execute(stmt)]
+
+    def child_steps_behind(
+        self, stale_before: datetime, limit: int
+    ) -> list[tuple[StepRecord, WorkflowInstance]]:
+        """Parents' child steps older than ``stale_before`` whose child has ended (the
+        wake after its last commit was lost) or, for an undo, is still ``completed``
+        (the undo was never begun), each with the child's row."""
+        s, c = schema.steps, schema.instances
+        stmt = (
+            sa.select(s, *(col.label(f"c_{col.name}") for col in c.columns))
+            .join(c, c.c.instance_id == s.c.wait_correlation_id)
+            .where(
+                s.c.kind.in_(_CHILD_KINDS),
+                s.c.dispatch_at < stale_before,
+                c.c.status.in_([str(x) for x in TERMINAL]),
+            )
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        prefix = {f"c_{col.name}": col.name for col in c.columns}
+        return [
+            (
+                step_of(r._mapping),
+                instance_of({name: r._mapping[key] for key, name in prefix.items()}),
+            )
+            for r in rows
+        ]
+
+    def children_to_cancel(self, limit: int) -> list[str]:
+        """Running children (``parent_close="cancel"``) whose parent has ended, rolls
+        back or is being cancelled: the cancel after the parent's commit was lost."""
+        child, parent = schema.instances.alias("child"), schema.instances.alias("parent")
+        active = [str(x) for x in ACTIVE]
+        stmt = (
+            sa.select(child.c.instance_id)
+            .join(parent, parent.c.instance_id == child.c.parent_instance_id)
+            .where(
+                child.c.parent_instance_id.is_not(None),
+                child.c.status.in_(active),
+                child.c.parent_close == "cancel",
+                child.c.cancel_reason.is_(None),
+                sa.or_(parent.c.status.not_in(active), parent.c.cancel_reason.is_not(None)),
+            )
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).scalars())
 
     def _named(self, conn: sa.Connection, steps: list[StepRecord]) -> list[SweptStep]:
         if not steps:
