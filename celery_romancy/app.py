@@ -230,8 +230,15 @@ class Romancy:
         status: str | Sequence[str] | None = None,
         workflow: str | None = None,
         limit: int = 100,
+        *,
+        parent: str | None = None,
+        root: str | None = None,
     ) -> list[WorkflowInstance]:
-        return self.storage.find_instances(status=status, workflow=workflow, limit=limit)
+        """Instances, newest first. ``parent``: the children of that instance; ``root``:
+        a whole tree of child workflows, its root included."""
+        return self.storage.find_instances(
+            status=status, workflow=workflow, limit=limit, parent=parent, root=root
+        )
 
     def wait(self, instance_id: str, timeout: float = 30.0) -> WorkflowInstance:
         """Block until the instance reaches a terminal status; ``WaitTimeoutError`` after

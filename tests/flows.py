@@ -26,6 +26,7 @@ from celery_romancy import (
     current_activity,
 )
 
+from .child_flows import register_children
 from .gather_flows import register_gathers
 from .ledger import Gate, Ledger
 from .saga_flows import register_sagas
@@ -198,6 +199,7 @@ def build(
     register_sagas(romancy, folder)
     register_waits(romancy, folder)
     register_gathers(romancy, folder)
+    register_children(romancy, folder)
 
     @romancy.activity("record_sale", retry=NO_RETRY)
     def record_sale(order_id: str) -> int:
