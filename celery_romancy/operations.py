@@ -23,7 +23,7 @@ from .transition import Planned, apply, replayed
 if TYPE_CHECKING:
     from .app import Romancy
 
-FINISHED = (Status.COMPLETED, Status.FAILED, Status.COMPENSATION_FAILED)
+FINISHED = (Status.COMPLETED, Status.FAILED, Status.COMPENSATION_FAILED, Status.COMPENSATED)
 
 
 def _snapshot(romancy: Romancy, instance_id: str) -> Snapshot:

@@ -17,7 +17,7 @@ from celery_romancy import (
     WorkflowContext,
 )
 
-from .ledger import Ledger
+from .ledger import Gate, Ledger
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 
@@ -158,6 +158,25 @@ def register_children(romancy: Romancy, folder: Path) -> None:
     def c_waits_on_child(ctx: WorkflowContext, tag: str, parent_close: str) -> str:
         c_step.execute(ctx, f"{tag}.p")
         return ctx.execute_child(c_waiter, tag, parent_close=parent_close)
+
+    @romancy.activity("c_gated_boom", retry=NO_RETRY)
+    def c_gated_boom(name: str) -> None:
+        Gate(folder, name).wait()
+        ledger.record(f"boom:{name}")
+        raise TerminalError(f"{name} failed")
+
+    @romancy.workflow("c_fails_beside_child")
+    def c_fails_beside_child(ctx: WorkflowContext, tag: str) -> str:
+        c_step.execute(ctx, f"{tag}.p")
+        ctx.start_child(c_waiter, tag)
+        c_gated_boom.execute(ctx, tag)
+        return "unreachable"
+
+    @romancy.workflow("c_fire_and_forget")
+    def c_fire_and_forget(ctx: WorkflowContext, tag: str, parent_close: str) -> str:
+        handle = ctx.start_child(c_waiter, tag, parent_close=parent_close)
+        c_step.execute(ctx, f"{tag}.p")
+        return handle.instance_id
 
     # -- bad input at the call ----------------------------------------------------------
 

@@ -143,8 +143,10 @@ def test_a_parent_rollback_undoes_its_completed_children_in_order(harness: Harne
 
 def _wait_for_status(romancy: Romancy, instance_id: str, status: str) -> None:
     wait_for(
-        lambda: romancy.storage.get_instance(instance_id) is not None
-        and status_of(romancy, instance_id) == status,
+        lambda: (
+            romancy.storage.get_instance(instance_id) is not None
+            and status_of(romancy, instance_id) == status
+        ),
         30,
         f"{instance_id} to be {status}",
     )
@@ -185,6 +187,46 @@ def test_an_abandoned_child_runs_on_after_its_parent_is_cancelled(harness: Harne
     assert romancy.get_instance(child).parent_close == "abandon"
     assert harness.ledger.count("undo:ab.w") == 0
     assert harness.ledger.count("undo:ab.p") == 1
+
+
+def test_a_parent_that_fails_cancels_its_running_child_and_waits_before_rolling_back(
+    harness: Harness,
+) -> None:
+    romancy = harness.romancy
+    parent = romancy.start_workflow("c_fails_beside_child", "fb")
+    child = f"{parent}/child:c_waiter:1"
+
+    with harness.worker():
+        _wait_for_status(romancy, child, "waiting_for_event")
+        harness.gate("fb").open()  # now the parent's step fails
+        parent_end = romancy.wait(parent, timeout=30)
+
+    assert parent_end.status == "failed"
+    assert parent_end.error is not None and parent_end.error["message"] == "fb failed"
+    assert status_of(romancy, child) == "cancelled"
+    undone = [line for line in harness.ledger.events() if line.startswith("undo:")]
+    assert undone == ["undo:fb.w", "undo:fb.p"]  # the child compensated before the parent
+
+
+@pytest.mark.parametrize("parent_close", ["cancel", "abandon"])
+def test_a_parent_that_completes_closes_its_running_child_as_told(
+    harness: Harness, parent_close: str
+) -> None:
+    romancy = harness.romancy
+    tag = f"ff-{parent_close}"
+    parent = romancy.start_workflow("c_fire_and_forget", tag, parent_close)
+
+    with harness.worker():
+        child = romancy.result(parent, timeout=30)
+        if parent_close == "cancel":
+            assert romancy.wait(child, timeout=30).status == "cancelled"
+        else:
+            _wait_for_status(romancy, child, "waiting_for_event")
+            romancy.send_event("c_go", None, correlation_id=tag)
+            assert romancy.result(child, timeout=30) == f"done:{tag}"
+
+    assert romancy.get_instance(parent).status == "completed"
+    assert romancy.storage.get_steps(parent) == []
 
 
 @pytest.mark.parametrize(

@@ -464,3 +464,126 @@ def test_changing_the_branches_of_a_recorded_gather_is_nondeterminism() -> None:
 
     outcome = replay(WorkflowDefinition("labels", _other), "g-7", {}, history)
     assert isinstance(outcome, Diverged)
+
+
+# -- child workflows: started with the next commit, their end recorded at their place ------
+
+
+def _child_body(ctx: WorkflowContext, amount: Decimal) -> Quote:
+    raise AssertionError("a child's body does not run in its parent's replay")
+
+
+child = WorkflowDefinition("child_pay", _child_body)
+
+
+def _parent(ctx: WorkflowContext, mode: str) -> Any:
+    if mode == "wait":
+        return ctx.execute_child(child, Decimal("9.50"))
+    handle = ctx.start_child(child, Decimal("1"), parent_close="abandon")
+    quote = ctx.execute(quoted, "sku-1")
+    return [handle.instance_id, quote.price, handle.result().price]
+
+
+quoted = activity("quote", _quote)
+parent = WorkflowDefinition("parent", _parent)
+
+
+def _registry() -> Any:
+    from celery_romancy.registry import Registry
+
+    registry = Registry()
+    for definition in (child, parent, quoted):
+        registry.add(definition)
+    return registry
+
+
+def child_done(seq: int, step_id: str, instance_id: str, output: Any) -> HistoryEvent:
+    result = {"instance_id": instance_id, "output": output}
+    return HistoryEvent(seq, step_id, "child", "child_pay", result=result)
+
+
+def test_execute_child_starts_the_child_with_a_derived_id_and_waits() -> None:
+    replayed = replay_recording(parent, "p-1", {"mode": "wait"}, [], (), _registry())
+    assert replayed.outcome == Waiting(())  # nothing to send: the child's end wakes it
+    [start] = replayed.started
+    assert (start.step_id, start.seq, start.name) == ("child:child_pay:1", 0, "child_pay")
+    assert start.arguments == {
+        "instance_id": "p-1/child:child_pay:1",
+        "parent_close": "cancel",
+        "input": {"amount": "9.50"},
+    }
+    # Replayed while the child runs: not started again.
+    again = replay_recording(
+        parent, "p-1", {"mode": "wait"}, [], {"child:child_pay:1"}, _registry()
+    )
+    assert again.outcome == Waiting(()) and again.started == []
+
+
+def test_a_recorded_child_returns_its_typed_output_or_raises_child_workflow_error() -> None:
+    output = {"sku": "s", "price": "9.50"}
+    history = [child_done(0, "child:child_pay:1", "p-2/child:child_pay:1", output)]
+    assert replay(parent, "p-2", {"mode": "wait"}, history) == Completed(
+        {"sku": "s", "price": "9.50"}
+    )
+    from celery_romancy.errors import ChildWorkflowError
+
+    cause = describe_error(PaymentDeclinedError("no funds", 51), "charge:1")
+    error = ChildWorkflowError("p-2/child:child_pay:1", "child_pay", "failed", cause)
+    failed_child = HistoryEvent(
+        0, "child:child_pay:1", "child", "child_pay", error=describe_error(error)
+    )
+    outcome = replay(parent, "p-2", {"mode": "wait"}, [failed_child])
+    assert isinstance(outcome, Failed)
+    rebuilt = rebuild_error(outcome.error)
+    assert isinstance(rebuilt, ChildWorkflowError)
+    assert rebuilt.status == "failed" and rebuilt.error is not None
+    assert rebuilt.error["type"] == f"{__name__}.PaymentDeclinedError"
+
+
+def test_start_child_goes_on_and_its_result_can_arrive_after_later_steps() -> None:
+    replayed = replay_recording(parent, "p-3", {"mode": "start"}, [], (), _registry())
+    # The child starts and the next step is sent in the same commit.
+    assert [c.step_id for c in replayed.started] == ["child:child_pay:1"]
+    assert sent(replayed.outcome) == ["quote:1"]
+    # The quote is recorded first; the child still runs: wait for it, start nothing.
+    quote = done(1, "quote:1", {"sku": "sku-1", "price": "3"})
+    later = replay_recording(
+        parent, "p-3", {"mode": "start"}, [quote], {"child:child_pay:1"}, _registry()
+    )
+    assert later.outcome == Waiting(()) and later.started == []
+    # Recorded at its own position (0), after the quote (1).
+    ended = child_done(0, "child:child_pay:1", "p-3/child:child_pay:1", {"sku": "c", "price": "1"})
+    assert replay(parent, "p-3", {"mode": "start"}, [quote, ended]) == Completed(
+        ["p-3/child:child_pay:1", "3", "1"]
+    )
+
+
+def test_another_child_at_a_recorded_position_is_nondeterminism() -> None:
+    other = WorkflowDefinition("other_child", _child_body)
+
+    def _changed(ctx: WorkflowContext) -> Any:
+        return ctx.execute_child(other, Decimal("1"))
+
+    history = [child_done(0, "child:child_pay:1", "x/child:child_pay:1", {})]
+    outcome = replay(WorkflowDefinition("parent", _changed), "p-4", {}, history)
+    assert isinstance(outcome, Diverged)
+
+
+def test_bad_child_input_fails_the_parent_at_the_call_without_a_start() -> None:
+    def _bad(ctx: WorkflowContext, how: str) -> Any:
+        if how == "unknown":
+            return ctx.execute_child("nobody", 1)
+        if how == "policy":
+            return ctx.start_child(child, Decimal("1"), parent_close="linger")
+        return ctx.execute_child(child, "not a decimal")
+
+    bad = WorkflowDefinition("bad", _bad)
+    for how, error_type in [
+        ("unknown", "UnknownWorkflowError"),
+        ("policy", "InvalidArgumentsError"),
+        ("type", "InvalidArgumentsError"),
+    ]:
+        replayed = replay_recording(bad, "p-5", {"how": how}, [], (), _registry())
+        assert isinstance(replayed.outcome, Failed), how
+        assert replayed.outcome.error["type"].endswith(error_type), how
+        assert replayed.started == []
