@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from celery_romancy import ChildWorkflowError, Romancy, WorkflowInstance
+from celery_romancy import ChildWorkflowError, Romancy, WorkflowInstance, transition
 from celery_romancy import children as child_runtime
-from celery_romancy import transition
 from celery_romancy.dispatch import Dispatch
 from celery_romancy.states import StepKind
 
