@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,8 +26,15 @@ from .app import Romancy
 from .contrib.status import instance_status
 from .errors import RomancyError, UnknownInstanceError
 from .settings import masked_url
+from .states import StepKind
 from .storage import STATUSES, WorkflowInstance
 from .storage.migrate import current_revision
+
+LIST_LIMIT = 50
+# list --root reads a whole tree at once; a larger one is walked with list --parent.
+TREE_LIMIT = 10_000
+# show lists this many child workflows at most; list --parent --limit N lists more.
+CHILDREN_SHOWN = 200
 
 
 def romancy_of(app: Any) -> Romancy:
@@ -92,23 +100,55 @@ def _romancy(ctx: click.Context) -> Romancy:
     help="Only instances in this status (repeatable).",
 )
 @click.option("--workflow", help="Only instances of this workflow.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--parent", help="Only the child workflows of this instance.")
+@click.option(
+    "--root",
+    help="The tree of child workflows under this instance, as a tree (takes no other filter).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help=f"At most this many instances  [default: {LIST_LIMIT}; a whole tree with --root]",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
 @click.pass_context
 def list_instances(
     ctx: click.Context,
     statuses: tuple[str, ...],
     workflow: str | None,
-    limit: int,
+    parent: str | None,
+    root: str | None,
+    limit: int | None,
     as_json: bool,
 ) -> None:
-    """Instances, newest first."""
-    with reported():
-        found = _romancy(ctx).find_instances(
-            status=list(statuses) or None, workflow=workflow, limit=limit
+    """Instances, newest first; with --root, a tree of child workflows, oldest first."""
+    if root is not None:
+        given = [
+            name
+            for name, value in (
+                ("--status", statuses),
+                ("--workflow", workflow),
+                ("--parent", parent),
+                ("--limit", limit),
+            )
+            if value not in (None, ())
+        ]
+        if given:
+            raise click.UsageError(f"--root lists a whole tree: it takes no {', '.join(given)}")
+        _list_tree(ctx, root, as_json)
+        return
+    with reported("--parent"):
+        engine = _romancy(ctx)
+        if parent is not None:
+            engine.get_instance(parent)  # an unknown parent is a usage error, not "(none)"
+        found = engine.find_instances(
+            status=list(statuses) or None,
+            workflow=workflow,
+            limit=limit or LIST_LIMIT,
+            parent=parent,
         )
     if as_json:
-        click.echo(json.dumps([instance_status(i) for i in found], indent=2))
+        click.echo(json.dumps([_summary(i) for i in found], indent=2))
         return
     rows = [
         (i.instance_id, i.workflow_name, i.status, _time(i.updated_at), _note(i)) for i in found
@@ -116,12 +156,38 @@ def list_instances(
     _table(("INSTANCE", "WORKFLOW", "STATUS", "UPDATED", "NOTE"), rows)
 
 
+def _list_tree(ctx: click.Context, top_id: str, as_json: bool) -> None:
+    """``list --root``: the instance and every child workflow under it, each under its
+    parent. ``top_id`` may itself be a child: its subtree is shown."""
+    with reported("--root"):
+        engine = _romancy(ctx)
+        top = engine.get_instance(top_id)
+        # Storage finds trees by their root only: read the root's, keep top's subtree.
+        tree = engine.find_instances(root=top.root_instance_id or top_id, limit=TREE_LIMIT + 1)
+    if len(tree) > TREE_LIMIT:
+        raise click.ClickException(
+            f"the tree of {top_id} holds more than {TREE_LIMIT} instances: "
+            "walk it with list --parent"
+        )
+    rows = _subtree(top, tree)
+    if as_json:
+        click.echo(json.dumps([_summary(i) for _, i in rows], indent=2))
+        return
+    _table(
+        ("INSTANCE", "WORKFLOW", "STATUS", "CREATED", "NOTE"),
+        [
+            ("  " * depth + i.instance_id, i.workflow_name, i.status, _time(i.created_at), _note(i))
+            for depth, i in rows
+        ],
+    )
+
+
 @romancy.command()
 @click.argument("instance_id")
 @click.option("--json", "as_json", is_flag=True, help="Everything, as one JSON object.")
 @click.pass_context
 def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
-    """One instance with its steps, failed attempts and compensations."""
+    """One instance with its steps, failed attempts, compensations and child workflows."""
     with reported():
         engine = _romancy(ctx)
         instance = engine.get_instance(instance_id)
@@ -129,9 +195,15 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         attempts = engine.storage.get_attempts(instance_id)
         compensations = engine.storage.get_compensations(instance_id)
         steps = engine.storage.get_steps(instance_id)
+        children = engine.find_instances(parent=instance_id, limit=CHILDREN_SHOWN + 1)
+    more_children = len(children) > CHILDREN_SHOWN
+    # Storage gives the newest; shown oldest first, like the steps that started them.
+    children = sorted(children[:CHILDREN_SHOWN], key=_created_order)
     if as_json:
         document = {
             "instance": dataclasses.asdict(instance),
+            "children": [_summary(c) for c in children],
+            "more_children": more_children,
             "steps_in_flight": [
                 {**dataclasses.asdict(s), "command": s.command.to_json()} for s in steps
             ],
@@ -150,6 +222,11 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         ("input", _json(instance.input_data)),
         ("output", _json(instance.output_data)),
     ]
+    if instance.parent_instance_id is not None:
+        closing = f" (parent_close: {instance.parent_close})" if instance.parent_close else ""
+        fields.insert(2, ("parent", f"{instance.parent_instance_id}{closing}"))
+        if instance.root_instance_id not in (None, instance.parent_instance_id):
+            fields.insert(3, ("root", str(instance.root_instance_id)))
     if instance.error:
         fields.append(("error", _error(instance.error)))
         undo_error = instance.error.get("compensation_error")
@@ -211,6 +288,18 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
             ],
             indent="  ",
         )
+    if children:
+        click.echo(f"\nchild workflows ({len(children)}{'+' if more_children else ''})")
+        _table(
+            ("INSTANCE", "WORKFLOW", "STATUS", "CREATED"),
+            [(c.instance_id, c.workflow_name, c.status, _time(c.created_at)) for c in children],
+            indent="  ",
+        )
+        if more_children:
+            click.echo(
+                f"  ... only the newest {CHILDREN_SHOWN} shown: "
+                f"list --parent {instance_id} --limit N lists more"
+            )
 
 
 @romancy.command()
@@ -321,7 +410,46 @@ def _error(error: dict[str, Any], step: bool = True) -> str:
 
 def _pending(pending: dict[str, Any]) -> str:
     what = f"{pending.get('kind')} {pending.get('name')}"
-    return f"{what} ({pending.get('step_id')}, attempt {pending.get('attempt', 1)})"
+    text = f"{what} ({pending.get('step_id')}, attempt {pending.get('attempt', 1)})"
+    arguments = pending.get("arguments")
+    if pending.get("kind") == StepKind.CHILD and isinstance(arguments, dict):
+        text += f" -> {arguments.get('instance_id')}"  # the child it waits for
+    return text
+
+
+def _summary(instance: WorkflowInstance) -> dict[str, Any]:
+    """``instance_status`` and the instance's place in a tree of child workflows."""
+    return {
+        **instance_status(instance),
+        "parent_instance_id": instance.parent_instance_id,
+        "root_instance_id": instance.root_instance_id,
+        "parent_close": instance.parent_close,
+    }
+
+
+def _created_order(instance: WorkflowInstance) -> tuple[datetime, list[tuple[int, str]]]:
+    """Oldest first. Children started by one step (a gather) share a creation time; their
+    derived ids end in the step's counter, compared as a number (``:2`` before ``:10``)."""
+    parts = re.split(r"(\d+)", instance.instance_id)
+    return instance.created_at, [(int(p), "") if p.isdigit() else (-1, p) for p in parts]
+
+
+def _subtree(
+    top: WorkflowInstance, tree: Sequence[WorkflowInstance]
+) -> list[tuple[int, WorkflowInstance]]:
+    """``top`` and its descendants in ``tree``, depth first: (depth, instance) pairs."""
+    children: dict[str, list[WorkflowInstance]] = {}
+    for instance in tree:
+        if instance.parent_instance_id is not None:
+            children.setdefault(instance.parent_instance_id, []).append(instance)
+    rows: list[tuple[int, WorkflowInstance]] = []
+    stack = [(0, top)]
+    while stack:
+        depth, instance = stack.pop()
+        rows.append((depth, instance))
+        below = sorted(children.get(instance.instance_id, []), key=_created_order, reverse=True)
+        stack.extend((depth + 1, child) for child in below)
+    return rows
 
 
 def _note(instance: WorkflowInstance) -> str:

@@ -1,5 +1,6 @@
 """The workflows the CLI tests operate: the engine tests' ones, plus one that waits for
-an event. Built in-process and by ``tests/cli_app.py`` for ``celery -A tests.cli_app``."""
+an event and a small tree of child workflows. Built in-process and by
+``tests/cli_app.py`` for ``celery -A tests.cli_app``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-from celery_romancy import Romancy, WorkflowContext
+from celery_romancy import ChildWorkflowError, RetryPolicy, Romancy, TerminalError, WorkflowContext
 
 from .flows import build
 
@@ -29,5 +30,30 @@ def build_cli(
         invoice = open_invoice.execute(ctx, order_id)
         payment = ctx.wait_event("payment", correlation_id=order_id if by_correlation else None)
         return {"invoice": invoice, "payment": payment}
+
+    # -- a tree: cli_tree -> cli_branch -> cli_leaf, then a second child that fails ------
+
+    @romancy.activity("cli_stamp", retry=RetryPolicy(max_attempts=1))
+    def cli_stamp(tag: str) -> str:
+        if tag.endswith("boom"):
+            raise TerminalError(f"no stamp for {tag}")
+        return f"stamped:{tag}"
+
+    @romancy.workflow("cli_leaf")
+    def cli_leaf(ctx: WorkflowContext, tag: str) -> str:
+        return cli_stamp.execute(ctx, tag)
+
+    @romancy.workflow("cli_branch")
+    def cli_branch(ctx: WorkflowContext, tag: str) -> dict[str, str]:
+        return {"branch": cli_stamp.execute(ctx, tag), "leaf": ctx.execute_child(cli_leaf, tag)}
+
+    @romancy.workflow("cli_tree")
+    def cli_tree(ctx: WorkflowContext, tag: str) -> dict[str, Any]:
+        branch = ctx.execute_child(cli_branch, f"{tag}.branch")
+        try:
+            ctx.execute_child(cli_leaf, f"{tag}.boom")
+        except ChildWorkflowError as error:
+            return {"branch": branch, "second": error.status}
+        return {"branch": branch, "second": "completed"}
 
     return app, romancy

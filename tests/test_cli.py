@@ -167,11 +167,19 @@ def test_bad_ids_and_bad_arguments(cli: Cli) -> None:
     result = cli("send-event", "payment", "--instance-id", "no-such-id")
     assert result.exit_code == 2
     assert "Invalid value for --instance-id: no workflow instance 'no-such-id'" in result.stderr
+    for option in ("--root", "--parent"):
+        result = cli("list", option, "no-such-id")
+        assert result.exit_code == 2, (option, result.output)
+        assert f"Invalid value for {option}: no workflow instance 'no-such-id'" in result.stderr
+        assert result.stdout == ""
 
     usage_errors = [
         ("list", "--status", "sleeping"),
         ("list", "--limit", "0"),
         ("list", "--limit", "many"),
+        ("list", "--root", "a", "--status", "failed"),  # a tree is listed whole
+        ("list", "--root", "a", "--parent", "b"),
+        ("list", "--root", "a", "--limit", "3"),
         ("show",),
         ("cancel",),
         ("frobnicate",),
@@ -314,3 +322,122 @@ def test_the_database_password_never_reaches_the_terminal(cli: Cli) -> None:
     assert f"postgresql://{url.username}:***@{url.host}:port/" in done.stderr
     assert password not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_tree_of_child_workflows(cli: Cli) -> None:
+    root = cli.start("cli_tree", "T1")
+    finished = cli.finished(root)
+    assert finished.status == "completed", finished.error
+    assert finished.output_data == {
+        "branch": {"branch": "stamped:T1.branch", "leaf": "stamped:T1.branch"},
+        "second": "failed",
+    }
+    # Child ids default to <parent id>/<step id>.
+    branch = f"{root}/child:cli_branch:1"
+    grandchild = f"{branch}/child:cli_leaf:1"
+    failed = f"{root}/child:cli_leaf:1"
+
+    shown = cli("show", root)
+    assert shown.exit_code == 0, shown.output
+    assert "\nparent " not in shown.stdout
+    assert _child_rows(shown.stdout) == [
+        [branch, "cli_branch", "completed"],
+        [failed, "cli_leaf", "failed"],
+    ]
+    shown = cli("show", branch).stdout
+    assert f"parent    {root} (parent_close: cancel)" in shown
+    assert "\nroot " not in shown  # its parent is the root
+    assert _child_rows(shown) == [[grandchild, "cli_leaf", "completed"]]
+    shown = cli("show", grandchild).stdout
+    assert f"parent    {branch} (parent_close: cancel)" in shown
+    assert f"root      {root}" in shown
+    assert "child workflows" not in shown  # a leaf: no section
+
+    document = json.loads(cli("show", "--json", root).stdout)
+    assert document["instance"]["parent_instance_id"] is None
+    assert document["instance"]["root_instance_id"] is None
+    assert [
+        (
+            c["instance_id"],
+            c["workflow"],
+            c["status"],
+            c["parent_instance_id"],
+            c["root_instance_id"],
+        )
+        for c in document["children"]
+    ] == [
+        (branch, "cli_branch", "completed", root, root),
+        (failed, "cli_leaf", "failed", root, root),
+    ]
+    assert document["more_children"] is False
+    document = json.loads(cli("show", "--json", grandchild).stdout)
+    assert document["instance"]["parent_instance_id"] == branch
+    assert document["instance"]["root_instance_id"] == root
+    assert document["instance"]["parent_close"] == "cancel"
+    assert document["children"] == []
+
+    listing = cli("list", "--root", root)
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["INSTANCE", "WORKFLOW", "STATUS", "CREATED", "NOTE"]
+    # Root first, each child two spaces under its parent, siblings oldest first.
+    assert [_tree_row(line) for line in lines[1:]] == [
+        (0, root, "cli_tree", "completed"),
+        (2, branch, "cli_branch", "completed"),
+        (4, grandchild, "cli_leaf", "completed"),
+        (2, failed, "cli_leaf", "failed"),
+    ]
+    assert "TerminalError: no stamp for T1.boom" in lines[4]
+    subtree = cli("list", "--root", branch).stdout.splitlines()
+    assert [_tree_row(line) for line in subtree[1:]] == [
+        (0, branch, "cli_branch", "completed"),
+        (2, grandchild, "cli_leaf", "completed"),
+    ]
+
+    as_json = json.loads(cli("list", "--root", root, "--json").stdout)
+    assert [
+        (i["instance_id"], i["parent_instance_id"], i["root_instance_id"]) for i in as_json
+    ] == [
+        (root, None, None),
+        (branch, root, root),
+        (grandchild, branch, root),
+        (failed, root, root),
+    ]
+
+    assert _ids(cli("list", "--parent", root)) == [failed, branch]  # newest first
+    assert _ids(cli("list", "--parent", root, "--status", "failed")) == [failed]
+    assert cli("list", "--parent", grandchild).stdout == "(none)\n"  # a leaf
+    as_json = json.loads(cli("list", "--parent", branch, "--json").stdout)
+    assert [(i["instance_id"], i["parent_instance_id"]) for i in as_json] == [(grandchild, branch)]
+
+
+def test_a_parent_waiting_for_its_child(cli: Cli) -> None:
+    parent = cli.start("c_waits_on_child", "W1", "cancel")
+    child = f"{parent}/child:c_waiter:1"
+    wait_for(
+        lambda: (
+            [i.status for i in cli.romancy.find_instances(parent=parent)] == ["waiting_for_event"]
+        ),
+        30,
+        "the child to wait for its event",
+    )
+    shown = cli("show", parent).stdout
+    assert f"pending   child c_waiter (child:c_waiter:1, attempt 1) -> {child}" in shown
+    assert _child_rows(shown) == [[child, "c_waiter", "waiting_for_event"]]
+
+    result = cli("send-event", "c_go", "--correlation-id", "W1")
+    assert result.exit_code == 0, result.output
+    assert cli.finished(parent).output_data == "done:W1"
+    assert _child_rows(cli("show", parent).stdout) == [[child, "c_waiter", "completed"]]
+
+
+def _child_rows(shown: str) -> list[list[str]]:
+    """The INSTANCE, WORKFLOW and STATUS cells of ``show``'s child workflows section."""
+    section = shown.split("\nchild workflows (")[1].split("\n\n")[0]
+    return [line.split()[:3] for line in section.splitlines()[2:]]
+
+
+def _tree_row(line: str) -> tuple[int, str, str, str]:
+    """A ``list --root`` line: its indent, instance, workflow and status."""
+    cells = line.split()
+    return len(line) - len(line.lstrip(" ")), cells[0], cells[1], cells[2]
