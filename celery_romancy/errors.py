@@ -84,8 +84,18 @@ class ChildWorkflowError(RomancyError):
         self.workflow = workflow
         self.status = status
         self.error = error
-        cause = f": {error.get('type')}: {error.get('message')}" if error else ""
-        super().__init__(f"child workflow {workflow} {instance_id} ended {status}{cause}")
+        super().__init__(f"child workflow {workflow} {instance_id} ended {status}{_cause(error)}")
+
+
+def _cause(error: dict[str, Any] | None) -> str:
+    """What a child's error record says went wrong: its failure, its failed compensation."""
+    parts = []
+    if error and error.get("type"):
+        parts.append(f"{error['type']}: {error.get('message')}")
+    undo = (error or {}).get("compensation_error")
+    if isinstance(undo, dict):
+        parts.append(f"compensation failed: {undo.get('type')}: {undo.get('message')}")
+    return f": {'; '.join(parts)}" if parts else ""
 
 
 class WaitTimeoutError(RomancyError, TimeoutError):

@@ -178,6 +178,30 @@ def register_children(romancy: Romancy, folder: Path) -> None:
         c_step.execute(ctx, f"{tag}.p")
         return handle.instance_id
 
+    # -- a child whose undo fails until an operator fixes the cause -----------------------
+
+    @romancy.compensation("c_fragile_undo", retry=NO_RETRY)
+    def c_fragile_undo(name: str) -> None:
+        if not Gate(folder, f"fixed-{name}").path.exists():
+            raise RuntimeError(f"cannot undo {name} yet")
+        ledger.record(f"undo-fragile:{name}")
+
+    @romancy.activity("c_fragile", compensation=c_fragile_undo, retry=NO_RETRY)
+    def c_fragile(name: str) -> str:
+        ledger.record(f"fragile:{name}")
+        return name
+
+    @romancy.workflow("c_fragile_leaf")
+    def c_fragile_leaf(ctx: WorkflowContext, name: str) -> str:
+        return c_fragile.execute(ctx, name)
+
+    @romancy.workflow("c_undo_fails")
+    def c_undo_fails(ctx: WorkflowContext, tag: str) -> str:
+        c_step.execute(ctx, f"{tag}.p")
+        ctx.execute_child(c_fragile_leaf, tag)
+        c_step.execute(ctx, f"{tag}.boom")
+        return "unreachable"
+
     # -- bad input at the call ----------------------------------------------------------
 
     @romancy.workflow("c_bad_child")

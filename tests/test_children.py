@@ -140,6 +140,35 @@ def test_a_parent_rollback_undoes_its_completed_children_in_order(harness: Harne
         assert romancy.get_instance(child).output_data is not None  # its result is kept
 
 
+def test_a_child_whose_undo_fails_parks_its_parent_until_an_operator_retries(
+    harness: Harness,
+) -> None:
+    romancy = harness.romancy
+    parent = romancy.start_workflow("c_undo_fails", "uf")
+    child = f"{parent}/child:c_fragile_leaf:1"
+
+    with harness.worker():
+        parked = romancy.wait(parent, timeout=30)
+        assert parked.status == "compensation_failed"
+        assert status_of(romancy, child) == "compensation_failed"
+        assert parked.error is not None
+        assert parked.error["message"] == "uf.boom failed"  # the saga's own error stays
+        cause = parked.error["compensation_error"]
+        assert cause["type"] == "celery_romancy.errors.ChildWorkflowError"
+        assert child in cause["message"] and "cannot undo uf yet" in cause["message"]
+        assert harness.ledger.count("undo:uf.p") == 0  # the rollback stopped at the child
+
+        harness.gate("fixed-uf").open()
+        romancy.retry_compensation(parent)  # retries the child's own rollback
+        ended = romancy.wait(parent, timeout=30)
+
+    assert ended.status == "failed"
+    assert ended.error is not None and "compensation_error" not in ended.error
+    assert status_of(romancy, child) == "compensated"
+    assert harness.ledger.count("undo-fragile:uf") == 1
+    assert harness.ledger.count("undo:uf.p") == 1
+
+
 def _wait_for_status(romancy: Romancy, instance_id: str, status: str) -> None:
     wait_for(
         lambda: (
