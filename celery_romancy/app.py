@@ -235,7 +235,8 @@ class Romancy:
         root: str | None = None,
     ) -> list[WorkflowInstance]:
         """Instances, newest first. ``parent``: the children of that instance; ``root``:
-        a whole tree of child workflows, its root included."""
+        every instance of the tree a workflow started on its own (pass that workflow's
+        id), the root included."""
         return self.storage.find_instances(
             status=status, workflow=workflow, limit=limit, parent=parent, root=root
         )

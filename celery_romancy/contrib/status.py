@@ -22,4 +22,7 @@ def instance_status(instance: WorkflowInstance) -> dict[str, Any]:
         else {key: error.get(key) for key in ("type", "message", "step")},
         "created_at": instance.created_at.isoformat(),
         "updated_at": instance.updated_at.isoformat(),
+        # A child workflow's place in its tree (None for a workflow started on its own).
+        "parent_instance_id": instance.parent_instance_id,
+        "root_instance_id": instance.root_instance_id,
     }

@@ -100,8 +100,9 @@ class InstanceQueries(StoreBase):
         parent: str | None = None,
         root: str | None = None,
     ) -> list[WorkflowInstance]:
-        """Newest first. ``parent``: that instance's children; ``root``: the whole tree
-        under that root, the root included."""
+        """Newest first. ``parent``: that instance's children; ``root``: every instance
+        of the tree whose root (a workflow started on its own) has that id, the root
+        included."""
         t = schema.instances
         stmt = sa.select(t).order_by(t.c.created_at.desc(), t.c.instance_id).limit(limit)
         if status is not None:
