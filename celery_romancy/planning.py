@@ -285,22 +285,15 @@ def next_compensation(
     newest = next((c for c in compensations if c.status == "registered"), None)
     if newest is None:
         return None
-    if newest.kind == "child":
-        # A completed child workflow: its parent waits while it runs its own rollback.
-        return ActivityCommand(
-            kind=StepKind.UNDO_CHILD,
-            name=newest.name,
-            step_id=newest.step_id,
-            seq=newest.seq,
-            arguments=newest.arguments,
-        )
+    # A completed child workflow is undone by its own rollback, its parent waiting.
+    child = newest.kind == "child"
     return ActivityCommand(
-        kind=StepKind.COMPENSATION,
+        kind=StepKind.UNDO_CHILD if child else StepKind.COMPENSATION,
         name=newest.name,
         step_id=newest.step_id,
         seq=newest.seq,
         arguments=newest.arguments,
-        queue=compensation_queue(newest.name),
+        queue=None if child else compensation_queue(newest.name),
     )
 
 

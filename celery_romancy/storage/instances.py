@@ -21,7 +21,7 @@ from .records import (
     StepWrite,
     WorkflowInstance,
 )
-from .rows import instance_of, ref_of, step_of, write_rows
+from .rows import REF_COLUMNS, instance_of, ref_of, step_of, write_rows
 
 HISTORY_COLUMNS = (
     "seq",
@@ -131,16 +131,9 @@ class InstanceQueries(StoreBase):
         s = schema.steps
         now = schema.utcnow()
         rows = conn.execute(
-            sa.select(
-                s.c.token,
-                s.c.step_id,
-                s.c.kind,
-                s.c.lease_expires_at,
-                s.c.wait_event_type,
-                s.c.wait_correlation_id,
-            ).where(s.c.instance_id == instance_id)
+            sa.select(*(s.c[name] for name in REF_COLUMNS)).where(s.c.instance_id == instance_id)
         )
-        steps = [ref_of(r.token, r.step_id, r.kind, r.lease_expires_at, now, *r[4:]) for r in rows]
+        steps = [ref_of(*row, now=now) for row in rows]
         return Snapshot(instance, self._get_history(conn, instance_id), steps)
 
     def get_steps(self, instance_id: str) -> list[StepRecord]:

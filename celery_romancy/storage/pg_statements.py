@@ -22,7 +22,7 @@ from . import schema
 from .instances import HISTORY_COLUMNS
 from .prepared import PreparedStatement
 from .records import HistoryEvent, StepWrite
-from .rows import write_rows
+from .rows import REF_COLUMNS, write_rows
 from .steps import StepProtocol, claim_clauses, version_clauses
 
 RowShapes = tuple[tuple[str, tuple[str, ...]], ...]
@@ -131,14 +131,7 @@ def commit_statement(shape: CommitShape) -> PreparedStatement:
 def _in_flight(instance_id: Any) -> sa.ScalarSelect[Any]:
     """The instance's steps as one JSON array (decoded once, whatever their number)."""
     s = schema.steps
-    row = sa.func.json_build_array(
-        s.c.token,
-        s.c.step_id,
-        s.c.kind,
-        s.c.lease_expires_at,
-        s.c.wait_event_type,
-        s.c.wait_correlation_id,
-    )
+    row = sa.func.json_build_array(*(s.c[name] for name in REF_COLUMNS))
     return sa.select(sa.func.json_agg(row)).where(s.c.instance_id == instance_id).scalar_subquery()
 
 

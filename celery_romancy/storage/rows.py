@@ -14,6 +14,16 @@ from .records import OutboxRecord, StepRecord, StepRef, StepWrite, WorkflowInsta
 
 _INSTANCE_COLUMNS = [c.name for c in schema.instances.columns]
 _STEP_COLUMNS = [c.name for c in schema.steps.columns]
+# What a snapshot reads of each step in flight, in ``ref_of``'s order (token, step id,
+# kind, lease expiry, wait columns).
+REF_COLUMNS = (
+    "token",
+    "step_id",
+    "kind",
+    "lease_expires_at",
+    "wait_event_type",
+    "wait_correlation_id",
+)
 
 
 def instance_of(mapping: Any) -> WorkflowInstance:
@@ -32,11 +42,12 @@ def ref_of(
     step_id: str,
     kind: str,
     lease_expires_at: datetime | None,
+    wait_event_type: str | None,
+    wait_correlation_id: str | None,
+    *,
     now: datetime,
-    wait_event_type: str | None = None,
-    wait_correlation_id: str | None = None,
 ) -> StepRef:
-    """A step in flight as a transition sees it."""
+    """A step in flight as a transition sees it, from its ``REF_COLUMNS``."""
     step_kind = StepKind(kind)
     ref = StepRef(token, step_id, step_kind, leased(lease_expires_at, now))
     if step_kind in (StepKind.CHILD, StepKind.UNDO_CHILD):
@@ -52,11 +63,10 @@ def leased(lease_expires_at: datetime | None, now: datetime) -> bool:
 
 
 def ref_from_json(item: list[Any], now: datetime) -> StepRef:
-    """A step from PostgreSQL's ``json_build_array(token, step_id, kind, lease_expires_at,
-    wait_event_type, wait_correlation_id)``."""
+    """A step from PostgreSQL's ``json_build_array`` of its ``REF_COLUMNS``."""
     token, step_id, kind, expires, wait_type, wait_id = item
     expires_at = datetime.fromisoformat(expires).replace(tzinfo=UTC) if expires else None
-    return ref_of(token, step_id, kind, expires_at, now, wait_type, wait_id)
+    return ref_of(token, step_id, kind, expires_at, wait_type, wait_id, now=now)
 
 
 def outbox_of(mapping: Any, **overrides: Any) -> OutboxRecord:
