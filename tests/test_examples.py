@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,12 +93,90 @@ def test_fan_out_example_gathers_in_argument_order(tmp_path: Path) -> None:
     )
 
 
-def test_the_readme_fan_out_example_is_the_one_that_runs() -> None:
+@pytest.fixture(scope="module")
+def children_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One run of children.py for the tests that read its output: its folder, its stdout."""
+    folder = tmp_path_factory.mktemp("children")
+    done = run_example("children.py", folder)
+    assert done.returncode == 0, done.stderr
+    return folder, done.stdout
+
+
+def test_children_example_rolls_back_its_children_and_prints_each_tree(
+    children_run: tuple[Path, str],
+) -> None:
+    folder, stdout = children_run
+    lines = stdout.splitlines()
+    ord1, ord2, ord3 = (lines.index(f"ORD-{n}:") for n in (1, 2, 3))
+    assert ord1 < ord2 < ord3
+
+    # ORD-1: both children complete. The shipping child and email_customer run at the
+    # same time, so only what follows from the waits is ordered.
+    first = lines[ord1 + 1 : ord2]
+    assert first[0] == "  charge_card: charged 42.00 for ORD-1"
+    assert sorted(first[1:3]) == [
+        "  book_courier: booked for ORD-1 to 1-2-3 Shibuya, Tokyo",
+        "  email_customer: order ORD-1 is on its way",
+    ]
+    assert first[3:] == [
+        "  result: INV-ORD-1",
+        "  order-ORD-1 (place_order): completed",
+        "    order-ORD-1/child:payment:1 (payment): completed",
+        "    order-ORD-1/child:shipping:1 (shipping): completed",
+    ]
+
+    # ORD-2: the invoice fails after both children completed; the rollback undoes the
+    # shipping child, then the payment child (newest first), each once, and both end
+    # compensated.
+    second = lines[ord2 + 1 : ord3]
+    assert second[0] == "  charge_card: charged 42.00 for ORD-2"
+    assert sorted(second[1:3]) == [
+        "  book_courier: booked for ORD-2 to 4-5-6 Umeda, Osaka",
+        "  email_customer: order ORD-2 is on its way",
+    ]
+    assert second[3:] == [
+        "  cancel_courier: cancelled TRACK-ORD-2",
+        "  refund_card: refunded 42.00 for ORD-2",
+        "  error: celery_romancy.errors.TerminalError: no invoice address for ORD-2",
+        "  order-ORD-2 (place_order): failed",
+        "    order-ORD-2/child:payment:1 (payment): compensated",
+        "    order-ORD-2/child:shipping:1 (shipping): compensated",
+    ]
+
+    # ORD-3: the payment child fails; the parent catches ChildWorkflowError and starts
+    # no shipping child.
+    assert lines[ord3 + 1 :] == [
+        "  result: not paid: card declined for ORD-3",
+        "  order-ORD-3 (place_order): completed",
+        "    order-ORD-3/child:payment:1 (payment): failed",
+    ]
+    assert list(folder.iterdir()) == []  # nothing left in the working directory
+
+
+def readme_blocks(marker: str) -> list[str]:
+    """The fenced block after each ``<!-- marker -->`` line of the README."""
     readme = (ROOT / "README.md").read_text()
-    example = (ROOT / "example_project" / "fan_out.py").read_text()
-    start = readme.index("<!-- fan-out example -->")
-    block = readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
-    assert block.strip() and block in example
+    parts = readme.split(f"<!-- {marker} -->\n")[1:]
+    return [part.split("\n", 1)[1].split("```", 1)[0] for part in parts]
+
+
+def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    examples = sorted(set(re.findall(r"<!-- runs in (example_project/\w+\.py) -->", readme)))
+    assert examples == ["example_project/children.py", "example_project/fan_out.py"]
+    for example in examples:
+        source = (ROOT / example).read_text()
+        blocks = readme_blocks(f"runs in {example}")
+        assert blocks
+        for block in blocks:
+            assert block.strip() and block in source, f"not in {example}:\n{block}"
+
+
+def test_the_readme_children_output_is_what_the_example_prints(
+    children_run: tuple[Path, str],
+) -> None:
+    (shown,) = readme_blocks("output of example_project/children.py")
+    assert shown.strip() and shown in children_run[1]
 
 
 def test_the_embedded_broker_never_hands_out_a_half_written_message(tmp_path: Path) -> None:
