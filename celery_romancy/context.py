@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from .activity_info import ActivityInfo, current_activity
-from .commands import ActivityCommand, child_command
+from .commands import ActivityCommand, child_command, derived_child_id
 from .definitions import ChildSignature, CompensationDefinition, StepSignature, WorkflowDefinition
 from .errors import ConfigurationError, NonDeterminismError, Suspend, WorkflowAlreadyStartedError
 from .failures import rebuild_error
@@ -97,15 +97,17 @@ class WorkflowContext:
 
     def _recorded_next(self, key: str) -> bool:
         """History records the next call of ``key`` at the next position."""
-        step_id = f"{key}:{self._name_counts.get(key, 0) + 1}"
         recorded = self._history.get(self._position)
-        return recorded is not None and recorded.step_id == step_id
+        return recorded is not None and recorded.step_id == self._upcoming_step_id(key)
+
+    def _upcoming_step_id(self, key: str) -> str:
+        """The step id the next call of ``key`` will take."""
+        return f"{key}:{self._name_counts.get(key, 0) + 1}"
 
     def _next_position(self, key: str) -> tuple[int, str, HistoryEvent | None]:
         """Claim the next position for a call; return it, its step id and its record."""
-        count = self._name_counts.get(key, 0) + 1
-        self._name_counts[key] = count
-        step_id = f"{key}:{count}"
+        step_id = self._upcoming_step_id(key)
+        self._name_counts[key] = self._name_counts.get(key, 0) + 1
         position = self._position
         self._position += 1
         event = self._history.get(position)
@@ -416,26 +418,19 @@ class WorkflowContext:
             definition, args, kwargs, instance_id=instance_id, parent_close=parent_close
         )
         key = signature.step_key
-        if not self._recorded_next(key):
-            step_id = f"{key}:{self._name_counts.get(key, 0) + 1}"
-            if step_id not in self._in_flight:
-                self._checked_arguments(signature)  # bad input raises before the position
+        upcoming = self._upcoming_step_id(key)
+        fresh = not self._recorded_next(key) and upcoming not in self._in_flight
+        if fresh:
+            self._checked_arguments(signature)  # bad input raises before the position
         position, step_id, event = self._next_position(key)
-        if event is None and step_id not in self._in_flight:
+        if fresh:
             self.started.append(self._command(signature, position, step_id, None, None))
-        if (
-            event is not None
-            and event.error is not None
-            and event.error.get("type") == _START_FAILED
-        ):
-            raise self._recorded_error(event)
-        child_id = (
-            event.result["instance_id"]
-            if event is not None and event.error is None
-            else child_command(
-                self.instance_id, signature, position, step_id, None, None
-            ).arguments["instance_id"]
-        )
+        if event is not None and (event.error or {}).get("type") == _START_FAILED:
+            raise self._recorded_error(event)  # its id belongs to another instance
+        if event is not None and event.error is None:
+            child_id = event.result["instance_id"]
+        else:
+            child_id = signature.instance_id or derived_child_id(self.instance_id, step_id)
         return ChildHandle(self, signature, position, child_id)
 
     def execute_child(
