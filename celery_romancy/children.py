@@ -153,7 +153,9 @@ def _outcome_event(seq: int, step_id: str, child: WorkflowInstance) -> HistoryEv
 
 
 def _child_error(child: WorkflowInstance) -> ChildWorkflowError:
-    return ChildWorkflowError(child.instance_id, child.workflow_name, child.status, child.error)
+    return ChildWorkflowError(
+        child.instance_id, child.workflow_name, child.status, child.error, child.cancel_reason
+    )
 
 
 def _undo_registration(seq: int, step_id: str, child: WorkflowInstance) -> CompensationRecord:

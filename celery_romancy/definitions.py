@@ -180,6 +180,21 @@ class ChildSignature(Generic[R]):
         self._kwargs = kwargs
         self._arguments: dict[str, Any] | None = None
 
+    def set(
+        self, *, instance_id: str | None = None, parent_close: str | None = None
+    ) -> ChildSignature[R]:
+        """This signature with the child's id or ``parent_close`` chosen (as Celery's
+        ``signature.set(...)``): ``refund.s(item).set(parent_close="abandon")``."""
+        chosen = ChildSignature(
+            self.workflow,
+            self._args,
+            self._kwargs,
+            instance_id=instance_id if instance_id is not None else self.instance_id,
+            parent_close=parent_close if parent_close is not None else self.parent_close,
+        )
+        chosen._arguments = self._arguments
+        return chosen
+
     @property
     def step_key(self) -> str:
         return f"child:{self.workflow.name}"

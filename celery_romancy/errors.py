@@ -74,17 +74,27 @@ class ChildWorkflowError(RomancyError):
     or ``compensation_failed``.
 
     ``error`` is the child's own error record (``type``, ``message``, ``traceback``...),
-    so the original type and message of what failed in the child are kept.
+    so the original type and message of what failed in the child are kept;
+    ``cancel_reason`` says why a cancelled child was cancelled.
     """
 
     def __init__(
-        self, instance_id: str, workflow: str, status: str, error: dict[str, Any] | None
+        self,
+        instance_id: str,
+        workflow: str,
+        status: str,
+        error: dict[str, Any] | None,
+        cancel_reason: str | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.workflow = workflow
         self.status = status
         self.error = error
-        super().__init__(f"child workflow {workflow} {instance_id} ended {status}{_cause(error)}")
+        self.cancel_reason = cancel_reason
+        reason = f" ({cancel_reason})" if cancel_reason else ""
+        super().__init__(
+            f"child workflow {workflow} {instance_id} ended {status}{reason}{_cause(error)}"
+        )
 
 
 def _cause(error: dict[str, Any] | None) -> str:

@@ -154,14 +154,17 @@ def plan_outcome(
         plan = finish(Status.FAILED, refs, error=error)
     else:
         assert isinstance(outcome, Failed)
-        final = Status.CANCELLED if cancel_reason is not None else Status.FAILED
+        cancelled = cancel_reason is not None
         plan = roll_back_when_idle(
             instance,
-            outcome.error,
+            # Cancelled meanwhile: the cancel is the cause (a failure after it, such as
+            # the ChildWorkflowError of a child it cancelled, is a consequence; history
+            # keeps it).
+            KEEP if cancelled else outcome.error,
             refs,
             registered_compensations,
             compensation_queue,
-            final,
+            Status.CANCELLED if cancelled else Status.FAILED,
             waiting_status=Status.COMPENSATING,
         )
     plan.start_children = [*started, *plan.start_children]

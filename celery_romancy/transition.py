@@ -172,8 +172,8 @@ def planned_start(
     planned = replayed(romancy, StepWrite())(Snapshot(new, [], []))
     plan = planned.plan
     change = plan.change
-    if change.status == Status.RUNNING:
-        change = replace(change, status=Status.PENDING)  # not picked up yet
+    if any(s.command.kind is StepKind.ACTIVITY for s in plan.add):
+        change = replace(change, status=Status.PENDING)  # its first step not picked up yet
     values = {
         "instance_id": new.instance_id,
         "workflow_name": new.workflow_name,

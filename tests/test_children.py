@@ -193,8 +193,12 @@ def test_cancelling_a_parent_cancels_its_waiting_child_which_compensates_first(
         parent_end = romancy.wait(parent, timeout=30)
 
     assert parent_end.status == "cancelled"
+    assert parent_end.error is None  # the cancel is the cause, not the child it cancelled
     assert status_of(romancy, child) == "cancelled"
     assert romancy.get_instance(child).cancel_reason == f"parent {parent} closed"
+    [recorded] = [e for e in romancy.get_history(parent) if e.kind == "child"]
+    assert recorded.error is not None
+    assert recorded.error["state"]["cancel_reason"] == f"parent {parent} closed"
     undone = [line for line in harness.ledger.events() if line.startswith("undo:")]
     assert undone == ["undo:cx.w", "undo:cx.p"]  # the child's first: it is newer
 
@@ -336,6 +340,7 @@ def test_recovery_wakes_a_parent_whose_childs_end_was_lost(
         _wait_for_status(romancy, child, "completed")
         [step] = romancy.storage.get_steps(parent)
         assert step.kind is StepKind.CHILD  # the parent still waits: nobody woke it
+        assert status_of(romancy, parent) == "running"  # its first step was the child
         heal()
         _recover_until(romancy, lambda: status_of(romancy, parent) == "completed", "recovery")
 

@@ -20,6 +20,7 @@ from celery_romancy.errors import (
 from celery_romancy.failures import describe_error, rebuild_error
 from celery_romancy.replay import Completed, Diverged, Failed, Waiting, replay, replay_recording
 from celery_romancy.retry import RetryPolicy
+from celery_romancy.states import StepKind
 from celery_romancy.storage import HistoryEvent
 
 # -- activities (never run here: replay only decides, the engine runs) ----------------------
@@ -587,3 +588,22 @@ def test_bad_child_input_fails_the_parent_at_the_call_without_a_start() -> None:
         assert isinstance(replayed.outcome, Failed), how
         assert replayed.outcome.error["type"].endswith(error_type), how
         assert replayed.started == []
+
+
+def test_a_child_signature_in_a_gather_can_choose_its_id_and_parent_close() -> None:
+    def _gathered(ctx: WorkflowContext) -> Any:
+        return ctx.gather(
+            child.s(Decimal("1")).set(instance_id="refund-A", parent_close="abandon"),
+            child.s(Decimal("2")),
+        )
+
+    replayed = replay_recording(WorkflowDefinition("g", _gathered), "p-6", {}, [], (), _registry())
+    assert isinstance(replayed.outcome, Waiting)
+    assert [
+        (c.kind, c.arguments["instance_id"], c.arguments["parent_close"])
+        for c in replayed.outcome.commands
+    ] == [
+        (StepKind.CHILD, "refund-A", "abandon"),
+        (StepKind.CHILD, "p-6/child:child_pay:2", "cancel"),
+    ]
+    assert {c.group_id for c in replayed.outcome.commands} == {"p-6:gather:1"}
