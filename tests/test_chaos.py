@@ -4,7 +4,7 @@ The promise: whatever crashes, every started workflow reaches ``completed``, no
 (instance, step) is recorded twice, and an activity body runs again only because the
 run before it was interrupted by a crash.
 
-Each activity appends ``start:<instance>:<step>:<pgid>:<pid>`` to a file ledger (see
+Each activity appends ``start|<instance>|<step>|<pgid>|<pid>`` to a file ledger (see
 ``tests/chaos_flows.py``); each history row names the process that recorded it
 (``worker_id`` is ``host:pid``). Together they tell the recorded run of every step from
 the runs a crash cut short. Run with ``-s`` to see the numbers each test prints.
@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,17 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from celery_romancy.storage.schema import history, instances
+from celery_romancy.storage.schema import compensations, history, instances, steps
 
-from .chaos_flows import LEDGER, build_chaos, expected_output, gate_name
+from .chaos_flows import (
+    LEDGER,
+    build_chaos,
+    crash_after,
+    expected_output,
+    gate_name,
+    tree_members,
+    tree_rolls_back,
+)
 from .chaos_services import PostgresServer, RedisServer
 from .ledger import Gate, Ledger, wait_for
 from .processes import ROOT, CeleryProcess, celery_beat, celery_worker
@@ -40,7 +49,7 @@ pytestmark = pytest.mark.chaos
 
 MODULE = "tests.chaos_flows"
 WORKFLOWS = 200
-STEPS = 4  # activity steps of chaos_saga: reserve, two charge branches, ship
+SAGA_STEPS = ("chaos_reserve:1", "chaos_charge:1", "chaos_charge:2", "chaos_ship:1")
 CONCURRENCY = 2
 KILLS = 4
 CONF: dict[str, Any] = {
@@ -55,11 +64,12 @@ CONF: dict[str, Any] = {
     },
 }
 TERMINAL_FAILURES = ("failed", "cancelled", "compensation_failed")
+UNDO = ":undo:"  # in a compensation's step id: ``<compensation>:undo:<undone step id>``
 
 
 @dataclass(frozen=True)
 class Start:
-    """One ``start:`` line: a process began an activity body."""
+    """One ``start|`` line: a process began an activity (or compensation) body."""
 
     instance_id: str
     step_id: str
@@ -103,7 +113,22 @@ class Rig:
     def worker(self, concurrency: int = CONCURRENCY) -> CeleryProcess:
         process = celery_worker(MODULE, self.env, self.folder, self.queue, concurrency)
         self.processes.append(process)  # before start: a failed start is cleaned up too
-        return process.start()
+        process.launch()
+
+        def ready() -> bool:
+            # A worker may take a step and crash itself on purpose (chaos_flows.crash_after)
+            # before this poll sees its "ready" line: it did start, and the caller finds
+            # it dead. Any other exit before it is ready fails the start.
+            if process.ready_marker in process.log():
+                return True
+            if not process.alive():
+                if any(crash.pgid == process.pid for crash in self.crashes()):
+                    return True
+                raise RuntimeError(f"{process.name} exited before it was ready:\n{process.log()}")
+            return False
+
+        wait_for(ready, 60, f"{process.name} to be ready")
+        return process
 
     def beat(self) -> CeleryProcess:
         process = celery_beat(MODULE, self.env, self.folder)
@@ -180,18 +205,27 @@ class Rig:
     def starts(self) -> list[Start]:
         found = []
         for line in self.ledger.events():
-            if line.startswith("start:"):
-                head, pgid, pid = line.rsplit(":", 2)
-                _, instance_id, step_id = head.split(":", 2)
+            if line.startswith("start|"):
+                _, instance_id, step_id, pgid, pid = line.split("|")
                 found.append(Start(instance_id, step_id, int(pgid), int(pid)))
+        return found
+
+    def crashes(self) -> list[Start]:
+        """The ``crash|`` lines: a worker SIGKILLed itself after a commit of an instance
+        (``step_id`` says after which: "end" or "undo")."""
+        found = []
+        for line in self.ledger.events():
+            if line.startswith("crash|"):
+                _, instance_id, what, pgid, pid = line.split("|")
+                found.append(Start(instance_id, what, int(pgid), int(pid)))
         return found
 
     def outcomes(self) -> Counter[str]:
         """How many step messages the workers recorded, dropped as duplicates, fenced..."""
         return Counter(
-            line.split(":", 4)[4].split(" ")[0]
+            line.split("|")[4].split(" ")[0]
             for line in self.ledger.events()
-            if line.startswith("outcome:")
+            if line.startswith("outcome|")
         )
 
     def wait_recorded(self, at_least: int, timeout: float, what: str) -> None:
@@ -201,9 +235,14 @@ class Rig:
 
         self.waiting(enough, timeout, what)
 
-    def wait_for_a_new_start(self, timeout: float) -> None:
+    def wait_for_a_new_start(self, timeout: float, worker: CeleryProcess) -> None:
+        """Until a step body begins, or ``worker`` is dead (it may crash itself)."""
         begun = len(self.starts())
-        self.waiting(lambda: len(self.starts()) > begun, timeout, "a step body to begin")
+        self.waiting(
+            lambda: len(self.starts()) > begun or not worker.alive(),
+            timeout,
+            "a step body to begin",
+        )
 
     def wait_completed(self, count: int, timeout: float) -> None:
         def all_completed() -> bool:
@@ -271,16 +310,30 @@ def audit(rig: Rig, started: dict[str, int], *, one_run_per_process: bool) -> li
         instance = rig.romancy.get_instance(instance_id)
         assert instance.status == "completed", rig.stuck_report()
         assert instance.output_data == expected_output(n)
+    expected = {(instance_id, step) for instance_id in started for step in SAGA_STEPS}
+    return audit_steps(rig, expected, one_run_per_process=one_run_per_process)
 
+
+def audit_steps(
+    rig: Rig, expected: set[tuple[str, str]], *, one_run_per_process: bool
+) -> list[Start]:
+    """The exactly-once checks of activity steps; returns the re-executed starts.
+
+    The history holds the ``expected`` (instance, step) pairs, each once, and no other
+    activity step; the process that recorded a step has a ledger start for it (exactly
+    one, with ``one_run_per_process``: a process re-runs a step only if its own commit
+    failed). The other starts of a step are its re-executions: runs that did not get
+    recorded. Compensation runs are not activity steps: see ``audit_compensation_runs``.
+    """
     rows = rig.history_rows()
-    assert len(rows) == len(started) * STEPS
     keys = Counter((r.instance_id, r.step_id) for r in rows)
     assert [k for k, c in keys.items() if c > 1] == []
-    assert {r.instance_id for r in rows} == set(started)
+    assert set(keys) == expected, (set(keys) ^ expected, rig.stuck_report())
 
     by_step: dict[tuple[str, str], list[Start]] = defaultdict(list)
     for start in rig.starts():
-        by_step[(start.instance_id, start.step_id)].append(start)
+        if UNDO not in start.step_id:
+            by_step[(start.instance_id, start.step_id)].append(start)
     assert set(by_step) == set(keys)  # nothing ran that was not recorded in the end
 
     reexecuted: list[Start] = []
@@ -297,6 +350,57 @@ def audit(rig: Rig, started: dict[str, int], *, one_run_per_process: bool) -> li
     return reexecuted
 
 
+def audit_compensation_runs(
+    rig: Rig, expected: set[tuple[str, str]], killed: set[int]
+) -> list[Start]:
+    """Each compensation of the ``expected`` (instance, undone step) pairs ran, and no
+    other; returns its re-executed runs.
+
+    A compensation's record (its ``romancy_compensations`` row) does not name the
+    process that committed it, so the recorded run is told from the interrupted ones by
+    the process groups: at most one run of a compensation happened in a worker that was
+    never killed, no process ran it twice, and every other run was cut short by a kill.
+    """
+    by_step: dict[tuple[str, str], list[Start]] = defaultdict(list)
+    for start in rig.starts():
+        if UNDO in start.step_id:
+            undone = start.step_id.split(UNDO, 1)[1]
+            by_step[(start.instance_id, undone)].append(start)
+    assert set(by_step) == expected, set(by_step) ^ expected
+
+    reexecuted: list[Start] = []
+    for key, runs in by_step.items():
+        pids = Counter(run.pid for run in runs)
+        assert [pid for pid, count in pids.items() if count > 1] == [], (key, runs)
+        survivors = [run for run in runs if run.pgid not in killed]
+        assert len(survivors) <= 1, (key, runs)
+        recorded = survivors[0] if survivors else runs[-1]  # a killed worker may have committed
+        reexecuted.extend(run for run in runs if run is not recorded)
+    return reexecuted
+
+
+def kill_and_replace(rig: Rig, worker: CeleryProcess, rng: random.Random) -> dict[str, Any]:
+    """SIGKILL ``worker`` (most often right after an activity body begins), start a new
+    one, and wait until it records a step (or crashes itself: see ``crash_after``);
+    returns what the kill report prints."""
+    if rng.random() < 0.75:
+        # Most kills land inside an activity body: right after one begins.
+        rig.wait_for_a_new_start(60, worker)
+    worker.kill()
+    killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
+    at_kill = rig.recorded()  # nothing runs now: the count is stable
+    kill: dict[str, Any] = {"pgid": worker.pid, "at": killed_wall, "recorded": at_kill}
+    replacement = kill["worker"] = rig.worker()
+
+    def recorded_or_crashed() -> bool:
+        count = rig.recorded_or_none()
+        return (count is not None and count > at_kill) or not replacement.alive()
+
+    rig.waiting(recorded_or_crashed, 120, "a step recorded after the kill")
+    kill["next_step_after"] = time.monotonic() - killed_at
+    return kill
+
+
 def first_recorded_after(rig: Rig, moment: datetime) -> float:
     """Seconds from ``moment`` to the first step recorded after it (history timestamps)."""
     later = [r.created_at for r in rig.history_rows() if r.created_at > moment]
@@ -310,6 +414,7 @@ def test_sigkilled_workers_lose_no_workflow_and_record_every_step_once(
     database_url: str, tmp_path: Path, rigs: list[Rig]
 ) -> None:
     seed = int(os.environ.get("ROMANCY_CHAOS_SEED", random.randrange(1_000_000)))
+    print(f"\nROMANCY_CHAOS_SEED={seed}")  # shown with a failure: to run it again
     rng = random.Random(seed)
     rig = Rig(database_url, tmp_path)
     rigs.append(rig)
@@ -324,16 +429,8 @@ def test_sigkilled_workers_lose_no_workflow_and_record_every_step_once(
         rig.wait_recorded(
             rig.recorded() + rng.randint(40, 100), 120, "more steps before the next kill"
         )
-        if rng.random() < 0.75:
-            # Most kills land inside an activity body: right after one begins.
-            rig.wait_for_a_new_start(60)
-        worker.kill()
-        killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
-        at_kill = rig.recorded()  # nothing runs now: the count is stable
-        kills.append({"pgid": worker.pid, "at": killed_wall, "recorded": at_kill})
-        worker = rig.worker()
-        rig.wait_recorded(at_kill + 1, 120, "a step recorded after the kill")
-        kills[-1]["next_step_after"] = time.monotonic() - killed_at
+        kills.append(kill_and_replace(rig, worker, rng))
+        worker = kills[-1]["worker"]
 
     rig.wait_completed(WORKFLOWS, 180)
     reexecuted = audit(rig, started, one_run_per_process=True)
@@ -385,7 +482,7 @@ def test_a_broker_restart_loses_messages_but_no_workflow(
         beat = rig.beat()
         worker = rig.worker()
         started = rig.start_all(WORKFLOWS)
-        rig.wait_recorded(WORKFLOWS * STEPS // 4, 120, "a quarter of the steps")
+        rig.wait_recorded(WORKFLOWS * len(SAGA_STEPS) // 4, 120, "a quarter of the steps")
 
         client = broker.client()
         queued = int(client.llen(rig.queue)) + int(client.hlen("unacked"))
@@ -469,7 +566,7 @@ def test_a_database_restart_mid_run_loses_no_workflow(tmp_path: Path, rigs: list
         rig.beat()
         worker = rig.worker()
         started = rig.start_all(WORKFLOWS)
-        rig.wait_recorded(WORKFLOWS * STEPS // 4, 120, "a quarter of the steps")
+        rig.wait_recorded(WORKFLOWS * len(SAGA_STEPS) // 4, 120, "a quarter of the steps")
 
         at_stop = rig.recorded()
         log_offset = len(worker.log())
@@ -543,7 +640,7 @@ def test_a_paused_worker_cannot_commit_over_the_worker_that_took_its_step_over(
     assert int(gated_row.worker_id.rsplit(":", 1)[1]) == taken_over[0].pid
 
     first.resume()  # its activity returns now; its commit must be refused
-    fenced = f"outcome:{paused.pid}:chaos_gated:{instance_id}:fenced"
+    fenced = f"outcome|{paused.pid}|chaos_gated|{instance_id}|fenced"
     wait_for(lambda: fenced in rig.ledger.events(), 60, "the paused worker's late commit")
 
     after = rig.romancy.get_history(instance_id)
@@ -559,3 +656,212 @@ def test_a_paused_worker_cannot_commit_over_the_worker_that_took_its_step_over(
         f"step taken over and recorded by pid {taken_over[0].pid}; late commit refused; "
         f"outcomes={dict(rig.outcomes())}"
     )
+
+
+# -- 5. SIGKILL workers while trees of child workflows run -----------------------------------
+
+TREES = 80
+TREE_KILLS = 6
+
+
+def repeated(keys: list[Any]) -> list[Any]:
+    return [key for key, count in Counter(keys).items() if count > 1]
+
+
+def test_sigkilled_workers_start_every_child_once_and_end_every_tree(
+    database_url: str, tmp_path: Path, rigs: list[Rig]
+) -> None:
+    seed = int(os.environ.get("ROMANCY_CHAOS_SEED", random.randrange(1_000_000)))
+    print(f"\nROMANCY_CHAOS_SEED={seed}")  # shown with a failure: to run it again
+    rng = random.Random(seed)
+    rig = Rig(database_url, tmp_path)
+    rigs.append(rig)
+    began = time.monotonic()
+
+    # Crashes where a kill at random rarely lands: a worker SIGKILLs itself right after
+    # a commit whose news must cross the tree (see chaos_flows.crash_after_commits).
+    completed = [f"tree-{n:03d}" for n in range(TREES) if not tree_rolls_back(n)]
+    rolled_back = [f"tree-{n:03d}" for n in range(TREES) if tree_rolls_back(n)]
+    leaf_end, grandchild_end, branch_end = rng.sample(completed, 3)
+    root_undo, branch_undo = rng.sample(rolled_back, 2)
+    crashes = {
+        # A gathered leaf ended: its root is not woken.
+        f"{leaf_end}/child:chaos_leaf:{rng.choice((1, 2))}": "end",
+        # The grandchild ended: the branch is not woken.
+        f"{grandchild_end}/child:chaos_branch:1/child:chaos_leaf:1": "end",
+        # The branch ended: the root, waiting in execute_child, is not woken.
+        f"{branch_end}/child:chaos_branch:1": "end",
+        # The root's rollback reached a completed child: the child's undo is not begun.
+        root_undo: "undo",
+        # The branch's undo reached its grandchild: the grandchild's undo is not begun.
+        f"{branch_undo}/child:chaos_branch:1": "undo",
+    }
+    for instance_id, what in crashes.items():
+        crash_after(tmp_path, instance_id, what)
+
+    rig.beat()
+    worker = rig.worker()
+    roots = {
+        rig.romancy.start_workflow("chaos_tree", n, instance_id=f"tree-{n:03d}"): n
+        for n in range(TREES)
+    }
+    members = {root_id: tree_members(root_id, n) for root_id, n in roots.items()}
+    every = {instance_id: m for tree in members.values() for instance_id, m in tree.items()}
+    expected_steps = {(i, step) for i, m in every.items() for step in m.steps}
+    # A rollback runs the compensation of each undoable step of the tree's instances.
+    undone = {
+        (i, step)
+        for root_id, tree in members.items()
+        if tree_rolls_back(roots[root_id])
+        for i, m in tree.items()
+        for step in m.undoable
+    }
+
+    # And kills at random moments, spread over the whole run (the rollbacks come last).
+    total = len(expected_steps)
+    points = sorted(rng.sample(range(total // 20, total * 85 // 100), TREE_KILLS))
+    kills: list[dict[str, Any]] = []
+
+    def next_kill(worker: CeleryProcess) -> bool:
+        if not worker.alive():
+            return True  # it crashed itself after a marked commit
+        if points:
+            count = rig.recorded_or_none()
+            return count is not None and count >= points[0]
+        # Done when every marked crash happened and its worker was replaced.
+        crashed = rig.crashes()
+        replaced = {k["pgid"] for k in kills}
+        return len(crashed) == len(crashes) and all(c.pgid in replaced for c in crashed)
+
+    while True:
+        rig.waiting(partial(next_kill, worker), 120, "the next kill")
+        if not worker.alive():
+            worker.kill()  # reap it; the pool went with it
+            kills.append({"pgid": worker.pid, "recorded": rig.recorded()})
+            worker = rig.worker()
+        elif points:
+            points.pop(0)
+            kills.append(kill_and_replace(rig, worker, rng))
+            worker = kills[-1]["worker"]
+        else:
+            break
+
+    expected_statuses = Counter(m.status for m in every.values())
+
+    def every_tree_ended() -> bool:
+        try:
+            statuses = rig.statuses()
+        except sa.exc.DBAPIError:
+            return False
+        # A child of a tree that rolls back is completed for a while; but no more
+        # instances than expected ever fail, are cancelled or compensated.
+        too_many = {
+            status: count
+            for status, count in statuses.items()
+            if status in (*TERMINAL_FAILURES, "compensated") and count > expected_statuses[status]
+        }
+        if too_many:
+            pytest.fail(f"instances ended badly: {too_many}\n{rig.stuck_report()}")
+        return statuses == expected_statuses
+
+    rig.waiting(every_tree_ended, 180, f"the {len(every)} instances of {TREES} trees to end")
+    ended_after = time.monotonic() - began
+
+    # Every tree holds exactly its instances, each in its place and state.
+    for root_id, tree in members.items():
+        found = {i.instance_id: i for i in rig.romancy.find_instances(root=root_id)}
+        assert set(found) == set(tree), (root_id, sorted(found))
+        for instance_id, instance in found.items():
+            member = tree[instance_id]
+            assert instance.workflow_name == member.workflow
+            assert instance.parent_instance_id == member.parent_id
+            assert instance.root_instance_id == (None if member.parent_id is None else root_id)
+            assert instance.status == member.status, (instance_id, instance.status)
+            if member.status == "completed":
+                assert instance.output_data == member.output
+    with rig.romancy.storage.engine.connect() as conn:
+        instance_ids = conn.execute(sa.select(instances.c.instance_id)).scalars().all()
+        in_flight = conn.execute(sa.select(sa.func.count()).select_from(steps)).scalar_one()
+        rows = conn.execute(
+            sa.select(history.c.instance_id, history.c.seq, history.c.step_id, history.c.kind)
+        ).all()
+        child_ends = conn.execute(
+            sa.select(
+                history.c.instance_id, history.c.step_id, history.c.result, history.c.created_at
+            ).where(history.c.kind == "child")
+        ).all()
+        ended = conn.execute(sa.select(instances.c.instance_id, instances.c.updated_at))
+        ended_at = {row.instance_id: row.updated_at for row in ended}
+        registered = conn.execute(sa.select(compensations)).all()
+    # No child started twice or under another id; nothing left to run, wake, undo or cancel.
+    assert sorted(instance_ids) == sorted(every)
+    assert in_flight == 0
+
+    # No history row twice, of any kind; each parent recorded each child's end once.
+    assert repeated([(r.instance_id, r.step_id) for r in rows]) == []
+    assert repeated([(r.instance_id, r.seq) for r in rows]) == []
+    children = {
+        (m.parent_id, instance_id.rsplit("/", 1)[1]): instance_id
+        for instance_id, m in every.items()
+        if m.parent_id is not None
+    }
+    assert {(r.instance_id, r.step_id): r.result["instance_id"] for r in child_ends} == children
+    assert len(child_ends) == len(children)
+
+    # Each compensation, and each completed child to undo, registered once: all done in
+    # a tree that rolled back, none in a completed one.
+    assert repeated([(r.instance_id, r.step_id) for r in registered]) == []
+    assert {(r.instance_id, r.step_id, r.kind) for r in registered} == {
+        (i, step, "activity") for i, m in every.items() for step in m.undoable
+    } | {(parent_id, step, "child") for parent_id, step in children}
+    for row in registered:
+        rolled_back = every[row.instance_id].status != "completed"
+        assert row.status == ("done" if rolled_back else "registered"), row
+
+    # Every activity body's result recorded once: a child's first activity (charge,
+    # pack) ran once but for runs a kill cut short; so did every compensation.
+    killed = {k["pgid"] for k in kills}
+    reexecuted = audit_steps(rig, expected_steps, one_run_per_process=True)
+    reexecuted += audit_compensation_runs(rig, undone, killed)
+    assert all(s.pgid in killed for s in reexecuted), (reexecuted, killed)
+    per_kill = Counter(s.pgid for s in reexecuted)
+    assert all(count <= CONCURRENCY for count in per_kill.values()), per_kill
+    assert len(reexecuted) <= len(kills) * CONCURRENCY
+    # Each marked crash happened once, where it was asked for.
+    assert sorted((c.instance_id, c.step_id) for c in rig.crashes()) == sorted(crashes.items())
+
+    # How long each completed child's end took to reach its parent: milliseconds when
+    # the process that ended it woke the parent; seconds when that process died first
+    # and the recovery sweep did (for a parent's child step older than the dispatch
+    # timeout).
+    wake_delay = {
+        row.result["instance_id"]: (
+            row.created_at - ended_at[row.result["instance_id"]]
+        ).total_seconds()
+        for row in child_ends
+        if every[row.result["instance_id"]].status == "completed"
+    }
+    delays = sorted(wake_delay.values())
+    crashed_ends = {i: round(wake_delay[i], 2) for i, what in crashes.items() if what == "end"}
+    print(
+        f"\n[chaos:sigkill-trees {rig.romancy.storage.dialect_name}] seed={seed} "
+        f"trees={TREES} instances={dict(expected_statuses)} activity steps={total} "
+        f"compensations={len(undone)} kills survived={len(kills)} re-executions="
+        f"{[(s.instance_id, s.step_id) for s in reexecuted]} outcomes={dict(rig.outcomes())} "
+        f"all ended after {ended_after:.1f}s; total={time.monotonic() - began:.1f}s; "
+        f"child ends reached their parent after median {delays[len(delays) // 2]:.3f}s, "
+        f"max {delays[-1]:.2f}s; those whose worker crashed at their end after {crashed_ends}s"
+    )
+    crashed_by = {c.pgid: c for c in rig.crashes()}
+    for number, kill in enumerate(kills, 1):
+        if kill["pgid"] in crashed_by:
+            crash = crashed_by[kill["pgid"]]
+            print(
+                f"  kill {number}: after {kill['recorded']} steps; crashed itself after the "
+                f"{crash.step_id} commit of {crash.instance_id}"
+            )
+        else:
+            print(
+                f"  kill {number}: after {kill['recorded']} steps; next step recorded "
+                f"{kill['next_step_after']:.2f}s after the kill"
+            )
