@@ -40,6 +40,8 @@ BATCH = 500
 class RecoveryReport:
     republished: int
     failed_publishes: int
+    # Child workflows' ends passed on, undos begun, cancels sent that a crash had lost.
+    children_reconciled: int = 0
 
 
 def recover(romancy: Romancy) -> RecoveryReport:
@@ -58,14 +60,19 @@ def recover(romancy: Romancy) -> RecoveryReport:
         if len(overdue) < BATCH:
             break
     # Children whose end, undo or cancel was lost with the process that committed it.
-    children.reconcile(romancy, stale_before, BATCH)
+    reconciled = children.reconcile(romancy, stale_before, BATCH)
     if republished or failed:
         logger.warning(
             "celery_romancy: recovery re-sent %d lost or stalled steps (%d could not be sent)",
             republished,
             failed,
         )
-    return RecoveryReport(republished, failed)
+    if reconciled:
+        logger.warning(
+            "celery_romancy: recovery passed on %d lost child workflow ends, undos or cancels",
+            reconciled,
+        )
+    return RecoveryReport(republished, failed, reconciled)
 
 
 def fire(romancy: Romancy, instance_id: str, token: str) -> RunOutcome:

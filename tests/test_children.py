@@ -314,11 +314,14 @@ def _lose(monkeypatch: pytest.MonkeyPatch, name: str) -> Callable[[], None]:
 
 
 def _recover_until(romancy: Romancy, done: Callable[[], bool], what: str) -> None:
+    reconciled = []
+
     def recovered() -> bool:
-        romancy.recover()
+        reconciled.append(romancy.recover().children_reconciled)
         return done()
 
     wait_for(recovered, 30, what)
+    assert sum(reconciled) >= 1  # the sweep, nothing else, passed it on
 
 
 @pytest.fixture
