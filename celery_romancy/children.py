@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from .errors import ChildWorkflowError, InstanceStateError, UnknownInstanceError
 from .failures import describe_error
 from .planning import Plan, final_status, parked, roll_back_when_idle, start_rollback
+from .recorded import registration
 from .states import TERMINAL, HistoryKind, RunOutcome, Status, StepKind
 from .storage import CommitResult, HistoryEvent, Snapshot, StepRecord, StepWrite
 from .storage.records import KEEP, CompensationRecord, WorkflowInstance
@@ -92,7 +93,15 @@ def wake_parent(romancy: Romancy, step: StepRecord, child: WorkflowInstance) -> 
     if command.kind is StepKind.CHILD and child.status in TERMINAL:
         rows = StepWrite(events=[_outcome_event(command.seq, command.step_id, child)])
         if child.status == Status.COMPLETED:
-            rows.registrations.append(_undo_registration(command.seq, command.step_id, child))
+            # Undone if the parent rolls back: in its order where this end is recorded.
+            undo = registration(
+                command.seq,
+                command.step_id,
+                child.workflow_name,
+                {"instance_id": child.instance_id},
+                kind="child",
+            )
+            rows.registrations.append(undo)
         plan_for = _parent_moves_on(romancy, rows)
     elif command.kind is StepKind.UNDO_CHILD and child.status == Status.COMPENSATED:
         rows = StepWrite(compensation_update=(command.step_id, _undone(status="done")))
@@ -155,23 +164,6 @@ def _outcome_event(seq: int, step_id: str, child: WorkflowInstance) -> HistoryEv
 def _child_error(child: WorkflowInstance) -> ChildWorkflowError:
     return ChildWorkflowError(
         child.instance_id, child.workflow_name, child.status, child.error, child.cancel_reason
-    )
-
-
-def _undo_registration(seq: int, step_id: str, child: WorkflowInstance) -> CompensationRecord:
-    """A completed child, to undo if the parent rolls back: in the parent's order at the
-    moment its end is recorded, like an activity's compensation."""
-    return CompensationRecord(
-        seq=seq,
-        step_id=step_id,
-        name=child.workflow_name,
-        arguments={"instance_id": child.instance_id},
-        status="registered",
-        error=None,
-        attempts=0,
-        created_at=utcnow(),
-        finished_at=None,
-        kind="child",
     )
 
 

@@ -17,12 +17,13 @@ from .commands import ActivityCommand
 from .errors import ConfigurationError, LeaseHeldError, PoisonStepError, SerializationError
 from .failures import describe_error
 from .planning import Plan, dispatch_step, parked, wind_down
+from .recorded import registration
 from .retry import RetryPolicy
 from .settings import masked_url
 from .states import ACTIVE, HistoryKind, RunOutcome, Status, StepKind
 from .storage import Claim, CommitResult, HistoryEvent, Snapshot, StepWrite
 from .storage.schema import utcnow
-from .transition import PlanFor, Planned, apply, fixed, registration, replayed, rolled_back
+from .transition import PlanFor, Planned, apply, fixed, replayed, rolled_back
 
 if TYPE_CHECKING:
     from .app import Romancy

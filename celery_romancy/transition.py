@@ -20,6 +20,7 @@ from .dispatch import publish
 from .errors import WorkflowAlreadyStartedError
 from .failures import describe_error
 from .planning import Plan, final_status, plan_outcome, start_rollback
+from .recorded import recorded_rows
 from .replay import replay_recording
 from .states import ACTIVE, TERMINAL, HistoryKind, Status, StepKind
 from .storage import (
@@ -339,42 +340,4 @@ def start_refused(command: ActivityCommand) -> HistoryEvent:
         HistoryKind.CHILD,
         command.name,
         error=describe_error(error, command.step_id),
-    )
-
-
-# -- rows that replays record on their own ----------------------------------------------
-
-
-def registration(
-    seq: int, step_id: str, name: str, arguments: dict[str, Any]
-) -> CompensationRecord:
-    return CompensationRecord(
-        seq=seq,
-        step_id=step_id,
-        name=name,
-        arguments=arguments,
-        status="registered",
-        error=None,
-        attempts=0,
-        created_at=utcnow(),
-        finished_at=None,
-    )
-
-
-def recorded_rows(events: list[HistoryEvent]) -> StepWrite:
-    """The rows to commit for events a replay recorded on its own: the events, and the
-    compensations (``ctx.register_compensation``) and outbox rows (``ctx.publish_event``)
-    they stand for."""
-    return StepWrite(
-        events=list(events),
-        registrations=[
-            registration(e.seq, e.step_id, e.name, e.result)
-            for e in events
-            if e.kind == HistoryKind.COMPENSATION_REGISTERED
-        ],
-        outbox=[
-            {"event_id": e.result["event_id"], "event_type": e.name, "data": e.result["data"]}
-            for e in events
-            if e.kind == HistoryKind.EVENT_PUBLISHED
-        ],
     )
