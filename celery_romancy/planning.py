@@ -147,7 +147,9 @@ def plan_outcome(
     elif isinstance(outcome, Waiting):
         plan = wind_down(instance, refs, registered_compensations, compensation_queue)
     elif isinstance(outcome, Completed):
-        plan = finish(Status.COMPLETED, refs, output_data=outcome.output, error=None)
+        # A cancel that came while the last step ran is kept, marked as too late.
+        late = {} if cancel_reason is None else {"cancel_reason": too_late(cancel_reason)}
+        plan = finish(Status.COMPLETED, refs, output_data=outcome.output, error=None, **late)
     elif isinstance(outcome, Diverged):
         # No rollback: history and code disagree, so an operator must look first.
         error = describe_error(outcome.error, outcome.error.recorded)
@@ -169,6 +171,14 @@ def plan_outcome(
         )
     plan.start_children = [*started, *plan.start_children]
     return _unsent_children_dropped(plan, new_children)
+
+
+TOO_LATE = " (too late: the workflow completed first)"
+
+
+def too_late(cancel_reason: str) -> str:
+    """A cancel reason marked as having come after the workflow's last step began."""
+    return cancel_reason if cancel_reason.endswith(TOO_LATE) else f"{cancel_reason}{TOO_LATE}"
 
 
 def _ref(step: NewStep) -> StepRef:

@@ -202,6 +202,19 @@ def register_children(romancy: Romancy, folder: Path) -> None:
         c_step.execute(ctx, f"{tag}.boom")
         return "unreachable"
 
+    # -- a cancel that comes while the last step runs -----------------------------------
+
+    @romancy.activity("c_gated", retry=NO_RETRY)
+    def c_gated(name: str) -> str:
+        ledger.record(f"gated-start:{name}")
+        Gate(folder, name).wait()
+        return f"gated:{name}"
+
+    @romancy.workflow("c_last_step_gated")
+    def c_last_step_gated(ctx: WorkflowContext, tag: str) -> str:
+        c_step.execute(ctx, f"{tag}.first")
+        return c_gated.execute(ctx, tag)
+
     # -- bad input at the call ----------------------------------------------------------
 
     @romancy.workflow("c_bad_child")
