@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from celery import Celery
@@ -21,6 +21,7 @@ from .errors import (
     WorkflowFailedError,
 )
 from .heartbeat import LeaseKeeper
+from .recorded import checked_search
 from .registry import Registry
 from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from .runner import StepRunner
@@ -161,6 +162,7 @@ class Romancy:
         workflow: WorkflowDefinition[Any, Any] | str,
         *args: Any,
         instance_id: str | None = None,
+        search: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> str:
         """Start a workflow and return its instance id at once.
@@ -170,9 +172,13 @@ class Romancy:
         ``instance_id`` a second start with equal arguments returns the same instance and
         runs nothing; other arguments or another workflow raise
         ``WorkflowAlreadyStartedError``.
+
+        ``search``: business keys to find the instance by (``{"order_id": "ORD-4"}``,
+        see ``find_instances``), stored with it; a second start of the same id leaves
+        those of the first.
         """
         return self.start_prepared(
-            self.prepare_start(workflow, *args, instance_id=instance_id, **kwargs)
+            self.prepare_start(workflow, *args, instance_id=instance_id, search=search, **kwargs)
         )
 
     def prepare_start(
@@ -180,6 +186,7 @@ class Romancy:
         workflow: WorkflowDefinition[Any, Any] | str,
         *args: Any,
         instance_id: str | None = None,
+        search: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> PreparedStart:
         """Check a start and take its JSON snapshot, writing nothing (for starting
@@ -187,9 +194,10 @@ class Romancy:
         definition = self.registry.resolve_workflow(workflow)
         if instance_id is not None:
             check_identifier(instance_id, "instance_id")
+        keys = checked_search({} if search is None else search)
         input_data = definition.shape.bind(args, kwargs)
         check_payload_size(input_data, self.settings.max_payload_bytes, "the workflow input")
-        return PreparedStart(definition, input_data, instance_id or uuid.uuid4().hex)
+        return PreparedStart(definition, input_data, instance_id or uuid.uuid4().hex, keys)
 
     def start_prepared(self, prepared: PreparedStart) -> str:
         """Start what ``prepare_start`` checked; idempotent on its instance id."""
@@ -198,7 +206,9 @@ class Romancy:
             prepared.input_data,
             prepared.instance_id,
         )
-        instance, created = transition.start(self, definition.name, instance_id, input_data)
+        instance, created = transition.start(
+            self, definition.name, instance_id, input_data, prepared.search
+        )
         if not created:
             if instance.workflow_name != definition.name:
                 raise WorkflowAlreadyStartedError(
@@ -233,13 +243,22 @@ class Romancy:
         *,
         parent: str | None = None,
         root: str | None = None,
+        search: Mapping[str, str] | None = None,
     ) -> list[WorkflowInstance]:
         """Instances, newest first. ``parent``: the children of that instance; ``root``:
         every instance of the tree a workflow started on its own (pass that workflow's
-        id), the root included."""
+        id), the root included; ``search``: the instances having all these business keys
+        (``{"order_id": "ORD-4"}``, set at the start or by ``ctx.set_search_attributes``)."""
+        keys = None if search is None else checked_search(search)
         return self.storage.find_instances(
-            status=status, workflow=workflow, limit=limit, parent=parent, root=root
+            status=status, workflow=workflow, limit=limit, parent=parent, root=root, search=keys
         )
+
+    def search_attributes(self, instance_id: str) -> dict[str, str]:
+        """The instance's business keys and their values; ``UnknownInstanceError`` for
+        an unknown id."""
+        self.get_instance(instance_id)
+        return self.storage.get_search_attributes(instance_id)
 
     def wait(self, instance_id: str, timeout: float = 30.0) -> WorkflowInstance:
         """Block until the instance reaches a terminal status; ``WaitTimeoutError`` after
@@ -314,11 +333,14 @@ class Romancy:
 
 @dataclass(frozen=True)
 class PreparedStart:
-    """A checked start: the workflow, its input as stored JSON, and the instance id."""
+    """A checked start: the workflow, its input as stored JSON, the instance id, and its
+    business keys."""
 
     workflow: WorkflowDefinition[Any, Any]
     input_data: dict[str, Any]
     instance_id: str
+    # Business keys stored with the instance (``start_workflow(search=...)``).
+    search: dict[str, str] = field(default_factory=dict)
 
 
 def _canonical(data: Any) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
@@ -11,6 +11,7 @@ from .commands import ActivityCommand, child_command, derived_child_id
 from .definitions import ChildSignature, CompensationDefinition, StepSignature, WorkflowDefinition
 from .errors import ConfigurationError, NonDeterminismError, Suspend, WorkflowAlreadyStartedError
 from .failures import rebuild_error
+from .recorded import checked_search, search_event
 from .serialization import decode, encode
 from .states import HistoryKind, StepKind
 from .storage.records import HistoryEvent
@@ -146,6 +147,23 @@ class WorkflowContext:
                 result=arguments,
             )
         )
+
+    def set_search_attributes(
+        self, mapping: Mapping[str, str] | None = None, /, **values: str
+    ) -> None:
+        """Give this instance business keys, ``ctx.set_search_attributes(order_id="ORD-4")``
+        (or a mapping), to find it by: ``romancy.find_instances(search={...})``.
+
+        Recorded once, and stored with the workflow's next step; replays do not store
+        them again. A value replaces the one a key had (from the start or an earlier
+        call). Keys and values are strings of 1 to 100 and 200 characters; anything else
+        raises ``InvalidArgumentsError`` here and records nothing.
+        """
+        given = checked_search({} if mapping is None else mapping, "search attributes")
+        given.update(checked_search(values, "search attributes"))
+        position, step_id, event = self._next_position("set_search_attributes")
+        if event is None:
+            self._record(search_event(position, step_id, given))
 
     def publish_event(self, event_type: str, data: Any = None) -> None:
         """Publish an event through the transactional outbox, once per workflow run.

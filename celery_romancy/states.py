@@ -67,6 +67,7 @@ class HistoryKind(StrEnum):
     EVENT_PUBLISHED = "event_published"
     GATHER = "gather"  # the branch list of a ctx.gather / ctx.map, checked on replay
     CHILD = "child"  # how a child workflow ended: its output, or ChildWorkflowError
+    SEARCH_ATTRIBUTES = "search_attributes"  # ctx.set_search_attributes: the values set
 
 
 class RunOutcome(StrEnum):

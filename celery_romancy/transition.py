@@ -19,6 +19,7 @@ from .commands import ActivityCommand
 from .dispatch import publish
 from .errors import WorkflowAlreadyStartedError
 from .failures import describe_error
+from .outbox import relay_written
 from .planning import Plan, final_status, plan_outcome, start_rollback
 from .recorded import recorded_rows
 from .replay import replay_recording
@@ -115,6 +116,7 @@ def _try(
     result = romancy.storage.commit(snapshot, write, claim, conn)
     if result is CommitResult.COMMITTED:
         _committed(romancy, snapshot.instance, planned)
+        relay_written(romancy, write)  # its outbox rows, now; beat is the fallback
     return result
 
 
@@ -123,20 +125,26 @@ class _HistoryNeededError(Exception):
 
 
 def start(
-    romancy: Romancy, workflow_name: str, instance_id: str, input_data: dict[str, Any]
+    romancy: Romancy,
+    workflow_name: str,
+    instance_id: str,
+    input_data: dict[str, Any],
+    search: dict[str, str] | None = None,
 ) -> tuple[WorkflowInstance, bool]:
     """A new instance, planned like every transition (a replay of an empty history
-    finds its first steps, or its end); its row, those steps and whatever the body
-    recorded before them are inserted at once, unless the id exists."""
+    finds its first steps, or its end); its row, its business keys (``search``), those
+    steps and whatever the body recorded before them are inserted at once, unless the
+    id exists."""
     new = new_instance(instance_id, workflow_name, input_data)
     for _ in range(MAX_TRIES):
-        values, write, planned = planned_start(romancy, new)
+        values, write, planned = planned_start(romancy, new, search)
         try:
             instance, created = romancy.storage.create_instance(values, write)
         except ChildIdTakenError:
             continue  # a child's id was taken meanwhile: plan again, its start fails
         if created:
             _committed(romancy, new, planned)
+            relay_written(romancy, write)
         return instance, created
     raise RuntimeError(f"instance {instance_id} could not start its children")
 
@@ -167,9 +175,10 @@ def new_instance(
 
 
 def planned_start(
-    romancy: Romancy, new: WorkflowInstance
+    romancy: Romancy, new: WorkflowInstance, search: dict[str, str] | None = None
 ) -> tuple[dict[str, Any], StepWrite, Planned]:
-    """A new instance's row, what its start writes, and its first plan."""
+    """A new instance's row, what its start writes (with its business keys, ``search``),
+    and its first plan."""
     planned = replayed(romancy, StepWrite())(Snapshot(new, [], []))
     plan = planned.plan
     change = plan.change
@@ -184,18 +193,27 @@ def planned_start(
         "parent_close": new.parent_close,
         **change.columns(),
     }
-    return values, replace(planned.rows, add_steps=plan.add), planned
+    return values, replace(planned.rows, add_steps=plan.add, search=dict(search or {})), planned
 
 
-def _committed(romancy: Romancy, instance: WorkflowInstance, planned: Planned) -> None:
+def _committed(
+    romancy: Romancy, instance: WorkflowInstance, planned: Planned, *, started: bool = False
+) -> None:
     """What follows a commit: its messages, an event that may have come before a wait
-    it began (see events.py), and what it means for the instance's children and parent
-    (see children.py)."""
+    it began (see events.py), what it means for the instance's children and parent
+    (see children.py), and the signals and log lines of how the instance moved.
+
+    ``instance``: the instance as the transition found it; ``started``: the commit
+    created it."""
     plan = planned.plan
     for dispatch in plan.dispatches:
         publish(romancy.app, dispatch)
+    from .signals import announce_transition
+
+    # Before the news it sends on: a child's end is announced before its parent's.
+    announce_transition(romancy, instance, plan.change, plan.add, started)
     for child, child_planned in planned.children:
-        _committed(romancy, child, child_planned)
+        _committed(romancy, child, child_planned, started=True)
     instance_id = instance.instance_id
     if any(s.command.kind is StepKind.WAIT_EVENT for s in plan.add):
         from .events import deliver_kept_event

@@ -21,6 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from celery_romancy.commands import ActivityCommand
+from celery_romancy.recorded import registration, search_event
 from celery_romancy.states import Status, StepKind
 from celery_romancy.storage import (
     Claim,
@@ -34,7 +35,6 @@ from celery_romancy.storage import (
 )
 from celery_romancy.storage.migrate import VERSION_TABLE, current_revision, head_revision
 from celery_romancy.storage.records import InstanceChange
-from celery_romancy.transition import registration
 
 from .conftest import empty_database
 from .services import PG_ADMIN_URL, create_pg_database, drop_pg_database, pg_engine
@@ -158,6 +158,139 @@ def test_find_instances_filters_limits_and_orders_newest_first(store: Store) -> 
     assert ids(store.find_instances(status="completed", workflow="wf_b")) == ["f3"]
     assert ids(store.find_instances(limit=2)) == ["f4", "f3"]
     assert ids(store.find_instances(status="failed")) == []
+
+
+# -- business keys ---------------------------------------------------------------------
+
+
+def test_business_keys_start_with_the_instance_and_the_workflows_own_replace_them(
+    store: Store,
+) -> None:
+    # The start's keys, then a key the body set before its first step: the body's wins.
+    set_early = search_event(0, "set_search_attributes:1", {"region": "us", "tier": "gold"})
+    store.create_instance(
+        {"instance_id": "k1", "workflow_name": "wf", "status": "pending", "input_data": {}},
+        StepWrite(
+            add_steps=[NewStep("t1", replace(COMMAND, seq=1), schema.utcnow())],
+            events=[set_early],
+            search={"order_id": "ORD-4", "region": "eu"},
+        ),
+    )
+    assert store.get_search_attributes("k1") == {
+        "order_id": "ORD-4",
+        "region": "us",
+        "tier": "gold",
+    }
+    # A second start of the same id writes nothing, its keys included.
+    _, created = store.create_instance(
+        {"instance_id": "k1", "workflow_name": "wf", "status": "pending", "input_data": {}},
+        StepWrite(search={"order_id": "ORD-5"}),
+    )
+    assert created is False
+    assert store.get_search_attributes("k1")["order_id"] == "ORD-4"
+
+    # A step's commit (PostgreSQL: the one-statement path) upserts what the replay set.
+    claim = store.claim("k1", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    set_later = search_event(2, "set_search_attributes:2", {"tier": "silver", "desk": "7"})
+    write = StepWrite(events=[event(seq=1, result=1), set_later])
+    assert commit(store, claim, write) is CommitResult.COMMITTED
+    assert store.get_search_attributes("k1") == {
+        "desk": "7",
+        "order_id": "ORD-4",
+        "region": "us",
+        "tier": "silver",
+    }
+    # A commit of no claim (an operator's; the generic path on every backend) too.
+    snapshot = store.snapshot("k1")
+    assert snapshot is not None
+    set_last = search_event(3, "set_search_attributes:3", {"desk": "8"})
+    assert store.commit(snapshot, StepWrite(events=[set_last])) is CommitResult.COMMITTED
+    assert store.get_search_attributes("k1")["desk"] == "8"
+    assert [e.kind for e in store.get_history("k1")] == [
+        "search_attributes",
+        "activity",
+        "search_attributes",
+        "search_attributes",
+    ]
+    assert store.get_search_attributes("no-such-instance") == {}
+
+
+def test_find_instances_by_business_keys_needs_every_pair_to_match(store: Store) -> None:
+    base = schema.utcnow()
+    keys = {
+        "s1": {"order_id": "ORD-4", "region": "eu"},
+        "s2": {"order_id": "ORD-4", "region": "us"},
+        "s3": {"order_id": "ORD-5", "region": "eu"},
+        "s4": {},
+    }
+    for offset, (iid, search) in enumerate(keys.items()):
+        store.create_instance(
+            {
+                "instance_id": iid,
+                "workflow_name": "wf_b" if iid == "s2" else "wf_a",
+                "status": "pending",
+                "input_data": {},
+                "created_at": base + timedelta(seconds=offset),
+            },
+            StepWrite(search=search),
+        )
+
+    def ids(**criteria: Any) -> list[str]:
+        return [i.instance_id for i in store.find_instances(**criteria)]
+
+    assert ids(search={"order_id": "ORD-4"}) == ["s2", "s1"]
+    assert ids(search={"order_id": "ORD-4", "region": "eu"}) == ["s1"]
+    assert ids(search={"region": "eu"}) == ["s3", "s1"]
+    assert ids(search={"order_id": "ORD-4", "region": "asia"}) == []
+    assert ids(search={"order_id": "ORD-4"}, workflow="wf_b") == ["s2"]
+    assert ids(search={"order_id": "ORD-4"}, limit=1) == ["s2"]
+    assert ids(search={"ORDER_ID": "ORD-4"}) == []  # keys and values match exactly
+    assert ids(search={}) == ["s4", "s3", "s2", "s1"]
+
+
+def test_find_instances_by_business_key_uses_the_key_value_index(store: Store) -> None:
+    store.create_instance(
+        {"instance_id": "x1", "workflow_name": "wf", "status": "pending", "input_data": {}},
+        StepWrite(search={"order_id": "ORD-4"}),
+    )
+    k = schema.search
+    lookup = sa.select(k.c.instance_id).where(k.c.key == "order_id", k.c.value == "ORD-4")
+    with store.connect() as conn:
+        sql = str(lookup.compile(conn, compile_kwargs={"literal_binds": True}))
+        if store.dialect_name == "postgresql":
+            # Its planner reads a table of a few rows whole: ask how it would use an index.
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            plan = conn.execute(sa.text(f"EXPLAIN {sql}"))
+        else:
+            plan = conn.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}"))
+        text = " ".join(str(row) for row in plan)
+    assert "ix_romancy_search_key_value" in text
+
+
+def test_history_rows_keep_when_their_step_began_and_the_task_that_ran_it(
+    store: Store,
+) -> None:
+    new_instance(store, "w1", "t1", "t2")
+    began = schema.utcnow() - timedelta(seconds=3)
+    claim = store.claim("w1", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    timed = event(result=1, started_at=began, task_id="t1")
+    assert commit(store, claim, StepWrite(events=[timed])) is CommitResult.COMMITTED
+    # Read back by every reader: the plain query, a snapshot, and the next claim
+    # (PostgreSQL reads the history of those two as JSON).
+    claim_2 = store.claim("w1", "t2", "worker-b", LONG_LEASE)
+    assert claim_2 is not None
+    snapshot = store.snapshot("w1")
+    assert snapshot is not None
+    for history in (store.get_history("w1"), snapshot.history, claim_2.history):
+        [recorded] = history
+        assert (recorded.started_at, recorded.task_id) == (began, "t1")
+        assert recorded.started_at is not None and recorded.started_at.tzinfo is not None
+    untimed = event(seq=1, step_id="a:2", result=2)
+    assert commit(store, claim_2, StepWrite(events=[untimed])) is CommitResult.COMMITTED
+    last = store.get_history("w1")[-1]
+    assert (last.started_at, last.task_id) == (None, None)
 
 
 # -- claim -------------------------------------------------------------------------------

@@ -63,6 +63,13 @@ class StoreBase:
         """An INSERT that does nothing when the primary key already exists."""
         raise NotImplementedError
 
+    def insert_replacing(
+        self, table: sa.Table, conflict: tuple[str, ...], updated: tuple[str, ...]
+    ) -> Any:
+        """An INSERT that, where a row with the same ``conflict`` columns exists, sets
+        its ``updated`` columns instead."""
+        raise NotImplementedError
+
     def lock_for_update(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         """Row-lock the selected rows, skipping rows another transaction holds."""
         return stmt

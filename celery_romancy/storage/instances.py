@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,15 @@ from .records import (
     StepWrite,
     WorkflowInstance,
 )
-from .rows import REF_COLUMNS, instance_of, ref_of, step_of, write_rows
+from .rows import (
+    REF_COLUMNS,
+    SEARCH_CONFLICT,
+    SEARCH_UPDATED,
+    instance_of,
+    ref_of,
+    step_of,
+    write_rows,
+)
 
 HISTORY_COLUMNS = (
     "seq",
@@ -33,6 +41,8 @@ HISTORY_COLUMNS = (
     "attempt",
     "worker_id",
     "created_at",
+    "started_at",
+    "task_id",
 )
 
 
@@ -71,7 +81,10 @@ class InstanceQueries(StoreBase):
         again (the start then fails in the parent, which sees the id taken).
         """
         for table, rows in write_rows(instance_id, worker_id, write, now, version):
-            conn.execute(sa.insert(table), rows)
+            if table is schema.search:
+                conn.execute(self.insert_replacing(table, SEARCH_CONFLICT, SEARCH_UPDATED), rows)
+            else:
+                conn.execute(sa.insert(table), rows)
         for child in write.children:
             row = {"version": 0, "created_at": now, "updated_at": now, **child.values}
             inserted = conn.execute(
@@ -99,10 +112,11 @@ class InstanceQueries(StoreBase):
         *,
         parent: str | None = None,
         root: str | None = None,
+        search: Mapping[str, str] | None = None,
     ) -> list[WorkflowInstance]:
         """Newest first. ``parent``: that instance's children; ``root``: every instance
         of the tree whose root (a workflow started on its own) has that id, the root
-        included."""
+        included; ``search``: instances with every one of these business keys."""
         t = schema.instances
         stmt = sa.select(t).order_by(t.c.created_at.desc(), t.c.instance_id).limit(limit)
         if status is not None:
@@ -114,8 +128,20 @@ class InstanceQueries(StoreBase):
             stmt = stmt.where(t.c.parent_instance_id == parent)
         if root is not None:
             stmt = stmt.where(sa.or_(t.c.root_instance_id == root, t.c.instance_id == root))
+        for key, value in (search or {}).items():
+            # Each pair through the (key, value) index, whatever the table's size.
+            k = schema.search
+            matching = sa.select(k.c.instance_id).where(k.c.key == key, k.c.value == value)
+            stmt = stmt.where(t.c.instance_id.in_(matching))
         with self.engine.connect() as conn:
             return [instance_of(r._mapping) for r in conn.execute(stmt)]
+
+    def get_search_attributes(self, instance_id: str) -> dict[str, str]:
+        """The instance's business keys and their values, by key."""
+        k = schema.search
+        stmt = sa.select(k.c.key, k.c.value).where(k.c.instance_id == instance_id).order_by(k.c.key)
+        with self.engine.connect() as conn:
+            return {key: value for key, value in conn.execute(stmt)}
 
     def snapshot(self, instance_id: str, conn: Connection | None = None) -> Snapshot | None:
         """The instance, its history and its steps in flight, read in one transaction."""

@@ -22,7 +22,7 @@ from . import schema
 from .instances import HISTORY_COLUMNS
 from .prepared import PreparedStatement
 from .records import HistoryEvent, StepWrite
-from .rows import REF_COLUMNS, write_rows
+from .rows import REF_COLUMNS, SEARCH_CONFLICT, SEARCH_UPDATED, write_rows
 from .steps import StepProtocol, claim_clauses, version_clauses
 
 RowShapes = tuple[tuple[str, tuple[str, ...]], ...]
@@ -54,7 +54,16 @@ def _inserts_from(source: sa.CTE, shapes: RowShapes) -> list[sa.CTE]:
     for i, (name, columns) in enumerate(shapes):
         table = schema.metadata.tables[name]
         values = [sa.bindparam(f"r{i}_{k}", type_=table.c[k].type) for k in columns]
-        insert = sa.insert(table).from_select(list(columns), sa.select(*values).select_from(source))
+        rows = sa.select(*values).select_from(source)
+        if table is schema.search:
+            # A business key set again: the new value replaces the old one.
+            upsert = pg_insert(table).from_select(list(columns), rows)
+            insert: sa.Insert = upsert.on_conflict_do_update(
+                index_elements=list(SEARCH_CONFLICT),
+                set_={c: upsert.excluded[c] for c in SEARCH_UPDATED},
+            )
+        else:
+            insert = sa.insert(table).from_select(list(columns), rows)
         writes.append(insert.returning(table.primary_key.columns[0]).cte(f"w{i}"))
     return writes
 
@@ -150,7 +159,9 @@ def history_events(rows: list[list[Any]] | None) -> list[HistoryEvent]:
     events = []
     for row in rows or []:
         values = dict(zip(HISTORY_COLUMNS, row, strict=True))
-        values["created_at"] = datetime.fromisoformat(values["created_at"]).replace(tzinfo=UTC)
+        for name in ("created_at", "started_at"):
+            if values[name] is not None:
+                values[name] = datetime.fromisoformat(values[name]).replace(tzinfo=UTC)
         events.append(HistoryEvent(**values))
     return events
 

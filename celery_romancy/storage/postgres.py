@@ -102,6 +102,14 @@ class PostgresStore(Store):
     def insert_ignoring_conflict(self, table: sa.Table) -> Any:
         return pg_insert(table).on_conflict_do_nothing()
 
+    def insert_replacing(
+        self, table: sa.Table, conflict: tuple[str, ...], updated: tuple[str, ...]
+    ) -> Any:
+        stmt = pg_insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=list(conflict), set_={c: stmt.excluded[c] for c in updated}
+        )
+
     def lock_for_update(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         return stmt.with_for_update(skip_locked=True)
 

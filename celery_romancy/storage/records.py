@@ -103,6 +103,10 @@ class HistoryEvent:
     attempt: int = 1
     worker_id: str | None = None
     created_at: datetime | None = None
+    # When the step's body began, and the Celery task id (the step's token) that ran it;
+    # None where unknown (rows recorded before they were kept, records of no step).
+    started_at: datetime | None = None
+    task_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,10 @@ class StepWrite:
     outbox: list[dict[str, Any]] = field(default_factory=list)
     # Child workflows this transition starts, inserted with it (or not at all).
     children: list[ChildStart] = field(default_factory=list)
+    # Business keys given to the start (``start_workflow(search=...)``). Those a workflow
+    # sets (``ctx.set_search_attributes``) come as history events in ``events`` and are
+    # written with them, replacing these for the same key (see ``rows.search_values``).
+    search: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

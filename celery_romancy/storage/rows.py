@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..commands import ActivityCommand
-from ..states import StepKind
+from ..states import HistoryKind, StepKind
 from . import schema
 from .records import OutboxRecord, StepRecord, StepRef, StepWrite, WorkflowInstance
 
@@ -84,6 +84,21 @@ def outbox_of(mapping: Any, **overrides: Any) -> OutboxRecord:
     return OutboxRecord(**{**{name: mapping[name] for name in names}, **overrides})
 
 
+# The search table's rows are upserts on this key, setting these columns.
+SEARCH_CONFLICT = ("instance_id", "key")
+SEARCH_UPDATED = ("value",)
+
+
+def search_values(write: StepWrite) -> dict[str, str]:
+    """The business keys a transition sets: the start's, then what the workflow set, in
+    history order (a later value for a key replaces an earlier one), one value per key."""
+    values = dict(write.search)
+    for e in sorted(write.events, key=lambda e: e.seq):
+        if e.kind == HistoryKind.SEARCH_ATTRIBUTES:
+            values.update(e.result)
+    return values
+
+
 def write_rows(
     instance_id: str, worker_id: str | None, write: StepWrite, now: datetime, version: int
 ) -> list[tuple[sa.Table, list[dict[str, Any]]]]:
@@ -106,6 +121,8 @@ def write_rows(
                         "attempt": e.attempt,
                         "worker_id": worker_id,
                         "created_at": now,
+                        "started_at": e.started_at,
+                        "task_id": e.task_id,
                     }
                     for e in write.events
                 ],
@@ -160,6 +177,18 @@ def write_rows(
                         "created_at": now,
                         **write.attempt,
                     }
+                ],
+            )
+        )
+    search = search_values(write)
+    if search:
+        # Upserted (see ``SEARCH_CONFLICT``): a value replaces the key's earlier one.
+        rows.append(
+            (
+                schema.search,
+                [
+                    {"instance_id": instance_id, "key": key, "value": value}
+                    for key, value in search.items()
                 ],
             )
         )

@@ -145,6 +145,10 @@ history = sa.Table(
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("worker_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    # When the step's body began (NULL if unknown: rows recorded before 0008, records
+    # that are no step), and the Celery task id that ran it (the step's token).
+    sa.Column("started_at", UTCDateTime()),
+    sa.Column("task_id", sa.String(64)),
     sa.UniqueConstraint("instance_id", "step_id", name="uq_romancy_history_step"),
     sa.UniqueConstraint("instance_id", "seq", name="uq_romancy_history_seq"),
 )
@@ -197,6 +201,22 @@ attempts = sa.Table(
     sa.Index("ix_romancy_attempts_step", "instance_id", "step_id", "attempt"),
 )
 
+# Business keys ("order_id" = "ORD-4"): set at the start (``start_workflow(search=...)``)
+# or by the workflow (``ctx.set_search_attributes``), one value per key; found through
+# the (key, value) index.
+search = sa.Table(
+    "romancy_search",
+    metadata,
+    sa.Column(
+        "instance_id",
+        sa.String(100),
+        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+    sa.Index("ix_romancy_search_key_value", "key", "value"),
+)
 
 # Events sent to workflows; kept until a matching wait consumes them.
 events = sa.Table(

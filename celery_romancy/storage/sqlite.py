@@ -40,3 +40,11 @@ class SQLiteStore(Store):
 
     def insert_ignoring_conflict(self, table: sa.Table) -> Any:
         return sqlite_insert(table).on_conflict_do_nothing()
+
+    def insert_replacing(
+        self, table: sa.Table, conflict: tuple[str, ...], updated: tuple[str, ...]
+    ) -> Any:
+        stmt = sqlite_insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=list(conflict), set_={c: stmt.excluded[c] for c in updated}
+        )
