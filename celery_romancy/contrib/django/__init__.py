@@ -8,6 +8,9 @@
 - ``start_workflow_on_commit(...)``: start a workflow when the view's transaction
   commits, and not at all when it rolls back.
 - ``python manage.py romancy_migrate``: create or upgrade the history tables.
+- The admin (with ``django.contrib.admin`` installed): workflow instances, read-only,
+  with the actions cancel, resume and retry compensation; see ``admin.py``.
+- ``project_romancy()``: the ``Romancy`` of the project's Celery app, as the admin finds it.
 
 Activities that use the Django ORM run in Celery workers, where Celery's Django fixup
 (active when ``DJANGO_SETTINGS_MODULE`` is set) closes stale connections around every
@@ -22,7 +25,7 @@ from pathlib import PurePath
 from typing import Any
 
 import sqlalchemy as sa
-from celery import Celery
+from celery import Celery, current_app
 from django.db import connections, transaction
 
 from ...app import Romancy
@@ -33,6 +36,7 @@ from ...settings import RomancySettings
 __all__ = [
     "DjangoRomancy",
     "database_url_from_django",
+    "project_romancy",
     "sqlalchemy_url",
     "start_workflow_on_commit",
 ]
@@ -134,6 +138,26 @@ class DjangoRomancy(Romancy):
                 self.app.conf, **self._given, database_url=url
             )
         return self._resolved
+
+
+def project_romancy() -> Romancy:
+    """The ``Romancy`` bound to the project's Celery app: the app ``proj/__init__.py``
+    imports, as Celery's Django guide sets it up.
+
+    The modules Celery autodiscovers (each app's ``tasks.py``) are imported first, as a
+    worker does: the ``Romancy`` may be created there, and its workflows must be
+    registered for ``resume`` to replay them.
+    """
+    app = current_app._get_current_object()
+    app.loader.import_default_modules()
+    found = getattr(app, "_celery_romancy", None)
+    if not isinstance(found, Romancy):
+        raise ConfigurationError(
+            f"no Romancy is bound to the Celery app {app.main!r}: import the project's Celery "
+            "app in proj/__init__.py (Celery's Django guide) and create DjangoRomancy(app) "
+            "in that module or one it imports"
+        )
+    return found
 
 
 def start_workflow_on_commit(

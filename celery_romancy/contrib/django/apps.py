@@ -1,4 +1,5 @@
-"""The Django app config: no models, only the ``romancy_migrate`` command."""
+"""The Django app config: the ``romancy_migrate`` command and a read-only admin for
+workflow instances (``admin.py``; its model has no table, see ``models.py``)."""
 
 from __future__ import annotations
 
