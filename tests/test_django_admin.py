@@ -32,7 +32,7 @@ CHECKS = {
     "test_the_list_pages_newest_first",
     "test_the_detail_page_shows_history_attempts_compensations_and_aware_times",
     "test_the_detail_page_links_children_and_parent",
-    "test_an_unknown_instance_goes_back_to_the_list",
+    "test_the_short_url_leads_to_the_page_and_an_unknown_id_to_the_list",
     "test_cancel_from_the_list_rolls_the_instances_back",
     "test_cancel_from_the_detail_page_keeps_the_reason",
     "test_resume_sends_a_lost_step_again",

@@ -170,9 +170,15 @@ def test_only_staff_with_permission_see_the_instances_and_only_change_acts(
         assert response.status_code == 403
     assert romancy.get_instance(instance_id).cancel_reason is None
 
-    # The operator may: the admin index lists the model, the instance has its buttons.
+    # The operator may: the admin index lists the model, the instance has its buttons;
+    # but an action posted without the form's CSRF token is refused.
     assert "Workflow instances" in page(operator, "/admin/")
     assert 'value="cancel"' in page(operator, detail_url(instance_id))
+    forged = Client(enforce_csrf_checks=True)
+    forged.force_login(User.objects.get(username="operator"))
+    response = forged.post(LIST_URL, {"action": "cancel", "_selected_action": [instance_id]})
+    assert response.status_code == 403
+    assert romancy.get_instance(instance_id).cancel_reason is None
     romancy.cancel(instance_id, "test over")
 
 
@@ -317,7 +323,13 @@ def test_the_detail_page_links_children_and_parent(worker: None, operator: Clien
     assert "check_seat" in child_html
 
 
-def test_an_unknown_instance_goes_back_to_the_list(worker: None, operator: Client) -> None:
+def test_the_short_url_leads_to_the_page_and_an_unknown_id_to_the_list(
+    worker: None, operator: Client
+) -> None:
+    # Django's short form of an object's URL leads to its page.
+    party = romancy.start_workflow(party_check, [])
+    response = operator.get(f"{LIST_URL}{quote(party)}/")
+    assert response.status_code == 302 and response["Location"] == detail_url(party)
     response = operator.get(detail_url("no-such-instance"), follow=True)
     assert response.redirect_chain[-1][0] == LIST_URL
     assert "No workflow instance with id 'no-such-instance'." in messages_of(response)

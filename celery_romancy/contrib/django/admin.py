@@ -207,8 +207,8 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
 
 @admin.register(WorkflowInstance)
 class WorkflowInstanceAdmin(admin.ModelAdmin):  # type: ignore[misc]  # no Django type hints
-    list_template = "celery_romancy/admin/workflowinstance_list.html"
-    detail_template = "celery_romancy/admin/workflowinstance_detail.html"
+    change_list_template = "celery_romancy/admin/workflowinstance_list.html"
+    change_form_template = "celery_romancy/admin/workflowinstance_detail.html"
     page_size = PAGE_SIZE
 
     def get_romancy(self, request: HttpRequest) -> Romancy:
@@ -313,7 +313,7 @@ class WorkflowInstanceAdmin(admin.ModelAdmin):  # type: ignore[misc]  # no Djang
             **(extra_context or {}),
         }
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, self.list_template, context)
+        return TemplateResponse(request, self.change_list_template, context)
 
     filter_vars = (STATUS_VAR, WORKFLOW_VAR, CREATED_VAR)
 
@@ -418,7 +418,7 @@ class WorkflowInstanceAdmin(admin.ModelAdmin):  # type: ignore[misc]  # no Djang
             **(extra_context or {}),
         }
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, self.detail_template, context)
+        return TemplateResponse(request, self.change_form_template, context)
 
     # -- actions ---------------------------------------------------------------------------
 
