@@ -24,6 +24,7 @@ from celery_romancy.commands import ActivityCommand
 from celery_romancy.recorded import registration, search_event
 from celery_romancy.states import Status, StepKind
 from celery_romancy.storage import (
+    ChildStart,
     Claim,
     CommitResult,
     HistoryEvent,
@@ -214,6 +215,20 @@ def test_business_keys_start_with_the_instance_and_the_workflows_own_replace_the
         "search_attributes",
     ]
     assert store.get_search_attributes("no-such-instance") == {}
+
+
+def test_a_child_started_by_a_commit_gets_the_keys_its_body_set(store: Store) -> None:
+    new_instance(store, "p1")
+    claim = store.claim("p1", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    child = ChildStart(
+        {"instance_id": "p1/child:1", "workflow_name": "wf", "status": "pending", "input_data": {}},
+        StepWrite(events=[search_event(0, "set_search_attributes:1", {"order_id": "ORD-4"})]),
+    )
+    write = StepWrite(events=[event(result=1)], children=[child])
+    assert commit(store, claim, write) is CommitResult.COMMITTED
+    assert store.get_search_attributes("p1/child:1") == {"order_id": "ORD-4"}
+    assert store.get_search_attributes("p1") == {}
 
 
 def test_find_instances_by_business_keys_needs_every_pair_to_match(store: Store) -> None:
