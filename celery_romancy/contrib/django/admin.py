@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -152,21 +152,22 @@ def created_since(choice: str | None, now: datetime) -> datetime | None:
 def search_clause(text: str) -> sa.ColumnElement[bool]:
     """Instances whose id is ``text`` or starts with it, or with a business key whose
     value is ``text``; ``key=value`` also finds that key's value (through its index)."""
-    t = schema.instances
-    clauses: list[sa.ColumnElement[bool]] = [
-        t.c.instance_id == text,
-        t.c.instance_id.startswith(text, autoescape=True),
+    t, keys = schema.instances, schema.search
+    # One set of candidate ids, each part found its own way, rather than an OR the
+    # database would test on every instance row.
+    parts = [
+        sa.select(t.c.instance_id).where(t.c.instance_id.startswith(text, autoescape=True)),
+        # Any key's value: no index leads there, but the table holds only the keys.
+        sa.select(keys.c.instance_id).where(keys.c.value == text),
     ]
-    keys = schema.search
     key, equals, value = text.partition("=")
     if equals and key.strip():
-        matching = sa.select(keys.c.instance_id).where(
-            keys.c.key == key.strip(), keys.c.value == value.strip()
+        parts.append(
+            sa.select(keys.c.instance_id).where(
+                keys.c.key == key.strip(), keys.c.value == value.strip()
+            )
         )
-        clauses.append(t.c.instance_id.in_(matching))
-    # Any key's value: no index leads there, but the table holds only the keys.
-    clauses.append(t.c.instance_id.in_(sa.select(keys.c.instance_id).where(keys.c.value == text)))
-    return sa.or_(*clauses)
+    return t.c.instance_id.in_(sa.union(*parts))
 
 
 def find_page(
@@ -185,7 +186,7 @@ def find_page(
         stmt = stmt.where(t.c.status == query.status)
     if query.workflow is not None:
         stmt = stmt.where(t.c.workflow_name == query.workflow)
-    since = created_since(query.created, timezone.now())
+    since = created_since(query.created, datetime.now(UTC))  # aware, even without USE_TZ
     if since is not None:
         stmt = stmt.where(t.c.created_at >= since)
     if query.search:
