@@ -16,18 +16,18 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import click
 import sqlalchemy as sa
 
 from .app import Romancy
-from .contrib.status import instance_status
+from .contrib.status import duration, instance_status
 from .errors import RomancyError, UnknownInstanceError
 from .settings import masked_url
-from .states import StepKind
-from .storage import STATUSES, WorkflowInstance
+from .states import ACTIVE, HistoryKind, StepKind
+from .storage import STATUSES, AttemptRecord, HistoryEvent, StepRecord, WorkflowInstance
 from .storage.migrate import current_revision
 
 LIST_LIMIT = 50
@@ -102,6 +102,13 @@ def _romancy(ctx: click.Context) -> Romancy:
 @click.option("--workflow", help="Only instances of this workflow.")
 @click.option("--parent", help="Only the child workflows of this instance.")
 @click.option(
+    "--search",
+    "search_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only instances with this business key (repeatable: all must match).",
+)
+@click.option(
     "--root",
     help="The tree of child workflows under this instance, as a tree (takes no other filter).",
 )
@@ -117,11 +124,13 @@ def list_instances(
     statuses: tuple[str, ...],
     workflow: str | None,
     parent: str | None,
+    search_pairs: tuple[str, ...],
     root: str | None,
     limit: int | None,
     as_json: bool,
 ) -> None:
     """Instances, newest first; with --root, a tree of child workflows, oldest first."""
+    search = _search(search_pairs)
     if root is not None:
         given = [
             name
@@ -129,6 +138,7 @@ def list_instances(
                 ("--status", statuses),
                 ("--workflow", workflow),
                 ("--parent", parent),
+                ("--search", search_pairs),
                 ("--limit", limit),
             )
             if value not in (None, ())
@@ -146,6 +156,7 @@ def list_instances(
             workflow=workflow,
             limit=limit or LIST_LIMIT,
             parent=parent,
+            search=search or None,
         )
     if as_json:
         click.echo(json.dumps([_summary(i) for i in found], indent=2))
@@ -154,6 +165,22 @@ def list_instances(
         (i.instance_id, i.workflow_name, i.status, _time(i.updated_at), _note(i)) for i in found
     ]
     _table(("INSTANCE", "WORKFLOW", "STATUS", "UPDATED", "NOTE"), rows)
+
+
+def _search(pairs: Sequence[str]) -> dict[str, str]:
+    """``--search key=value`` options as one mapping (the value may hold ``=``)."""
+    search: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--search")
+        if search.get(key, value) != value:
+            raise click.BadParameter(
+                f"{key} given twice ({search[key]!r} and {value!r}): an instance has one value",
+                param_hint="--search",
+            )
+        search[key] = value
+    return search
 
 
 def _list_tree(ctx: click.Context, top_id: str, as_json: bool) -> None:
@@ -187,7 +214,8 @@ def _list_tree(ctx: click.Context, top_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Everything, as one JSON object.")
 @click.pass_context
 def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
-    """One instance with its steps, failed attempts, compensations and child workflows."""
+    """One instance with its steps (times, workers, task ids), steps in flight, failed
+    attempts, compensations, child workflows and the traceback of its failure."""
     with reported():
         engine = _romancy(ctx)
         instance = engine.get_instance(instance_id)
@@ -196,23 +224,35 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         compensations = engine.storage.get_compensations(instance_id)
         steps = engine.storage.get_steps(instance_id)
         children = engine.find_instances(parent=instance_id, limit=CHILDREN_SHOWN + 1)
+        search = engine.storage.get_search_attributes(instance_id)
+        dispatch_timeout = timedelta(seconds=engine.settings.dispatch_timeout)
     more_children = len(children) > CHILDREN_SHOWN
     # Storage gives the newest; shown oldest first, like the steps that started them.
     children = sorted(children[:CHILDREN_SHOWN], key=_created_order)
     if as_json:
         document = {
             "instance": dataclasses.asdict(instance),
+            "search": search,
             "children": [_summary(c) for c in children],
             "more_children": more_children,
             "steps_in_flight": [
-                {**dataclasses.asdict(s), "command": s.command.to_json()} for s in steps
+                {
+                    **dataclasses.asdict(s),
+                    "command": s.command.to_json(),
+                    "resent_after": _resent_after(s, dispatch_timeout),
+                }
+                for s in steps
             ],
-            "history": [dataclasses.asdict(e) for e in history],
+            "history": [
+                {**dataclasses.asdict(e), "duration": duration(e.started_at, e.created_at)}
+                for e in history
+            ],
             "attempts": [dataclasses.asdict(a) for a in attempts],
             "compensations": [dataclasses.asdict(c) for c in compensations],
         }
         click.echo(json.dumps(document, indent=2, default=_json_default))
         return
+    now = datetime.now(UTC)
     fields = [
         ("instance", instance.instance_id),
         ("workflow", instance.workflow_name),
@@ -222,6 +262,8 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         ("input", _json(instance.input_data)),
         ("output", _json(instance.output_data)),
     ]
+    if search:
+        fields.insert(2, ("search", " ".join(f"{k}={v}" for k, v in sorted(search.items()))))
     if instance.parent_instance_id is not None:
         closing = f" (parent_close: {instance.parent_close})" if instance.parent_close else ""
         fields.insert(2, ("parent", f"{instance.parent_instance_id}{closing}"))
@@ -233,37 +275,28 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         if isinstance(undo_error, dict):
             fields.append(("undo", f"failed: {_error(undo_error)}"))
     for step in steps:
-        fields.append(("pending", _pending(step.command.to_json())))
-        if step.lease_owner and step.lease_expires_at:
-            fields.append(("lease", f"{step.lease_owner} until {_time(step.lease_expires_at)}"))
+        lines = [_pending(step.command.to_json()), *_in_flight(step, dispatch_timeout, now)]
+        fields.append(("pending", "\n".join(lines)))
     if instance.cancel_reason is not None:
         fields.append(("cancel", f"requested: {instance.cancel_reason}"))
     for name, value in fields:
-        click.echo(f"{name:<9} {value}")
-    click.echo(f"\nsteps ({len(history)})")
+        click.echo(f"{name:<9} {value}".replace("\n", "\n" + " " * 10))
+    day = instance.created_at.date()
+    click.echo(f"\nsteps ({len(history)}; times UTC)")
     _table(
-        ("#", "STEP", "KIND", "ATTEMPT", "OUTCOME", "WORKER"),
-        [
-            (
-                str(e.seq),
-                e.step_id,
-                e.kind,
-                str(e.attempt),
-                f"error {_error(e.error, step=False)}" if e.error else f"ok {_json(e.result)}",
-                e.worker_id or "",
-            )
-            for e in history
-        ],
+        ("#", "STEP", "KIND", "ATTEMPT", "STARTED", "ENDED", "TOOK", "WORKER", "TASK", "OUTCOME"),
+        _step_rows(history, steps, day),
         indent="  ",
     )
     if attempts:
         click.echo(f"\nfailed attempts ({len(attempts)})")
         _table(
-            ("STEP", "ATTEMPT", "ERROR", "RETRY IN", "WORKER"),
+            ("STEP", "ATTEMPT", "FAILED", "ERROR", "RETRY IN", "WORKER"),
             [
                 (
                     a.step_id,
                     str(a.attempt),
+                    _clock(a.created_at, day),
                     _error(a.error, step=False),
                     "-" if a.retry_in is None else f"{a.retry_in:g} s",
                     a.worker_id or "",
@@ -275,13 +308,14 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
     if compensations:
         click.echo(f"\ncompensations, newest first ({len(compensations)})")
         _table(
-            ("COMPENSATION", "UNDOES", "STATUS", "ATTEMPTS", "ERROR"),
+            ("COMPENSATION", "UNDOES", "STATUS", "ATTEMPTS", "ENDED", "ERROR"),
             [
                 (
                     c.name,
                     c.step_id,
                     c.status,
                     str(c.attempts),
+                    "-" if c.finished_at is None else _clock(c.finished_at, day),
                     _error(c.error, step=False) if c.error else "",
                 )
                 for c in compensations
@@ -300,6 +334,10 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
                 f"  ... only the newest {CHILDREN_SHOWN} shown: "
                 f"list --parent {instance_id} --limit N lists more"
             )
+    for title, text in _tracebacks(instance, attempts):
+        click.echo(f"\n{title}")
+        for line in text.rstrip("\n").splitlines():
+            click.echo(f"  {line}")
 
 
 @romancy.command()
@@ -392,6 +430,163 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], indent: str
 
 def _time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _clock(moment: datetime, day: date) -> str:
+    """A time to the millisecond; dated only when not on ``day`` (the instance's first)."""
+    shown = moment.astimezone(UTC)
+    if shown.date() == day:
+        return shown.strftime("%H:%M:%S.") + f"{shown.microsecond // 1000:03d}"
+    return shown.strftime("%Y-%m-%dT%H:%M:%S.") + f"{shown.microsecond // 1000:03d}"
+
+
+def _took(started: datetime | None, finished: datetime | None) -> str:
+    seconds = duration(started, finished)
+    return "-" if seconds is None else f"{seconds:.3f}s"
+
+
+def _step_rows(
+    history: Sequence[HistoryEvent], steps: Sequence[StepRecord], day: date
+) -> list[tuple[str, ...]]:
+    """The steps table: one row per history row, oldest first; the branches of a gather
+    right under its row, indented, with those still in flight or not sent yet."""
+    by_seq = {e.seq: e for e in history}
+    in_flight = {s.command.seq: s for s in steps}
+    shown: set[int] = set()
+    rows: list[tuple[str, ...]] = []
+
+    def recorded(event: HistoryEvent, indent: str = "") -> tuple[str, ...]:
+        if event.kind == HistoryKind.GATHER:
+            branches = event.result if isinstance(event.result, list) else []
+            outcome = f"{len(branches)} branches"
+        elif event.error:
+            outcome = f"error {_error(event.error, step=False)}"
+        else:
+            outcome = f"ok {_json(event.result)}"
+        started = event.started_at
+        return (
+            str(event.seq),
+            indent + event.step_id,
+            event.kind,
+            str(event.attempt),
+            "-" if started is None else _clock(started, day),
+            "-" if event.created_at is None else _clock(event.created_at, day),
+            _took(started, event.created_at),
+            event.worker_id or "",
+            event.task_id or "",
+            outcome,
+        )
+
+    for event in sorted(history, key=lambda e: e.seq):
+        if event.seq in shown:
+            continue
+        shown.add(event.seq)
+        rows.append(recorded(event))
+        if event.kind != HistoryKind.GATHER or not isinstance(event.result, list):
+            continue
+        for offset, name in enumerate(event.result, start=1):
+            position = event.seq + offset
+            shown.add(position)
+            if position in by_seq:
+                rows.append(recorded(by_seq[position], indent="  "))
+            elif position in in_flight:
+                step = in_flight[position]
+                where = f"running on {step.lease_owner}" if step.lease_owner else "sent"
+                rows.append(
+                    (
+                        str(position),
+                        f"  {step.step_id}",
+                        str(step.kind),
+                        str(step.command.attempt),
+                        "-",
+                        "-",
+                        "-",
+                        step.lease_owner or "",
+                        step.token if step.kind.runs_as_task else "",
+                        f"in flight: {where}",
+                    )
+                )
+            else:  # after a failure, or beyond max_concurrency: not sent yet
+                rows.append(
+                    (str(position), f"  {name}", "-", "-", "-", "-", "-", "", "", "not sent")
+                )
+    return rows
+
+
+def _resent_after(step: StepRecord, dispatch_timeout: timedelta) -> datetime | None:
+    """When the recovery sweep takes a step that runs as a task for lost, if no worker
+    has taken it (or the one that did stopped renewing its lease) by then."""
+    if not step.kind.runs_as_task or step.dispatch_at is None:
+        return None  # a wait, a child, or parked: recovery never re-sends it
+    after = step.dispatch_at + dispatch_timeout
+    if step.lease_expires_at is not None and step.lease_expires_at > after:
+        return step.lease_expires_at
+    return after
+
+
+def _in_flight(step: StepRecord, dispatch_timeout: timedelta, now: datetime) -> list[str]:
+    """``show``'s lines under a step in flight: where it is and what happens next."""
+    kind, command = step.kind, step.command
+    lines: list[str] = []
+    if step.kind.runs_as_task:
+        if step.dispatch_at is None:
+            fix = "retry-compensation" if kind is StepKind.COMPENSATION else "resume"
+            lines.append(f"task {step.token}, parked: not sent again until {fix}")
+            return lines
+        # dispatch_at: when it was sent (moved on by each re-send), or when a retry
+        # waiting out its delay is due.
+        sent = "due" if step.dispatch_at > now else "sent"
+        lines.append(f"task {step.token}, {sent} {_time(step.dispatch_at)}")
+        if step.lease_owner and step.lease_expires_at and step.lease_expires_at > now:
+            lines.append(
+                f"running on {step.lease_owner} (lease until {_time(step.lease_expires_at)}, "
+                "renewed while it runs); recovery re-sends it if the lease runs out"
+            )
+            return lines
+        if step.lease_owner and step.lease_expires_at:
+            lines.append(
+                f"taken by {step.lease_owner}, whose lease ran out {_time(step.lease_expires_at)}"
+            )
+        resend = _resent_after(step, dispatch_timeout)
+        if resend is not None:
+            lines.append(f"recovery re-sends it after {_time(resend)} unless a worker takes it")
+    elif kind is StepKind.TIMER:
+        lines.append(f"fires {_time(step.dispatch_at)}" if step.dispatch_at else "parked")
+    elif kind is StepKind.WAIT_EVENT:
+        correlation = command.arguments.get("correlation_id")
+        what = f"waits for event {command.name}"
+        if correlation is not None:
+            what += f" with correlation id {correlation}"
+        since = "" if step.created_at is None else f" since {_time(step.created_at)}"
+        timeout = f", times out {_time(step.dispatch_at)}" if step.dispatch_at else ", no timeout"
+        lines.append(what + since + timeout)
+    elif step.created_at is not None:  # a child workflow: its own last step wakes this one
+        lines.append(f"since {_time(step.created_at)}")
+    return lines
+
+
+def _tracebacks(
+    instance: WorkflowInstance, attempts: Sequence[AttemptRecord]
+) -> list[tuple[str, str]]:
+    """(title, traceback) of the instance's failure, of the compensation that failed
+    in its rollback, and, while it runs, of its newest failed attempt."""
+    found: list[tuple[str, str]] = []
+    error = instance.error or {}
+    if error.get("traceback"):
+        where = f" (step {error['step']})" if error.get("step") else ""
+        found.append((f"traceback{where}", str(error["traceback"])))
+    undo_error = error.get("compensation_error")
+    if isinstance(undo_error, dict) and undo_error.get("traceback"):
+        where = f" (step {undo_error['step']})" if undo_error.get("step") else ""
+        found.append((f"traceback of the failed compensation{where}", str(undo_error["traceback"])))
+    if instance.status in ACTIVE and attempts:
+        newest = max(attempts, key=lambda a: a.created_at)
+        if newest.error.get("traceback"):
+            title = (
+                f"traceback of the last failed attempt ({newest.step_id}, attempt {newest.attempt})"
+            )
+            found.append((title, str(newest.error["traceback"])))
+    return found
 
 
 def _json(value: Any, limit: int = 200) -> str:

@@ -1,6 +1,6 @@
 """The workflows the CLI tests operate: the engine tests' ones, plus one that waits for
-an event and a small tree of child workflows. Built in-process and by
-``tests/cli_app.py`` for ``celery -A tests.cli_app``."""
+an event, a small tree of child workflows and one whose step no worker takes. Built
+in-process and by ``tests/cli_app.py`` for ``celery -A tests.cli_app``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from celery import Celery
 from celery_romancy import ChildWorkflowError, RetryPolicy, Romancy, TerminalError, WorkflowContext
 
 from .flows import build
+
+
+def unheard_queue(queue: str) -> str:
+    """A queue beside the test's own that no worker consumes."""
+    return f"{queue}-unheard"
 
 
 def build_cli(
@@ -55,5 +60,15 @@ def build_cli(
         except ChildWorkflowError as error:
             return {"branch": branch, "second": error.status}
         return {"branch": branch, "second": "completed"}
+
+    # -- a step sent to a queue no worker consumes: it stays sent, never taken ---------
+
+    @romancy.activity("cli_unheard", queue=unheard_queue(queue))
+    def cli_unheard(tag: str) -> str:
+        return f"heard:{tag}"
+
+    @romancy.workflow("cli_unheard_saga")
+    def cli_unheard_saga(ctx: WorkflowContext, tag: str) -> str:
+        return cli_unheard.execute(ctx, tag)
 
     return app, romancy

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,9 @@ from click.testing import CliRunner, Result
 from celery_romancy import Romancy, WorkflowInstance
 from celery_romancy.cli import romancy as romancy_command
 
-from .cli_flows import build_cli
+from .cli_flows import build_cli, unheard_queue
 from .ledger import Gate, Ledger, wait_for
-from .processes import ROOT, celery, celery_worker
+from .processes import ROOT, ServiceProcess, celery, celery_worker
 from .services import REDIS_URL, create_pg_database, drop_pg_database, redis_client
 
 COMMANDS = ("list", "show", "cancel", "resume", "retry-compensation", "send-event", "migrate")
@@ -40,6 +42,7 @@ class Cli:
     romancy: Romancy
     folder: Path
     env: dict[str, str]
+    worker: ServiceProcess
 
     def __call__(self, *args: str) -> Result:
         context = CLIContext(app=self.app, no_color=True, workdir=None)
@@ -70,6 +73,11 @@ class Cli:
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    yield from running_cli(tmp_path_factory)
+
+
+def running_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    """A database of its own, the CLI's workflows and a worker (threads) running them."""
     redis = redis_client()
     database_url = create_pg_database()  # of its own, so listings hold only these tests' runs
     folder = tmp_path_factory.mktemp("cli")
@@ -85,9 +93,9 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     }
     worker = celery_worker("tests.cli_app", env, folder, queue, concurrency=4, pool="threads")
     worker.start()
-    yield Cli(app, romancy, folder, env)
+    yield Cli(app, romancy, folder, env, worker)
     worker.stop()
-    redis.delete(queue)
+    redis.delete(queue, unheard_queue(queue))
     romancy.storage.dispose()
     drop_pg_database(database_url)
 
@@ -441,3 +449,217 @@ def _tree_row(line: str) -> tuple[int, str, str, str]:
     """A ``list --root`` line: its indent, instance, workflow and status."""
     cells = line.split()
     return len(line) - len(line.lstrip(" ")), cells[0], cells[1], cells[2]
+
+
+# -- show: when, where, which task; what a step in flight waits for ------------------------
+
+CLOCK = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}$")
+TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+STEP_COLUMNS = ["#", "STEP", "KIND", "ATTEMPT", "STARTED", "ENDED", "TOOK", "WORKER", "TASK"]
+
+
+def _step_table(shown: str) -> list[dict[str, str]]:
+    """``show``'s steps table, one dict per row keyed by its header (OUTCOME: the rest of
+    the line). Cells are cut at the header's column starts, so empty cells stay empty."""
+    section = shown.split("\nsteps (")[1].split("\n\n")[0].splitlines()[1:]
+    header = section[0]
+    names = [*STEP_COLUMNS, "OUTCOME"]
+    starts = [header.index(f" {name}") + 1 if name != "#" else 2 for name in names]
+    rows = []
+    for line in section[1:]:
+        cells = [line[a:b] for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        rows.append(
+            {n: c.strip() if n != "STEP" else c.rstrip() for n, c in zip(names, cells, strict=True)}
+        )
+    return rows
+
+
+def _clock_of(cell: str, day: datetime) -> datetime:
+    return datetime.strptime(f"{day:%Y-%m-%d} {cell}", "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+
+
+def test_show_has_each_steps_times_worker_and_celery_task_id(cli: Cli) -> None:
+    instance_id = cli.start("order_saga", "S1")
+    instance = cli.finished(instance_id)
+    shown = cli("show", instance_id)
+    assert shown.exit_code == 0, shown.output
+    assert "\nsteps (3; times UTC)\n" in shown.stdout
+    header = shown.stdout.split("\nsteps (")[1].splitlines()[1].split()
+    assert header == [*STEP_COLUMNS, "OUTCOME"]
+    rows = _step_table(shown.stdout)
+    assert [r["STEP"] for r in rows] == ["reserve:1", "charge:1", "ship:1"]
+    log = cli.worker.log()
+    previous_end = instance.created_at
+    for row in rows:
+        assert CLOCK.match(row["STARTED"]) and CLOCK.match(row["ENDED"]), row
+        started = _clock_of(row["STARTED"], instance.created_at)
+        ended = _clock_of(row["ENDED"], instance.created_at)
+        assert previous_end - timedelta(milliseconds=1) <= started <= ended, row
+        took = float(row["TOOK"].removesuffix("s"))
+        assert abs(took - (ended - started).total_seconds()) <= 0.002, row
+        previous_end = ended
+        assert row["WORKER"], row
+        # The Celery task id: the one the worker logged running this step.
+        assert TASK_ID.match(row["TASK"]), row
+        name = row["STEP"].split(":")[0]
+        assert f"Task {name}[{row['TASK']}] succeeded" in log, row
+    assert len({r["TASK"] for r in rows}) == 3
+    assert rows[2]["OUTCOME"] == 'ok "TRACK-S1"'
+
+    document = json.loads(cli("show", "--json", instance_id).stdout)
+    for event, row in zip(document["history"], rows, strict=True):
+        assert event["task_id"] == row["TASK"]
+        assert event["worker_id"] == row["WORKER"]
+        started = datetime.fromisoformat(event["started_at"])
+        ended = datetime.fromisoformat(event["created_at"])
+        assert event["duration"] == round((ended - started).total_seconds(), 3)
+
+
+def test_show_prints_the_traceback_of_a_failure(cli: Cli) -> None:
+    instance_id = cli.start("trip", "S2", fail_car=True)
+    assert cli.finished(instance_id).status == "failed"
+    shown = cli("show", instance_id).stdout
+    traceback = shown.split("\ntraceback (step book_car:1)\n")[1]
+    lines = traceback.splitlines()
+    assert lines[0] == "  Traceback (most recent call last):"
+    assert '      raise TerminalError(f"no car for {trip_id}")' in lines
+    assert lines[-1] == "  celery_romancy.errors.TerminalError: no car for S2"
+    rows = {r["STEP"]: r for r in _step_table(shown)}
+    assert rows["book_car:1"]["OUTCOME"] == (
+        "error celery_romancy.errors.TerminalError: no car for S2"
+    )
+    # The compensations that ran, each with when it ended.
+    section = shown.split("\ncompensations, newest first (3)\n")[1].split("\n\n")[0]
+    for line in section.splitlines()[1:]:
+        assert line.split()[2] == "done" and CLOCK.match(line.split()[4]), line
+
+
+def test_show_tells_where_a_step_in_flight_is_and_when_recovery_resends_it(cli: Cli) -> None:
+    timeout = cli.romancy.settings.dispatch_timeout
+    unheard = cli.start("cli_unheard_saga", "P1")  # its step's queue has no worker
+    wait_for(lambda: cli.romancy.storage.get_steps(unheard), 30, "the step to be sent")
+    (step,) = cli.romancy.storage.get_steps(unheard)
+    assert step.dispatch_at is not None
+    shown = cli("show", unheard).stdout
+    pending = _pending_lines(shown)
+    assert pending[0] == "activity cli_unheard (cli_unheard:1, attempt 1)"
+    sent = _stamp(step.dispatch_at)
+    assert pending[1] == f"task {step.token}, sent {sent}"
+    resend = _stamp(step.dispatch_at + timedelta(seconds=timeout))
+    assert pending[2] == f"recovery re-sends it after {resend} unless a worker takes it"
+    document = json.loads(cli("show", "--json", unheard).stdout)
+    (in_flight,) = document["steps_in_flight"]
+    assert in_flight["token"] == step.token
+    assert datetime.fromisoformat(in_flight["resent_after"]) == step.dispatch_at + timedelta(
+        seconds=timeout
+    )
+
+    held = cli.start("held_saga", "P2")
+    wait_for(lambda: "held-start:P2" in cli.ledger.events(), 60, "the held step to start")
+    pending = _pending_lines(cli("show", held).stdout)
+    assert pending[0] == "activity held (held:1, attempt 1)"
+    assert pending[1].startswith("task ")
+    assert re.fullmatch(
+        r"running on \S+ \(lease until [-\d: ]+ UTC, renewed while it runs\); "
+        r"recovery re-sends it if the lease runs out",
+        pending[2],
+    ), pending
+    Gate(cli.folder, "P2").open()
+    assert cli.finished(held).status == "completed"
+
+    waiting = cli.start("awaiting_payment", "P3", by_correlation=True)
+    wait_for(
+        lambda: cli.romancy.get_instance(waiting).status == "waiting_for_event",
+        30,
+        "the instance to wait for its event",
+    )
+    pending = _pending_lines(cli("show", waiting).stdout)
+    assert pending[0] == "wait_event payment (wait_event:payment:1, attempt 1)"
+    assert re.fullmatch(
+        r"waits for event payment with correlation id P3 since [-\d: ]+ UTC, no timeout",
+        pending[1],
+    ), pending
+    cli.romancy.send_event("payment", "paid", correlation_id="P3")
+    assert cli.finished(waiting).status == "completed"
+
+
+def test_show_groups_the_branches_of_a_gather(cli: Cli) -> None:
+    instance_id = cli.start("held_fan_out", "G1", 3, 2)  # two branches at a time
+    wait_for(
+        lambda: sum(e.startswith("held-start:G1/") for e in cli.ledger.events()) == 2,
+        60,
+        "two branches to start",
+    )
+    rows = _step_table(cli("show", instance_id).stdout)
+    assert [(r["STEP"], r["KIND"], r["OUTCOME"]) for r in rows] == [
+        ("gather:1", "gather", "3 branches"),
+        ("  g_held_label:1", "activity", f"in flight: running on {rows[1]['WORKER']}"),
+        ("  g_held_label:2", "activity", f"in flight: running on {rows[2]['WORKER']}"),
+        ("  g_held_label", "-", "not sent"),
+    ]
+    assert all(TASK_ID.match(r["TASK"]) for r in rows[1:3])
+    Gate(cli.folder, "G1").open()
+    assert cli.finished(instance_id).status == "completed"
+    rows = _step_table(cli("show", instance_id).stdout)
+    assert [(r["#"], r["STEP"], r["OUTCOME"]) for r in rows] == [
+        ("0", "gather:1", "3 branches"),
+        ("1", "  g_held_label:1", 'ok "G1/0"'),
+        ("2", "  g_held_label:2", 'ok "G1/1"'),
+        ("3", "  g_held_label:3", 'ok "G1/2"'),
+        ("4", "g_after:1", 'ok "after"'),
+    ]
+
+
+def _pending_lines(shown: str) -> list[str]:
+    """The ``pending`` field of ``show``: its first line and those indented under it."""
+    lines = shown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("pending   "))
+    block = [lines[start][10:]]
+    for line in lines[start + 1 :]:
+        if not line.startswith(" " * 10):
+            break
+        block.append(line[10:])
+    return block
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- list --search: business keys -----------------------------------------------------------
+
+
+def test_list_finds_instances_by_business_key(cli: Cli) -> None:
+    tag = uuid.uuid4().hex[:6]
+    first = cli.start("order_saga", "K1", search={"order_id": f"ORD-{tag}-4"})
+    second = cli.start("order_saga", "K2", search={"order_id": f"ORD-{tag}-5", "shop": tag})
+    third = cli.start("order_saga", "K3", search={"order_id": f"ORD-{tag}-6", "shop": tag})
+    for instance_id in (first, second, third):
+        cli.finished(instance_id)
+
+    assert _ids(cli("list", "--search", f"order_id=ORD-{tag}-4")) == [first]
+    assert _ids(cli("list", "--search", f"shop={tag}")) == [third, second]  # newest first
+    both = cli("list", "--search", f"shop={tag}", "--search", f"order_id=ORD-{tag}-5")
+    assert _ids(both) == [second]  # every pair must match
+    assert _ids(cli("list", "--search", f"shop={tag}", "--limit", "1")) == [third]
+    assert _ids(cli("list", "--search", f"shop={tag}", "--status", "failed")) == []
+    assert cli("list", "--search", f"order_id=ORD-{tag}-7").stdout == "(none)\n"
+    as_json = json.loads(cli("list", "--json", "--search", f"order_id=ORD-{tag}-6").stdout)
+    assert [i["instance_id"] for i in as_json] == [third]
+    # show names an instance's business keys.
+    assert f"search    order_id=ORD-{tag}-5 shop={tag}\n" in cli("show", second).stdout
+    assert "\nsearch " not in cli("show", cli.start("order_saga", "K4")).stdout
+    document = json.loads(cli("show", "--json", second).stdout)
+    assert document["search"] == {"order_id": f"ORD-{tag}-5", "shop": tag}
+
+    for bad in (["--search", "order_id"], ["--search", "=x"]):
+        result = cli("list", *bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert "Invalid value for --search" in result.stderr
+        assert "is not KEY=VALUE" in result.stderr
+    twice = cli("list", "--search", "shop=a", "--search", "shop=b")
+    assert twice.exit_code == 2
+    assert "shop given twice" in twice.stderr
+    tree = cli("list", "--root", first, "--search", "shop=a")
+    assert tree.exit_code == 2
+    assert "it takes no --search" in tree.stderr

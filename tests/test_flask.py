@@ -1,8 +1,9 @@
-"""Flask: the example shop's views (Flask test client, real worker process) and the
-``init_app`` extension."""
+"""Flask: the example shop's views (Flask test client, real worker process), the
+``init_app`` extension, the status blueprint, and activities run in the app's context."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -10,13 +11,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 import pytest
 from celery import Celery
 from flask import Flask
 
 from celery_romancy import ConfigurationError, Romancy
-from celery_romancy.contrib.flask import FlaskRomancy, current_romancy
+from celery_romancy.contrib.flask import FlaskRomancy, current_romancy, status_blueprint
+from celery_romancy.contrib.status import status_of
 
 from .example_stack import QUEUE, example_worker, import_example, order
 from .ledger import wait_for
@@ -227,3 +230,197 @@ def test_the_readme_flask_layout_records_where_its_worker_reads(
         web.stop()
         worker.stop()
         redis.delete(queue)
+
+
+# -- the status blueprint -------------------------------------------------------------------
+
+
+def test_the_status_blueprint_answers_json_and_404(shop: ModuleType) -> None:
+    app = shop.create_app({"TESTING": True})
+    app.register_blueprint(status_blueprint(), url_prefix="/sagas")
+    client = app.test_client()
+    order_id = f"ORD-{uuid.uuid4().hex[:8]}"
+    instance_id = client.post("/orders", json=order(order_id)).get_json()["instance_id"]
+
+    def finished() -> bool:
+        return bool(client.get(f"/sagas/{instance_id}").get_json()["finished"])
+
+    wait_for(finished, 60, "the order saga to finish on the worker")
+    response = client.get(f"/sagas/{instance_id}")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body == status_of(shop.romancy, instance_id)
+    assert body["status"] == "completed"
+    assert [(s["step_id"], s["outcome"]) for s in body["steps"]] == [
+        ("reserve_inventory:1", "completed"),
+        ("process_payment:1", "completed"),
+        ("ship_order:1", "completed"),
+    ]
+    assert all(s["duration"] is not None and s["duration"] >= 0 for s in body["steps"])
+    assert {c["status"] for c in body["compensations"]} == {"registered"}  # none ran
+    assert body["current_steps"] == []
+
+    missing = client.get("/sagas/no-such-id")
+    assert missing.status_code == 404
+    assert missing.get_json() == {"error": "no workflow instance 'no-such-id'"}
+    impossible = client.get(f"/sagas/{'x' * 1000}")  # longer than any id can be
+    assert impossible.status_code == 404
+    assert impossible.get_json()["error"].startswith("no workflow instance 'xxx")
+    assert client.post(f"/sagas/{instance_id}").status_code == 405  # it answers, never acts
+
+    # Given its Romancy, it needs no FlaskRomancy; ids with '/' (child workflows') work.
+    bare = Flask("bare_status")
+    bare.register_blueprint(status_blueprint(shop.romancy), url_prefix="/status")
+    nested = shop.romancy.start_workflow(
+        "order_processing",
+        shop.order_from_json(order(f"{order_id}-b")),
+        instance_id=f"{order_id}/b",
+    )
+    shop.romancy.wait(nested, timeout=60)
+    answered = bare.test_client().get(f"/status/{nested}")
+    assert answered.status_code == 200
+    assert answered.get_json()["instance_id"] == nested
+
+
+# -- activities run in the Flask app's context -----------------------------------------------
+
+CONTEXT_SHOP = '''
+"""A Flask app that the worker's module creates, as in Flask's Celery guide."""
+import os
+from pathlib import Path
+
+from celery import Celery
+from flask import Flask, current_app, g
+
+from celery_romancy import RetryPolicy, Romancy, TerminalError, WorkflowContext
+from celery_romancy.contrib.flask import FlaskRomancy
+
+celery_app = Celery("context_shop", set_as_current=False)
+celery_app.conf.broker_url = os.environ["CELERY_BROKER_URL"]
+celery_app.conf.romancy_database_url = os.environ["ROMANCY_DATABASE_URL"]
+celery_app.conf.task_default_queue = os.environ["SHOP_QUEUE"]
+romancy = Romancy(celery_app)
+romancy_ext = FlaskRomancy(romancy)
+LOG = Path(os.environ["SHOP_LOG"])
+
+
+def note(line):
+    with LOG.open("a") as log:
+        log.write(line + "\\n")
+
+
+@romancy.compensation("ctx_unreserve")
+def ctx_unreserve(tag):
+    note(f"undo:{tag}:{current_app.name}:{current_app.config['GREETING']}")
+
+
+@romancy.activity("ctx_reserve", compensation=ctx_unreserve)
+def ctx_reserve(tag):
+    g.step = f"reserve:{tag}"
+    return {"app": current_app.name, "greeting": current_app.config["GREETING"]}
+
+
+@romancy.activity("ctx_refuse", retry=RetryPolicy(max_attempts=1))
+def ctx_refuse(tag):
+    raise TerminalError(f"refused {tag}")
+
+
+@romancy.workflow("ctx_order")
+def ctx_order(ctx: WorkflowContext, tag: str, refuse: bool) -> dict:
+    seen = ctx_reserve.execute(ctx, tag)
+    if refuse:
+        ctx_refuse.execute(ctx, tag)
+    return seen
+
+
+def create_app():
+    app = Flask("context_shop")
+    app.config["GREETING"] = "hello from create_app"
+    romancy_ext.init_app(app)
+
+    @app.teardown_appcontext
+    def closed(error):
+        # Where Flask-SQLAlchemy ends its session: it must run after each step.
+        if "step" in g:
+            note(f"teardown:{g.step}")
+
+    return app
+
+
+flask_app = create_app()  # in the worker too: celery -A context_shop:celery_app
+'''
+
+
+def test_activities_run_in_the_flask_app_context_on_a_worker(pg_url: str, tmp_path: Path) -> None:
+    (tmp_path / "context_shop.py").write_text(CONTEXT_SHOP)
+    log = tmp_path / "steps.log"
+    queue = f"romancy-flask-context-{uuid.uuid4().hex[:10]}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "ROMANCY"))},
+        "CELERY_BROKER_URL": REDIS_URL,
+        "ROMANCY_DATABASE_URL": pg_url,
+        "SHOP_QUEUE": queue,
+        "SHOP_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+    }
+    # The same module in this process, to start its workflows (its own Flask app too).
+    with mock.patch.dict(os.environ, env):
+        spec = importlib.util.spec_from_file_location("context_shop", tmp_path / "context_shop.py")
+        assert spec is not None and spec.loader is not None
+        shop = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(shop)
+    name = f"flask-context-{uuid.uuid4().hex[:6]}@localhost"
+    worker = ServiceProcess(
+        "flask-context-worker",
+        # Threads: each step's context is its own, beside another step's in the pool.
+        celery(
+            "context_shop:celery_app",
+            "worker",
+            "-l",
+            "INFO",
+            "-P",
+            "threads",
+            "-c",
+            "2",
+            "-n",
+            name,
+            "-Q",
+            queue,
+        ),
+        env,
+        tmp_path,
+        cwd=tmp_path,
+    )
+    romancy = shop.romancy
+    try:
+        worker.start(log_says(" ready."))
+        done = [romancy.start_workflow("ctx_order", f"A{i}", False) for i in range(2)]
+        refused = romancy.start_workflow("ctx_order", "B", True)
+        for instance_id in done:
+            instance = romancy.wait(instance_id, timeout=60)
+            assert instance.status == "completed", instance.error
+            assert instance.output_data == {
+                "app": "context_shop",
+                "greeting": "hello from create_app",
+            }
+        instance = romancy.wait(refused, timeout=60)
+        assert instance.status == "failed"
+        assert instance.error is not None and instance.error["message"] == "refused B"
+        # The compensation ran in the app's context too, and the context was torn down
+        # after each step that used it.
+        wait_for(lambda: "undo:B:context_shop:hello from create_app" in _lines(log), 30, "undo")
+        assert sorted(line for line in _lines(log) if line.startswith("teardown:")) == [
+            "teardown:reserve:A0",
+            "teardown:reserve:A1",
+            "teardown:reserve:B",
+        ]
+        assert "Signal handler" not in worker.log()  # how Celery logs a receiver that raised
+    finally:
+        worker.stop()
+        redis_client().delete(queue)
+        romancy.storage.dispose()
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

@@ -13,27 +13,51 @@ config (``ROMANCY_DATABASE_URL`` -> ``romancy_database_url``), except where the 
 config already has a value: the Celery app is shared with the workers, whose config
 wins. Call it before the first workflow starts. In a view, ``current_romancy()`` is the
 ``Romancy`` of the current Flask app.
+
+Activities and compensations run inside the application context of the Flask app
+given to ``init_app`` (the last one, if several), as tasks do with the ``FlaskTask`` of
+Flask's Celery guide: ``current_app``, ``g`` and extensions such as Flask-SQLAlchemy
+work in them, and the context's teardown (which ends a Flask-SQLAlchemy session) runs
+after each step. For that the worker must create the Flask app too: name a module
+that calls ``create_app()`` in ``celery -A``, as the guide does.
+
+``status_blueprint()`` answers ``GET <url_prefix>/<instance id>`` with the
+``contrib.status.status_of`` JSON of that instance, or 404::
+
+    app.register_blueprint(status_blueprint(), url_prefix="/sagas")
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from flask import Flask, current_app
+from celery import Task, signals
+from flask import Blueprint, Flask, current_app
 
 from ..app import Romancy
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, UnknownInstanceError
 from ..settings import RomancySettings
+from .status import status_of
 
-__all__ = ["EXTENSION_KEY", "FlaskRomancy", "current_romancy"]
+__all__ = ["EXTENSION_KEY", "FlaskRomancy", "current_romancy", "status_blueprint"]
 
 EXTENSION_KEY = "celery_romancy"
 KNOWN_KEYS = frozenset(f"ROMANCY_{f.name.upper()}" for f in dataclasses.fields(RomancySettings))
 
 
+# Where a step task's request keeps the application context pushed for it.
+PUSHED_CONTEXT = "_romancy_flask_context"
+
+
 class FlaskRomancy:
     def __init__(self, romancy: Romancy | None = None, app: Flask | None = None) -> None:
         self.romancy = romancy
+        # The app whose context activities run in: the last one given to init_app.
+        self.flask_app: Flask | None = None
+        # Weak receivers (bound methods): they go with this extension.
+        signals.task_prerun.connect(self._enter_app_context)
+        signals.task_postrun.connect(self._leave_app_context)
         if app is not None:
             self.init_app(app)
 
@@ -56,6 +80,32 @@ class FlaskRomancy:
             if app.config[key] is not None and conf.get(name) is None:
                 conf[name] = app.config[key]
         app.extensions[EXTENSION_KEY] = self
+        self.flask_app = app
+
+    def _runs_a_step(self, task: Task) -> bool:
+        """``task`` runs an activity or a compensation of this extension's Romancy."""
+        romancy = self.romancy
+        if romancy is None or task.app is not romancy.app:
+            return False
+        registry = romancy.registry
+        return task.name in registry.activities or task.name in registry.compensations
+
+    def _enter_app_context(self, task: Task | None = None, **_: Any) -> None:
+        flask_app = self.flask_app
+        if task is None or flask_app is None or not self._runs_a_step(task):
+            return
+        context = flask_app.app_context()
+        context.push()
+        # The request is this task call's own (per thread), from prerun to postrun.
+        setattr(task.request, PUSHED_CONTEXT, context)
+
+    def _leave_app_context(self, task: Task | None = None, **_: Any) -> None:
+        if task is None:
+            return
+        context = getattr(task.request, PUSHED_CONTEXT, None)
+        if context is not None:
+            delattr(task.request, PUSHED_CONTEXT)
+            context.pop()
 
 
 def current_romancy() -> Romancy:
@@ -64,3 +114,22 @@ def current_romancy() -> Romancy:
     if not isinstance(extension, FlaskRomancy) or extension.romancy is None:
         raise ConfigurationError("FlaskRomancy.init_app(app) was not called for this app")
     return extension.romancy
+
+
+def status_blueprint(romancy: Romancy | None = None, name: str = "romancy_status") -> Blueprint:
+    """A blueprint answering ``GET /<instance id>`` (under its ``url_prefix``) with the
+    instance's ``status_of`` JSON, and 404 with ``{"error": ...}`` for an id that no
+    instance has. ``romancy``: default, the current app's (``current_romancy()``).
+
+    It shows a workflow's output and errors to whoever reaches it: register it behind
+    your own authentication where those are not public."""
+    blueprint = Blueprint(name, __name__)
+
+    @blueprint.get("/<path:instance_id>")
+    def instance_status(instance_id: str) -> tuple[dict[str, Any], int]:
+        try:
+            return status_of(romancy or current_romancy(), instance_id), 200
+        except UnknownInstanceError as exc:
+            return {"error": str(exc)}, 404
+
+    return blueprint
