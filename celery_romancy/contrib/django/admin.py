@@ -36,7 +36,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from ...app import Romancy
-from ...errors import RomancyError
+from ...errors import RomancyError, UnknownInstanceError
 from ...operations import MOVING, PARKED_ERRORS
 from ...states import ACTIVE, Status
 from ...storage import WorkflowInstance as StoredInstance
@@ -48,14 +48,15 @@ from .models import WorkflowInstance
 PAGE_SIZE = 100
 # An instance's page lists this many child workflows at most (newest), like ``show``.
 CHILDREN_SHOWN = 200
-SEARCH_VAR, STATUS_VAR, WORKFLOW_VAR, CREATED_VAR, PAGE_VAR = (
-    "q",
-    "status",
-    "workflow",
-    "created",
-    "p",
-)
-ACTION_VAR, SELECTED_VAR, REASON_VAR = "action", "_selected_action", "reason"
+# Query string and form names (the search and the selection are Django admin's).
+SEARCH_VAR = "q"
+STATUS_VAR = "status"
+WORKFLOW_VAR = "workflow"
+CREATED_VAR = "created"
+PAGE_VAR = "p"
+ACTION_VAR = "action"
+SELECTED_VAR = "_selected_action"
+REASON_VAR = "reason"
 CREATED_CHOICES = (
     ("today", "Today"),
     ("7d", "Past 7 days"),
@@ -211,6 +212,7 @@ class WorkflowInstanceAdmin(admin.ModelAdmin):  # type: ignore[misc]  # no Djang
     change_list_template = "celery_romancy/admin/workflowinstance_list.html"
     change_form_template = "celery_romancy/admin/workflowinstance_detail.html"
     page_size = PAGE_SIZE
+    filter_vars = (STATUS_VAR, WORKFLOW_VAR, CREATED_VAR)
 
     def get_romancy(self, request: HttpRequest) -> Romancy:
         """The ``Romancy`` whose history this admin shows."""
@@ -316,8 +318,6 @@ class WorkflowInstanceAdmin(admin.ModelAdmin):  # type: ignore[misc]  # no Djang
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.change_list_template, context)
 
-    filter_vars = (STATUS_VAR, WORKFLOW_VAR, CREATED_VAR)
-
     def filter_spec(
         self, request: HttpRequest, title: str, name: str, choices: Sequence[tuple[str, str]]
     ) -> dict[str, Any]:
@@ -363,7 +363,7 @@ class WorkflowInstanceAdmin(admin.ModelAdmin):  # type: ignore[misc]  # no Djang
         romancy = self.get_romancy(request)
         try:
             instance = romancy.get_instance(instance_id)
-        except RomancyError:
+        except UnknownInstanceError:
             self.message_user(
                 request, f"No workflow instance with id {instance_id!r}.", messages.WARNING
             )
