@@ -214,9 +214,14 @@ class WorkflowInstanceAdmin(admin.ModelAdmin):  # type: ignore[misc]  # no Djang
     page_size = PAGE_SIZE
     filter_vars = (STATUS_VAR, WORKFLOW_VAR, CREATED_VAR)
 
+    _romancy: Romancy | None = None
+
     def get_romancy(self, request: HttpRequest) -> Romancy:
-        """The ``Romancy`` whose history this admin shows."""
-        return project_romancy()
+        """The ``Romancy`` whose history this admin shows (looked up once: the lookup
+        imports the modules Celery autodiscovers)."""
+        if self._romancy is None:
+            self._romancy = project_romancy()
+        return self._romancy
 
     # -- permissions: read-only, actions need "change" --------------------------------
 
