@@ -20,6 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery, current_app
+
+from celery_romancy import ConfigurationError
+from celery_romancy.contrib.django import project_romancy
 
 from .processes import ROOT
 from .services import REDIS_URL, create_pg_database, drop_pg_database, redis_client
@@ -105,3 +109,14 @@ def test_the_admin_with_the_history_in_another_postgresql_database(
     tmp_path: Path, other_database: str
 ) -> None:
     assert run_admin_checks(tmp_path, other_database) == CHECKS
+
+
+def test_the_admin_says_when_no_romancy_is_bound_to_the_project_app() -> None:
+    previous = current_app._get_current_object()
+    bare = Celery("proj_without_romancy", set_as_current=True)
+    try:
+        with pytest.raises(ConfigurationError, match="proj_without_romancy"):
+            project_romancy()
+    finally:
+        previous.set_current()
+        bare.close()
