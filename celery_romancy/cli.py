@@ -239,7 +239,7 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
                 {
                     **dataclasses.asdict(s),
                     "command": s.command.to_json(),
-                    "resent_after": _resent_after(s, dispatch_timeout),
+                    "resend_after": _resend_after(s, dispatch_timeout),
                 }
                 for s in steps
             ],
@@ -513,7 +513,7 @@ def _step_rows(
     return rows
 
 
-def _resent_after(step: StepRecord, dispatch_timeout: timedelta) -> datetime | None:
+def _resend_after(step: StepRecord, dispatch_timeout: timedelta) -> datetime | None:
     """When the recovery sweep takes a step that runs as a task for lost, if no worker
     has taken it (or the one that did stopped renewing its lease) by then."""
     if not step.kind.runs_as_task or step.dispatch_at is None:
@@ -547,7 +547,7 @@ def _in_flight(step: StepRecord, dispatch_timeout: timedelta, now: datetime) -> 
             lines.append(
                 f"taken by {step.lease_owner}, whose lease ran out {_time(step.lease_expires_at)}"
             )
-        resend = _resent_after(step, dispatch_timeout)
+        resend = _resend_after(step, dispatch_timeout)
         if resend is not None:
             lines.append(f"recovery re-sends it after {_time(resend)} unless a worker takes it")
     elif kind is StepKind.TIMER:
@@ -607,8 +607,8 @@ def _pending(pending: dict[str, Any]) -> str:
     what = f"{pending.get('kind')} {pending.get('name')}"
     text = f"{what} ({pending.get('step_id')}, attempt {pending.get('attempt', 1)})"
     arguments = pending.get("arguments")
-    if pending.get("kind") == StepKind.CHILD and isinstance(arguments, dict):
-        text += f" -> {arguments.get('instance_id')}"  # the child it waits for
+    if pending.get("kind") in (StepKind.CHILD, StepKind.UNDO_CHILD) and isinstance(arguments, dict):
+        text += f" -> {arguments.get('instance_id')}"  # the child it waits for, or undoes
     return text
 
 

@@ -27,6 +27,7 @@ from click.testing import CliRunner, Result
 
 from celery_romancy import Romancy, WorkflowInstance
 from celery_romancy.cli import romancy as romancy_command
+from celery_romancy.storage import StepRecord
 
 from .cli_flows import build_cli, unheard_queue
 from .ledger import Gate, Ledger, wait_for
@@ -345,10 +346,10 @@ def test_a_tree_of_child_workflows(cli: Cli) -> None:
     grandchild = f"{branch}/child:cli_leaf:1"
     failed = f"{root}/child:cli_leaf:1"
 
-    shown = cli("show", root)
-    assert shown.exit_code == 0, shown.output
-    assert "\nparent " not in shown.stdout
-    assert _child_rows(shown.stdout) == [
+    result = cli("show", root)
+    assert result.exit_code == 0, result.output
+    assert "\nparent " not in result.stdout
+    assert _child_rows(result.stdout) == [
         [branch, "cli_branch", "completed"],
         [failed, "cli_leaf", "failed"],
     ]
@@ -550,7 +551,7 @@ def test_show_tells_where_a_step_in_flight_is_and_when_recovery_resends_it(cli: 
     document = json.loads(cli("show", "--json", unheard).stdout)
     (in_flight,) = document["steps_in_flight"]
     assert in_flight["token"] == step.token
-    assert datetime.fromisoformat(in_flight["resent_after"]) == step.dispatch_at + timedelta(
+    assert datetime.fromisoformat(in_flight["resend_after"]) == step.dispatch_at + timedelta(
         seconds=timeout
     )
 
@@ -581,6 +582,30 @@ def test_show_tells_where_a_step_in_flight_is_and_when_recovery_resends_it(cli: 
     ), pending
     cli.romancy.send_event("payment", "paid", correlation_id="P3")
     assert cli.finished(waiting).status == "completed"
+
+    napping = cli.start("napper", "P4", 3600.0)
+    timing_out = cli.start("await_payment", "P4", timeout=1800.0)
+    timer = _step_once(cli, napping, "timer")
+    assert timer.dispatch_at is not None
+    assert _pending_lines(cli("show", napping).stdout)[1:] == [f"fires {_stamp(timer.dispatch_at)}"]
+    event_wait = _step_once(cli, timing_out, "wait_event")
+    assert event_wait.dispatch_at is not None and event_wait.created_at is not None
+    assert _pending_lines(cli("show", timing_out).stdout)[1:] == [
+        f"waits for event payment.received with correlation id P4 since "
+        f"{_stamp(event_wait.created_at)}, times out {_stamp(event_wait.dispatch_at)}"
+    ]
+
+
+def _step_once(cli: Cli, instance_id: str, kind: str) -> StepRecord:
+    """The instance's one step in flight, once it is of ``kind``."""
+
+    def found() -> bool:
+        steps = cli.romancy.storage.get_steps(instance_id)
+        return len(steps) == 1 and steps[0].kind == kind
+
+    wait_for(found, 30, f"a {kind} step")
+    (step,) = cli.romancy.storage.get_steps(instance_id)
+    return step
 
 
 def test_show_groups_the_branches_of_a_gather(cli: Cli) -> None:

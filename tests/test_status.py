@@ -124,17 +124,32 @@ def test_the_status_of_a_running_saga_then_of_its_cancel(cli: Cli) -> None:
     assert status["current_steps"] == []
 
 
-def test_an_event_wait_is_the_current_step(cli: Cli) -> None:
+def test_waits_are_current_steps_with_when_they_end(cli: Cli) -> None:
     instance_id = cli.start("awaiting_payment", "ST3", by_correlation=True)
-    wait_for(
-        lambda: cli.romancy.get_instance(instance_id).status == "waiting_for_event",
-        30,
-        "the instance to wait for its event",
-    )
+    napping = cli.start("napper", "ST3", 3600.0)
+    timing_out = cli.start("await_payment", "ST3", timeout=1800.0)
+    wait_for(lambda: all(_waits(cli, i) for i in (instance_id, napping, timing_out)), 30, "waits")
     (current,) = status_of(cli.romancy, instance_id)["current_steps"]
     assert (current["kind"], current["name"], current["until"]) == ("wait_event", "payment", None)
+    (timer,) = status_of(cli.romancy, napping)["current_steps"]
+    assert timer["kind"] == "timer"
+    slept = datetime.fromisoformat(timer["until"]) - datetime.fromisoformat(timer["since"])
+    assert abs(slept.total_seconds() - 3600) < 5
+    (event_wait,) = status_of(cli.romancy, timing_out)["current_steps"]
+    assert (event_wait["kind"], event_wait["name"]) == ("wait_event", "payment.received")
+    patience = datetime.fromisoformat(event_wait["until"]) - datetime.fromisoformat(
+        event_wait["since"]
+    )
+    assert abs(patience.total_seconds() - 1800) < 5
     cli.romancy.send_event("payment", "paid", correlation_id="ST3")
     assert cli.finished(instance_id).status == "completed"
+
+
+def _waits(cli: Cli, instance_id: str) -> bool:
+    return cli.romancy.get_instance(instance_id).status in (
+        "waiting_for_event",
+        "waiting_for_timer",
+    )
 
 
 def test_without_details_the_summary_has_the_instance_row_only(cli: Cli) -> None:

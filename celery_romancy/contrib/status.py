@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..states import HistoryKind
+from ..states import HistoryKind, StepKind
 from ..storage import CompensationRecord, HistoryEvent, StepRecord, WorkflowInstance
 
 if TYPE_CHECKING:
@@ -88,7 +88,8 @@ def instance_status(
         "cancel_reason": instance.cancel_reason,
     }
     if details is not None:
-        summary["current_steps"] = [_current(step) for step in details.steps]
+        now = datetime.now(UTC)
+        summary["current_steps"] = [_current(step, now) for step in details.steps]
         summary["steps"] = [_step(e) for e in details.history if e.kind not in NOT_STEPS]
         summary["compensations"] = [_compensation(c) for c in details.compensations]
     return summary
@@ -110,18 +111,19 @@ def duration(started: datetime | None, finished: datetime | None) -> float | Non
     return round((finished - started).total_seconds(), 3)
 
 
-def _current(step: StepRecord) -> dict[str, Any]:
+def _current(step: StepRecord, now: datetime) -> dict[str, Any]:
     command = step.command
-    since = step.created_at
     until = step.dispatch_at
-    if until is not None and since is not None and until <= since:
-        until = None  # sent right away: nothing is due later
+    if step.kind in (StepKind.CHILD, StepKind.UNDO_CHILD):
+        until = None  # stamped when sent; the child's own end wakes it
+    elif step.kind.runs_as_task and (until is None or until <= now):
+        until = None  # sent (or re-sent): only a retry waiting out its delay is due later
     return {
         "step_id": step.step_id,
         "kind": str(step.kind),
         "name": command.name,
         "attempt": command.attempt,
-        "since": _time(since),
+        "since": _time(step.created_at),
         "until": _time(until),
     }
 
