@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import signals
 from .activity_info import ActivityInfo, _current_activity
 from .commands import ActivityCommand
 from .errors import ConfigurationError, LeaseHeldError, PoisonStepError, SerializationError
@@ -31,11 +34,30 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class FailedAttempt:
+    """A step's attempt that failed, recorded and committed: its Celery task ends as
+    ``RETRY`` (``retry_in``: the next attempt, dispatched already, runs in that many
+    seconds) or, failed for good (``retry_in`` None), as ``FAILURE`` with ``error``."""
+
+    error: Exception
+    retry_in: float | None = None
+
+    def __str__(self) -> str:
+        if self.retry_in is None:
+            return f"failed: {self.error!r}"
+        return f"retrying in {self.retry_in}s: {self.error!r}"
+
+
+# What the runner did with a message: an outcome, or a failed attempt for Celery to show.
+Ran = RunOutcome | FailedAttempt
+
+
 class StepRunner:
     def __init__(self, romancy: Romancy) -> None:
         self.romancy = romancy
 
-    def run(self, instance_id: str, token: str, task_name: str) -> RunOutcome:
+    def run(self, instance_id: str, token: str, task_name: str) -> Ran:
         """Handle one delivered message; returns what happened, for logs and tests."""
         romancy = self.romancy
         claim = romancy.storage.claim(
@@ -77,18 +99,19 @@ class StepRunner:
 
     # -- activities ---------------------------------------------------------------------
 
-    def _activity(self, claim: Claim) -> RunOutcome:
+    def _activity(self, claim: Claim) -> Ran:
         romancy = self.romancy
         command = claim.command
         # An unknown workflow fails here, before the activity body runs.
         romancy.registry.workflow(claim.instance.workflow_name)
         activity = romancy.registry.activity(command.name)
         with self._running(claim) as info:
+            started_at = utcnow()
             result, error = _call(
                 info, lambda: activity.shape.encode_result(activity.invoke(command.arguments))
             )
             if error is not None and _retryable(activity.retry, error, command.attempt):
-                return self._retry(claim, activity.retry, error)
+                return self._retry(claim, activity.retry, error, started_at)
             event = HistoryEvent(
                 command.seq,
                 command.step_id,
@@ -97,6 +120,8 @@ class StepRunner:
                 result=result if error is None else None,
                 error=describe_error(error, command.step_id) if error is not None else None,
                 attempt=command.attempt,
+                started_at=started_at,
+                task_id=claim.step.token,
             )
             rows = StepWrite(events=[event], outbox=info.outbox)
             compensation = activity.compensation
@@ -107,7 +132,8 @@ class StepRunner:
                 )
             branch_of = command if command.group_id is not None else None
             plan_for = replayed(romancy, rows, parent_id=claim.step.token, branch_of=branch_of)
-            return self._record(claim, info, plan_for, rows)
+            outcome = self._record(claim, info, plan_for, rows)
+        return self._ended(claim, outcome, started_at, error)
 
     # -- waits: timers and events ---------------------------------------------------------
 
@@ -132,26 +158,34 @@ class StepRunner:
             return RunOutcome.MISMATCH
         if claim.instance.cancel_reason is not None or claim.instance.status not in ACTIVE:
             return self._drop(claim)
-        event = event_for(command)
-        if event is None:
+        found = event_for(command)
+        if found is None:
             romancy.storage.release(claim)
             return RunOutcome.EARLY
+        # A wait begins when its step is added.
+        event = replace(found, started_at=found.started_at or claim.step.created_at)
         rows = StepWrite(events=[event], consume_event=consume_event)
         result = apply(romancy, claim.snapshot, replayed(romancy, rows), rows, claim)
         if result is CommitResult.FENCED:
             romancy.storage.release(claim)  # another wait took the event: free the step
-        return _outcome(claim, result, RunOutcome.RECORDED)
+        outcome = _outcome(claim, result, RunOutcome.RECORDED)
+        if outcome is RunOutcome.RECORDED:
+            self._step_recorded(
+                claim, event.started_at, "failed" if event.error is not None else "completed"
+            )
+        return outcome
 
     # -- compensations --------------------------------------------------------------------
 
-    def _compensate(self, claim: Claim) -> RunOutcome:
+    def _compensate(self, claim: Claim) -> Ran:
         romancy = self.romancy
         command = claim.command
         compensation = romancy.registry.compensation(command.name)
         with self._running(claim) as info:
+            started_at = utcnow()
             _, error = _call(info, lambda: compensation.invoke(command.arguments))
             if error is not None and _retryable(compensation.retry, error, command.attempt):
-                return self._retry(claim, compensation.retry, error)
+                return self._retry(claim, compensation.retry, error, started_at)
             update: dict[str, Any] = {"attempts": command.attempt, "finished_at": utcnow()}
             if error is None:
                 update.update(status="done", error=None)
@@ -164,7 +198,8 @@ class StepRunner:
                     parked(claim.instance, command, Status.COMPENSATION_FAILED, failure)
                 )
             rows = StepWrite(compensation_update=(command.step_id, update))
-            return self._record(claim, info, plan_for, rows)
+            outcome = self._record(claim, info, plan_for, rows)
+        return self._ended(claim, outcome, started_at, error)
 
     # -- shared -------------------------------------------------------------------------
 
@@ -200,7 +235,9 @@ class StepRunner:
         )
         return _outcome(claim, result, RunOutcome.RECORDED)
 
-    def _retry(self, claim: Claim, policy: RetryPolicy, error: Exception) -> RunOutcome:
+    def _retry(
+        self, claim: Claim, policy: RetryPolicy, error: Exception, started_at: datetime
+    ) -> Ran:
         self.romancy.lease_keeper.release(claim)  # see _record
         command = claim.command
         delay = policy.delay_after(command.attempt)
@@ -216,7 +253,70 @@ class StepRunner:
         )
         plan = Plan(add=[step], dispatches=[dispatch])
         result = apply(self.romancy, claim.snapshot, fixed(plan), rows, claim)
-        return _outcome(claim, result, RunOutcome.RETRYING)
+        outcome = _outcome(claim, result, RunOutcome.RETRYING)
+        return self._ended(claim, outcome, started_at, error, retry_in=delay)
+
+    def _ended(
+        self,
+        claim: Claim,
+        outcome: RunOutcome,
+        started_at: datetime,
+        error: Exception | None,
+        retry_in: float | None = None,
+    ) -> Ran:
+        """After an activity's or a compensation's commit: its log line, its signals and
+        what its Celery task says (a failed attempt ends as RETRY or FAILURE)."""
+        if outcome not in (RunOutcome.RECORDED, RunOutcome.RETRYING):
+            return outcome  # fenced: the step's new owner reports it
+        if error is None:
+            self._step_recorded(claim, started_at, "completed")
+            return outcome
+        command = claim.command
+        step_id = attempt_step_id(command)
+        will_retry = retry_in is not None
+        logger.warning(
+            "celery_romancy: %s %s of %s %s failed (attempt %d)%s: %s",
+            command.kind,
+            step_id,
+            claim.instance.workflow_name,
+            claim.instance.instance_id,
+            command.attempt,
+            f", retrying in {retry_in:g}s" if will_retry else "",
+            _text_of(error),
+            exc_info=error,
+        )
+        self._step_failed(claim, describe_error(error, command.step_id), will_retry)
+        self._step_recorded(claim, started_at, "retrying" if will_retry else "failed")
+        return FailedAttempt(error, retry_in)
+
+    def _step_failed(self, claim: Claim, error: dict[str, Any], will_retry: bool) -> None:
+        command = claim.command
+        signals.send(
+            signals.step_failed,
+            self.romancy,
+            instance_id=claim.instance.instance_id,
+            workflow=claim.instance.workflow_name,
+            step_id=attempt_step_id(command),
+            attempt=command.attempt,
+            error=error,
+            will_retry=will_retry,
+        )
+
+    def _step_recorded(self, claim: Claim, started_at: datetime | None, outcome: str) -> None:
+        command = claim.command
+        signals.send(
+            signals.step_recorded,
+            self.romancy,
+            instance_id=claim.instance.instance_id,
+            workflow=claim.instance.workflow_name,
+            step_id=attempt_step_id(command),
+            kind=str(command.kind),
+            name=command.name,
+            attempt=command.attempt,
+            started_at=started_at,
+            finished_at=utcnow(),
+            outcome=outcome,
+        )
 
     def _drop(self, claim: Claim) -> RunOutcome:
         """End a step without running it: its instance is being cancelled (roll back
@@ -238,17 +338,25 @@ class StepRunner:
         result = apply(romancy, claim.snapshot, plan_for, None, claim)
         return _outcome(claim, result, RunOutcome.CANCELLED)
 
-    def _park_poisoned(self, claim: Claim) -> RunOutcome:
-        """Stop redelivering a step that keeps killing its worker; keep it for ``resume``."""
+    def _park_poisoned(self, claim: Claim) -> Ran:
+        """Stop redelivering a step that keeps killing its worker; keep it for ``resume``.
+
+        Its task ends as ``FAILURE`` with ``PoisonStepError``; the instance's parking is
+        logged at ERROR with the commit (``signals.announce_transition``).
+        """
         command = claim.command
         error = PoisonStepError(claim.instance.instance_id, command.step_id, claim.step.takeovers)
         status = (
             Status.COMPENSATION_FAILED if command.kind is StepKind.COMPENSATION else Status.FAILED
         )
-        plan = parked(claim.instance, command, status, describe_error(error))
+        record = describe_error(error)
+        plan = parked(claim.instance, command, status, record)
         result = apply(self.romancy, claim.snapshot, fixed(plan), None, claim)
-        logger.error("celery_romancy: %s", error)
-        return _outcome(claim, result, RunOutcome.PARKED)
+        outcome = _outcome(claim, result, RunOutcome.PARKED)
+        if outcome is not RunOutcome.PARKED:
+            return outcome
+        self._step_failed(claim, record, will_retry=False)
+        return FailedAttempt(error)
 
 
 def _call(info: ActivityInfo, body: Callable[[], Any]) -> tuple[Any, Exception | None]:
@@ -259,6 +367,13 @@ def _call(info: ActivityInfo, body: Callable[[], Any]) -> tuple[Any, Exception |
     except Exception as exc:  # noqa: BLE001 - every failure is recorded or retried
         info.close()
         return None, exc
+
+
+def _text_of(error: Exception) -> str:
+    try:
+        return f"{type(error).__qualname__}: {error}"
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure
+        return type(error).__qualname__
 
 
 def _outcome(claim: Claim, result: CommitResult, done: RunOutcome) -> RunOutcome:

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from celery import Task, bootsteps, signals
+from celery.exceptions import Retry, TaskPredicate
 
 from . import maintenance, outbox
 from .dispatch import WAKE_TASK
-from .errors import ConfigurationError, LeaseHeldError
+from .errors import ActivityError, ConfigurationError, LeaseHeldError
+from .runner import FailedAttempt
 from .settings import DEFAULT_DATABASE_URL, RomancySettings, masked_url
 
 if TYPE_CHECKING:
@@ -28,6 +30,14 @@ STEP_TASK_OPTIONS: dict[str, Any] = {
     # to be redelivered, and the dispatch token makes the redelivery harmless.
     "acks_late": True,
     "reject_on_worker_lost": True,
+    # A step's task fails (or says RETRY) only after its attempt is recorded: its
+    # message is done with, whatever task_acks_on_failure(_or_timeout) the app sets.
+    # (``acks_on_failure`` for Celery >= 5.7, the other for older ones.)
+    "acks_on_failure": True,
+    "acks_on_failure_or_timeout": True,
+    # The engine retries steps itself: Celery's autoretry (say, from task_annotations)
+    # would republish a failed step's message instead of letting its task fail.
+    "autoretry_for": (),
     "serializer": "json",
     "ignore_result": True,
 }
@@ -138,7 +148,7 @@ def register_step_task(romancy: Romancy, name: str) -> None:
 
     def run_step(task: Task, instance_id: str, token: str) -> str:
         try:
-            return runner.run(instance_id, token, name)
+            ran = runner.run(instance_id, token, name)
         except LeaseHeldError as busy:
             raise task.retry(countdown=busy.retry_in, max_retries=None) from None
         except sa.exc.DBAPIError as exc:
@@ -147,9 +157,34 @@ def register_step_task(romancy: Romancy, name: str) -> None:
             # the recovery sweep.
             logger.warning("celery_romancy: database error in %s, retrying: %s", name, exc)
             raise task.retry(countdown=2.0, max_retries=None) from None
+        if isinstance(ran, FailedAttempt):
+            # Raised here, outside the handlers above, so an activity's own database
+            # error is never mistaken for the history's.
+            raise as_task_outcome(ran)
+        return ran
 
     run_step.__name__ = run_step.__qualname__ = name.replace(".", "_")
     romancy.app.task(name=name, bind=True, lazy=False, shared=False, **STEP_TASK_OPTIONS)(run_step)
+
+
+def as_task_outcome(failed: FailedAttempt) -> Exception:
+    """What a step's task raises for an attempt that failed, once it is recorded: Celery
+    then shows the task as ``RETRY`` or ``FAILURE`` (events, Flower, ``task_failure``,
+    the worker log) with the activity's own exception.
+
+    ``Retry`` is raised, not ``task.retry()`` called: the engine has dispatched the next
+    attempt already (a task of its own id), so Celery must send nothing.
+    """
+    error = failed.error
+    if isinstance(error, TaskPredicate):
+        # Celery would act on an activity's own Retry, Ignore or Reject (redeliver, ack
+        # silently): it failed like any error.
+        error = ActivityError(f"{type(error).__module__}.{type(error).__qualname__}", str(error))
+    if failed.retry_in is not None:
+        retry: Exception = Retry(exc=error, when=failed.retry_in)
+        retry.__cause__ = error  # the traceback Celery sends and logs shows the activity's
+        return retry
+    return error
 
 
 def register_maintenance_tasks(romancy: Romancy) -> None:

@@ -5,22 +5,33 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from celery.exceptions import WorkerTerminate
+from celery import signals as celery_signals
+from celery.exceptions import Ignore, Reject, Retry, WorkerTerminate
+from celery.utils.serialization import get_pickled_exception
 
-from celery_romancy import ActivityError, RetryPolicy, WorkflowContext
+from celery_romancy import ActivityError, RetryPolicy, RomancyError, WorkflowContext
 from celery_romancy.definitions import ActivityDefinition, WorkflowDefinition
 from celery_romancy.failures import MAX_ERROR_TEXT, describe_error, rebuild_error
 from celery_romancy.replay import Failed, replay
+from celery_romancy.runner import FailedAttempt
 from celery_romancy.storage import HistoryEvent
+from celery_romancy.tasks import as_task_outcome
 
 from .harness import Harness
+from .ledger import wait_for
+from .services import redis_client
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 
@@ -311,3 +322,273 @@ def test_a_20_mb_error_is_stored_small_and_still_rebuilds_with_its_type(
     assert len(json.dumps(event.error)) < 3 * MAX_ERROR_TEXT
     assert len(json.dumps(instance.error)) < 3 * MAX_ERROR_TEXT
     assert caught and all(type(e) is HugeError for e in caught)
+
+
+# -- failures as Celery sees them: RETRY and FAILURE, the log -----------------------------
+
+
+@dataclass
+class TaskEnds:
+    """Celery's own task_retry and task_failure signals for one app's tasks."""
+
+    retries: list[tuple[str, BaseException]] = field(default_factory=list)  # (task, exc)
+    failures: list[tuple[str, str, BaseException]] = field(default_factory=list)  # + task id
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def retried(self, task: str) -> list[BaseException]:
+        with self.lock:
+            return [exc for name, exc in self.retries if name == task]
+
+    def failed(self, task: str) -> list[tuple[str, BaseException]]:
+        with self.lock:
+            return [(task_id, exc) for name, task_id, exc in self.failures if name == task]
+
+
+@pytest.fixture
+def task_ends(harness: Harness) -> Iterator[TaskEnds]:
+    ends = TaskEnds()
+
+    def on_retry(sender: Any = None, reason: Any = None, **_: Any) -> None:
+        if sender is not None and sender.app is harness.app:
+            with ends.lock:
+                ends.retries.append((sender.name, reason.exc))
+
+    def on_failure(sender: Any = None, task_id: str = "", exception: Any = None, **_: Any) -> None:
+        if sender is not None and sender.app is harness.app:
+            with ends.lock:
+                ends.failures.append((sender.name, task_id, exception))
+
+    celery_signals.task_retry.connect(on_retry, weak=False)
+    celery_signals.task_failure.connect(on_failure, weak=False)
+    yield ends
+    celery_signals.task_retry.disconnect(on_retry)
+    celery_signals.task_failure.disconnect(on_failure)
+
+
+def unacked_messages_of(instance_id: str) -> list[str]:
+    """Messages of ``instance_id`` the Redis broker still waits to see acknowledged."""
+    unacked = redis_client().hgetall("unacked")
+    return [str(m) for m in unacked.values() if instance_id.encode() in m]
+
+
+@contextmanager
+def worker_logging_to(harness: Harness, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """The in-process worker, its log lines captured by ``caplog``."""
+    with harness.worker():
+        # The worker's logging setup emptied the root logger's handlers, pytest's too.
+        logging.getLogger().addHandler(caplog.handler)
+        try:
+            yield
+        finally:
+            logging.getLogger().removeHandler(caplog.handler)
+
+
+def test_failed_attempts_end_their_tasks_as_retry_then_failure_with_the_activity_error(
+    harness: Harness, task_ends: TaskEnds
+) -> None:
+    instance_id = harness.romancy.start_workflow("flaky_flow", "K-9", 10)  # fails every time
+    with harness.worker():
+        instance = harness.romancy.wait(instance_id, timeout=30)
+        wait_for(lambda: task_ends.failed("flaky"), 10, "task_failure")
+        # Every message was acknowledged: none waits to come back.
+        wait_for(lambda: not unacked_messages_of(instance_id), 10, "the acks")
+    assert harness.queued() == 0
+
+    assert instance.status == "failed"
+    # Attempts 1 to 3 were retried (the engine sent each next attempt), the 4th is final.
+    retried = task_ends.retried("flaky")
+    assert [str(exc) for exc in retried] == [f"attempt {n} of K-9 failed" for n in (1, 2, 3)]
+    assert {type(exc).__name__ for exc in retried} == {"FlakyError"}
+    [(task_id, exc)] = task_ends.failed("flaky")
+    assert type(exc).__name__ == "FlakyError"
+    assert str(exc) == "attempt 4 of K-9 failed"
+    # Each attempt ran once: Celery republished nothing, the broker redelivered nothing.
+    assert harness.ledger.count("flaky:K-9") == 4
+    # The failed task is the step the history row names, and the row says when it began.
+    [event] = harness.romancy.get_history(instance_id)
+    assert event.task_id == task_id
+    assert event.attempt == 4
+    assert event.started_at is not None and event.created_at is not None
+    assert event.started_at <= event.created_at
+    assert event.started_at.utcoffset() is not None and event.started_at.utcoffset().seconds == 0
+
+
+def test_a_step_failing_for_good_is_a_failure_and_its_rollback_s_failures_too(
+    harness: Harness, task_ends: TaskEnds
+) -> None:
+    (harness.folder / "flight-api-down").touch()
+    instance_id = harness.romancy.start_workflow("trip", "T-9", fail_car=True)
+    with harness.worker():
+        instance = harness.romancy.wait(instance_id, timeout=30)
+        wait_for(lambda: task_ends.failed("cancel_flight"), 10, "the undo's failure")
+        wait_for(lambda: not unacked_messages_of(instance_id), 10, "the acks")
+    assert harness.queued() == 0
+
+    assert instance.status == "compensation_failed"
+    [(_, car_error)] = task_ends.failed("book_car")
+    assert (type(car_error).__name__, str(car_error)) == ("TerminalError", "no car for T-9")
+    assert not task_ends.retried("book_car")  # TerminalError: never retried
+    # The undo was retried twice (RETRY), then failed for good (FAILURE).
+    assert [str(e) for e in task_ends.retried("cancel_flight")] == ["flight API unreachable"] * 2
+    [(_, undo_error)] = task_ends.failed("cancel_flight")
+    assert type(undo_error) is ConnectionError
+    assert harness.ledger.count("book_car:T-9") == 1
+    assert harness.ledger.count("cancel_flight-failed:T-9") == 3
+    # The other compensations succeeded: no Celery failure for them.
+    assert not task_ends.failed("cancel_hotel") and not task_ends.failed("send_apology")
+
+
+def test_an_activity_error_whose_init_takes_other_arguments_fails_its_task_as_itself(
+    harness: Harness, task_ends: TaskEnds
+) -> None:
+    register_card_flow(harness)
+    instance_id = harness.romancy.start_workflow("fl_card", "FL-9")
+    with harness.worker():
+        assert harness.romancy.wait(instance_id, timeout=30).status == "completed"
+        wait_for(lambda: task_ends.failed("fl_pay"), 10, "task_failure")
+    [(_, declined)] = task_ends.failed("fl_pay")
+    # Celery passes on an exception it cannot pickle wrapped, and shows (events, Flower,
+    # its log) what the wrapper restores: the type's name and the message.
+    shown = get_pickled_exception(declined)
+    assert (type(shown).__name__, str(shown)) == ("CardDeclined", "card declined with code 51")
+
+
+def test_failed_attempts_log_warnings_with_tracebacks_and_a_parked_saga_an_error(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    (harness.folder / "flight-api-down").touch()
+
+    def logged(level: int, *words: str) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name.startswith("celery_romancy")
+            and r.levelno == level
+            and all(w in r.getMessage() for w in words)
+        ]
+
+    with caplog.at_level(logging.WARNING):
+        flaky = harness.romancy.start_workflow("flaky_flow", "K-8", 1)
+        trip = harness.romancy.start_workflow("trip", "T-8", fail_car=True)
+        with worker_logging_to(harness, caplog):
+            assert harness.romancy.wait(flaky, timeout=30).status == "completed"
+            assert harness.romancy.wait(trip, timeout=30).status == "compensation_failed"
+            (harness.folder / "flight-api-down").unlink()
+            harness.romancy.retry_compensation(trip)
+            assert harness.romancy.wait(trip, timeout=30).status == "failed"
+            # Logged right after the commit the wait saw.
+            wait_for(lambda: logged(logging.WARNING, "workflow trip", trip), 10, "the log")
+
+    [retried] = logged(logging.WARNING, "flaky:1", flaky, "attempt 1", "retrying in")
+    assert retried.exc_info is not None and retried.exc_info[0].__name__ == "FlakyError"
+    assert "attempt 1 of K-8 failed" in caplog.text  # the traceback's last line
+    [car] = logged(logging.WARNING, "book_car:1", trip, "attempt 1", "TerminalError")
+    assert car.exc_info is not None
+    undo = logged(logging.WARNING, "cancel_flight:undo:book_flight:1", trip, "ConnectionError")
+    assert [r.exc_info is not None for r in undo] == [True] * 3
+    [parked] = logged(logging.ERROR, trip, "compensation_failed", "book_flight:1")
+    assert "retry-compensation" in parked.getMessage()
+    [failed] = logged(logging.WARNING, "workflow trip", trip, "failed", "no car for T-8")
+    assert failed.created > parked.created  # once its rollback was retried and done
+    assert not logged(logging.WARNING, "workflow flaky_flow")  # it completed
+
+
+def test_a_cancelled_saga_is_logged_at_warning(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="celery_romancy"):
+        instance_id = harness.romancy.start_workflow("order_saga", "C-9")
+        harness.romancy.cancel(instance_id, reason="fraud suspected")
+    [record] = [r for r in caplog.records if instance_id in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "cancelled: fraud suspected" in record.getMessage()
+
+
+@pytest.fixture
+def one_crash(database_url: str, tmp_path: Path) -> Iterator[Harness]:
+    """A harness whose steps are parked as poison after one worker died holding them."""
+    h = Harness(database_url, tmp_path, romancy_lease_timeout=1, romancy_max_step_crashes=1)
+    yield h
+    h.close()
+
+
+def test_a_poisoned_step_fails_its_task_and_parks_its_saga_with_an_error_log(
+    one_crash: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    romancy = one_crash.romancy
+    instance_id = romancy.start_workflow("order_saga", "P-9")
+    [step] = romancy.storage.get_steps(instance_id)
+    # A worker claims the step and dies: its lease runs out with the step unrecorded.
+    assert romancy.storage.claim(instance_id, step.token, "dead-worker", 0.2) is not None
+    failures: list[BaseException] = []
+
+    def on_failure(sender: Any = None, exception: Any = None, **_: Any) -> None:
+        if sender is not None and sender.app is one_crash.app:
+            failures.append(exception)
+
+    celery_signals.task_failure.connect(on_failure, weak=False)
+    try:
+        with caplog.at_level(logging.WARNING), worker_logging_to(one_crash, caplog):
+            parked = romancy.wait(instance_id, timeout=30)
+            wait_for(lambda: failures, 10, "task_failure")
+    finally:
+        celery_signals.task_failure.disconnect(on_failure)
+
+    assert parked.status == "failed"
+    [failure] = failures
+    # PoisonStepError does not pickle: Celery passes on the nearest class that does.
+    assert isinstance(failure, RomancyError)
+    assert f"step reserve:1 of instance {instance_id} lost its worker 1 times" in str(failure)
+    assert one_crash.ledger.count("reserve:P-9") == 0  # the step never ran again
+    [record] = [
+        r
+        for r in caplog.records
+        if r.name.startswith("celery_romancy") and instance_id in r.getMessage()
+    ]
+    assert record.levelno == logging.ERROR
+    assert "parked until `romancy resume`" in record.getMessage()
+
+
+def test_as_task_outcome_never_hands_celery_an_activity_s_own_task_predicate() -> None:
+    flaky = ValueError("flaky")
+    retry = as_task_outcome(FailedAttempt(flaky, 1.5))
+    assert isinstance(retry, Retry)
+    assert (retry.exc, retry.when, retry.__cause__) == (flaky, 1.5, flaky)
+    assert as_task_outcome(FailedAttempt(flaky)) is flaky
+    # An activity that raised Celery's Reject or Ignore failed like any other: Celery must
+    # not requeue or silently ack its message.
+    for own in (Reject("no", requeue=True), Ignore(), Retry()):
+        failure = as_task_outcome(FailedAttempt(own))
+        assert isinstance(failure, ActivityError)
+        assert failure.type_name == f"celery.exceptions.{type(own).__name__}"
+
+
+@pytest.fixture
+def autoretrying(database_url: str, tmp_path: Path) -> Iterator[Harness]:
+    """An app whose tasks all autoretry on any error (task_annotations)."""
+    annotations = {"*": {"autoretry_for": (Exception,), "max_retries": 3}}
+    h = Harness(database_url, tmp_path, task_annotations=annotations)
+    yield h
+    h.close()
+
+
+def test_celery_autoretry_from_the_app_s_config_never_republishes_a_failed_step(
+    autoretrying: Harness,
+) -> None:
+    failures: list[str] = []
+
+    def on_failure(sender: Any = None, **_: Any) -> None:
+        if sender is not None and sender.app is autoretrying.app:
+            failures.append(sender.name)
+
+    celery_signals.task_failure.connect(on_failure, weak=False)
+    try:
+        instance_id = autoretrying.romancy.start_workflow("trip", "A-1", fail_car=True)
+        with autoretrying.worker():
+            assert autoretrying.romancy.wait(instance_id, timeout=30).status == "failed"
+            wait_for(lambda: failures, 10, "task_failure")
+    finally:
+        celery_signals.task_failure.disconnect(on_failure)
+    assert failures == ["book_car"]
+    assert autoretrying.ledger.count("book_car:A-1") == 1
+    assert autoretrying.queued() == 0

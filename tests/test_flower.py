@@ -3,7 +3,9 @@
 Every activity is its own Celery task, and Flower files each step under the activity's
 name. The message's ``argsrepr`` reads ``"<workflow>[<instance id>] activity <step id>"``,
 so a person sees which saga and which step a task belongs to, and Flower's search by
-instance id finds every step of one instance.
+instance id finds every step of one instance. A failed attempt that is retried shows as
+``RETRY``, a step (or an undo) failing for good as ``FAILURE``, with the activity's own
+exception and traceback, and no message of theirs comes back.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Watched:
     folder: Path
     flower_url: str
     worker_name: str
+    worker: ServiceProcess
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,7 @@ def watched(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
         env,
         folder,
     ).start(log_says(" ready."))
-    yield Watched(romancy, folder, flower_url, worker_name)
+    yield Watched(romancy, folder, flower_url, worker_name, worker)
     worker.stop()
     flower.stop()
     redis.delete(queue)
@@ -141,3 +144,110 @@ def test_flower_shows_each_activity_as_its_own_task(watched: Watched) -> None:
     assert [t["args"] for t in by_name.values() if instance_id in t["args"]] == [
         f"held_saga[{instance_id}] activity held:1"
     ]
+
+
+def steps_in_flower(watched: Watched, instance_id: str) -> list[dict[str, Any]]:
+    """Flower's tasks of one instance, oldest first."""
+    status, found = http("GET", f"{watched.flower_url}/api/tasks?search={quote(instance_id)}")
+    assert status == 200, found
+    return sorted(found.values(), key=lambda task: task.get("received") or 0)
+
+
+def unacked_messages_of(instance_id: str) -> list[bytes]:
+    """Messages of ``instance_id`` the Redis broker still waits to see acknowledged."""
+    return [m for m in redis_client().hgetall("unacked").values() if instance_id.encode() in m]
+
+
+def wait_for_flower_worker(watched: Watched) -> None:
+    online = f'flower_worker_online{{worker="{watched.worker_name}"}} 1.0'
+    metrics = f"{watched.flower_url}/metrics"
+    wait_for(lambda: online in str(http("GET", metrics)[1]), 30, "Flower to see the worker")
+
+
+def test_flower_shows_retried_attempts_as_retry_and_the_last_as_failure(
+    watched: Watched,
+) -> None:
+    wait_for_flower_worker(watched)
+    instance_id = watched.romancy.start_workflow("flaky_flow", "FF-1", 10)  # always fails
+    assert watched.romancy.wait(instance_id, timeout=30).status == "failed"
+
+    def states() -> list[str]:
+        return [task["state"] for task in steps_in_flower(watched, instance_id)]
+
+    wait_for(
+        lambda: states() == ["RETRY", "RETRY", "RETRY", "FAILURE"], 30, "Flower's four attempts"
+    )
+    attempts = steps_in_flower(watched, instance_id)
+    assert [task["name"] for task in attempts] == ["flaky"] * 4
+    assert {task["args"] for task in attempts} == {f"flaky_flow[{instance_id}] activity flaky:1"}
+    # Each attempt is a task of its own (the engine sent it), with its own exception.
+    assert len({task["uuid"] for task in attempts}) == 4
+    for number, task in enumerate(attempts, start=1):
+        # A retry's exception reads "Retry(Retry(...), FlakyError(...), 0.05)" in this
+        # Celery, as for any task.retry(); the failure's is the activity's alone.
+        error = f"FlakyError('attempt {number} of FF-1 failed')"
+        assert error in task["exception"]
+        assert task["exception"] == error or task["state"] == "RETRY"
+        assert 'raise FlakyError(f"attempt {attempt} of {key} failed")' in task["traceback"]
+    # Flower's failure list has the last attempt, under its history row's task id.
+    status, failed = http("GET", f"{watched.flower_url}/api/tasks?state=FAILURE")
+    assert status == 200
+    [last] = [task for task in failed.values() if instance_id in task["args"]]
+    [event] = watched.romancy.get_history(instance_id)
+    assert last["uuid"] == event.task_id == attempts[-1]["uuid"]
+
+    # Nothing came back: each attempt ran once, each message was acknowledged.
+    ledger = Ledger(watched.folder / "ledger.log")
+    assert ledger.count("flaky:FF-1") == 4
+    wait_for(lambda: not unacked_messages_of(instance_id), 10, "the acks")
+    # The worker's log: Celery's own retry and failure lines, and ours with tracebacks.
+    log = watched.worker.log()
+    for task in attempts[:3]:
+        assert f"Task flaky[{task['uuid']}] retry: Retry in" in log
+    assert f"Task flaky[{last['uuid']}] raised unexpected: FlakyError('attempt 4" in log
+    assert f"activity flaky:1 of flaky_flow {instance_id} failed (attempt 4)" in log
+    assert f"workflow flaky_flow {instance_id} failed" in log
+
+
+def test_flower_shows_a_failed_step_and_its_failed_undo_as_failures(watched: Watched) -> None:
+    wait_for_flower_worker(watched)
+    api_down = watched.folder / "flight-api-down"
+    api_down.touch()
+    try:
+        instance_id = watched.romancy.start_workflow("trip", "FT-1", fail_car=True)
+        parked = watched.romancy.wait(instance_id, timeout=30)
+    finally:
+        api_down.unlink()
+    assert parked.status == "compensation_failed"
+
+    def by_name() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for task in steps_in_flower(watched, instance_id):
+            found.setdefault(task["name"], []).append(task["state"])
+        return found
+
+    wait_for(
+        lambda: by_name().get("cancel_flight") == ["RETRY", "RETRY", "FAILURE"],
+        30,
+        "Flower to show the undo's attempts",
+    )
+    assert by_name() == {
+        "book_flight": ["SUCCESS"],
+        "book_hotel": ["SUCCESS"],
+        "book_car": ["FAILURE"],
+        "cancel_hotel": ["SUCCESS"],
+        "send_apology": ["SUCCESS"],
+        "cancel_flight": ["RETRY", "RETRY", "FAILURE"],
+    }
+    status, failed = http("GET", f"{watched.flower_url}/api/tasks?state=FAILURE")
+    assert status == 200
+    mine = {t["name"]: t for t in failed.values() if instance_id in t["args"]}
+    assert set(mine) == {"book_car", "cancel_flight"}
+    assert mine["book_car"]["exception"] == "TerminalError('no car for FT-1')"
+    assert mine["cancel_flight"]["exception"] == "ConnectionError('flight API unreachable')"
+    assert mine["cancel_flight"]["args"] == (f"trip[{instance_id}] compensation book_flight:1")
+    ledger = Ledger(watched.folder / "ledger.log")
+    assert ledger.count("book_car:FT-1") == 1
+    assert ledger.count("cancel_flight-failed:FT-1") == 3
+    wait_for(lambda: not unacked_messages_of(instance_id), 10, "the acks")
+    assert f"workflow trip {instance_id} is parked in compensation_failed" in (watched.worker.log())
