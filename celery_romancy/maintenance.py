@@ -10,9 +10,12 @@ makes a message that was not lost after all harmless: it is dropped as a duplica
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 
 from . import children
 from .commands import ActivityCommand
@@ -33,6 +36,9 @@ logger = logging.getLogger(__name__)
 RECOVER_TASK = "romancy.recover"
 FIRE_TASK = "romancy.fire_timers"
 RELAY_TASK = "romancy.relay_outbox"
+# The jobs beat sends; ``romancy.wake`` is not one of them: it is a timer step's own
+# message, sent on its workflow's queue.
+MAINTENANCE_TASKS = frozenset({RECOVER_TASK, FIRE_TASK, RELAY_TASK})
 BATCH = 500
 
 
@@ -72,6 +78,8 @@ def recover(romancy: Romancy) -> RecoveryReport:
             "celery_romancy: recovery passed on %d lost child workflow ends, undos or cancels",
             reconciled,
         )
+    if not (republished or failed or reconciled):
+        logger.debug("celery_romancy: recovery found no lost or stalled step")
     return RecoveryReport(republished, failed, reconciled)
 
 
@@ -121,7 +129,11 @@ def fire_due(romancy: Romancy) -> int:
     for workflow_name, step in romancy.storage.waiting_with_kept_events(BATCH):
         if workflow_name in romancy.registry.workflows:
             fired += deliver_kept_event(romancy, step.instance_id)
-    purge_expired_events(romancy)
+    purged = purge_expired_events(romancy)
+    if fired:
+        logger.info("celery_romancy: fired %d due timers, event timeouts or kept events", fired)
+    elif not purged:
+        logger.debug("celery_romancy: no timer, event timeout or kept event was due")
     return fired
 
 
@@ -149,7 +161,9 @@ def beat_schedule(settings: RomancySettings) -> dict[str, dict[str, Any]]:
 
     They do not expire: a sweep stuck behind a backlog of steps must still run when it
     gets its turn (an expiry would drop exactly the sweeps a busy system needs). Route
-    them past the backlog with ``romancy_maintenance_queue``.
+    them past the backlog with ``romancy_maintenance_queue``: a queue of their own, which
+    some worker must consume (``-Q``), or recovery, timers and the outbox fallback stop
+    without a word.
     """
     jobs = {
         RECOVER_TASK: settings.recovery_interval,
@@ -161,3 +175,57 @@ def beat_schedule(settings: RomancySettings) -> dict[str, dict[str, Any]]:
         name: {"task": name, "schedule": interval, "options": dict(options)}
         for name, interval in jobs.items()
     }
+
+
+class QuietIdleMaintenance(logging.Filter):
+    """Celery's own log lines about a maintenance job, at DEBUG unless the job did work.
+
+    A worker logs "Received task" and "Task ... succeeded" at INFO for every task, and
+    beat "Sending due task" for every entry it sends: for jobs that run every few seconds
+    and mostly find nothing, that buries the log. This filter demotes those lines to
+    DEBUG (dropped unless the logger is enabled for DEBUG), except a "succeeded" line
+    whose job did something: the jobs return counts (a number, or a dict of them), and
+    a run with none above zero did nothing. Failures and retries keep their level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._about_idle_maintenance(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+    @staticmethod
+    def _about_idle_maintenance(record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == BEAT_SENDING and isinstance(args, tuple) and len(args) == 2:
+            return args[1] in MAINTENANCE_TASKS
+        if not isinstance(args, dict) or args.get("name") not in MAINTENANCE_TASKS:
+            return False
+        if record.msg == LOG_RECEIVED:
+            return True
+        if record.msg == LOG_SUCCESS:
+            return _NONZERO_COUNT.search(str(args.get("return_value"))) is None
+        return False
+
+
+# celery.beat's line for each entry it sends (its format string, as celery.beat logs it).
+BEAT_SENDING = "Scheduler: Sending due task %s (%s)"
+_NONZERO_COUNT = re.compile(r"[1-9]")
+# Where those lines come from: the task tracer, the worker's consumer, beat.
+QUIETED_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
+
+
+def quiet_idle_maintenance_logs() -> None:
+    """Install ``QuietIdleMaintenance`` on Celery's loggers, once per process.
+
+    A filter on those loggers, not on a handler: it holds whatever handlers the worker
+    or the project's logging config sets up, and a forked pool child inherits it.
+    """
+    for name in QUIETED_LOGGERS:
+        celery_logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietIdleMaintenance) for f in celery_logger.filters):
+            celery_logger.addFilter(QuietIdleMaintenance())
+
+
+# Every process that loads the package: the worker and its pool children, beat.
+quiet_idle_maintenance_logs()

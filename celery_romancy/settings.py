@@ -28,11 +28,18 @@ class RomancySettings:
     # A step whose worker died this many times in a row parks the instance.
     max_step_crashes: int = 5
     timer_interval: float = 10.0
-    outbox_interval: float = 2.0
+    # The process that commits outbox rows publishes them right after the commit; beat's
+    # relay is only the fallback for rows a crash or a broker outage left behind (and
+    # rows whose relayer died while it held them), so it runs seldom.
+    outbox_interval: float = 60.0
     # Where the outbox relay publishes (a topic exchange; routing key = event type).
     outbox_exchange: str = "romancy.events"
     outbox_source: str = "celery-romancy"
-    # Queue for the beat jobs (recovery, timers, outbox); None: the default queue.
+    # Queue for the beat jobs (romancy.recover, romancy.fire_timers, romancy.relay_outbox);
+    # None: Celery's default queue. A queue of their own keeps them clear of a backlog of
+    # steps, but some worker must consume it (``-Q celery,romancy.maintenance``): beat
+    # sends to it whether or not anyone listens, and unconsumed, recovery, timers and the
+    # outbox fallback stop without an error. Hence no such queue by default.
     maintenance_queue: str | None = None
     # A worker refuses to start while the app accepts pickle or YAML messages (see
     # tasks.refuse_unsafe_content); True accepts that risk knowingly.
@@ -82,6 +89,11 @@ class RomancySettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"romancy_{name} must be a positive number, not {value!r}")
+        queue = self.maintenance_queue
+        if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+            raise ConfigurationError(
+                f"romancy_maintenance_queue must be a queue name or None, not {queue!r}"
+            )
         for name in ("prepared_statements", "allow_unsafe_content"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from celery import Celery
 
 from celery_romancy import ConfigurationError, Romancy
+from celery_romancy.maintenance import MAINTENANCE_TASKS, beat_schedule
 from celery_romancy.settings import RomancySettings
 
 
@@ -19,7 +20,8 @@ def test_defaults_match_the_documented_table() -> None:
     assert settings.lease_timeout == 300
     assert settings.recovery_interval == 60
     assert settings.timer_interval == 10
-    assert settings.outbox_interval == 2
+    assert settings.outbox_interval == 60  # a fallback: a commit relays its own rows
+    assert settings.maintenance_queue is None
     assert settings.resolved_worker_id() == f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -87,3 +89,24 @@ def test_the_settings_repr_never_shows_the_database_password() -> None:
     assert "s3cr3t" not in repr(settings)
     assert "postgresql://shop:***@db/shop" in repr(settings)
     assert "lease_timeout=300.0" in repr(settings)
+
+
+def test_maintenance_jobs_stay_on_the_default_queue_unless_one_is_configured() -> None:
+    # None by default: a queue of their own that no worker consumes would stop recovery,
+    # timers and the outbox fallback without an error.
+    default = beat_schedule(RomancySettings.from_celery(Celery("t").conf))
+    assert set(default) == MAINTENANCE_TASKS
+    assert all("queue" not in entry["options"] for entry in default.values())
+
+    app = Celery("t")
+    app.conf.romancy_maintenance_queue = "romancy.maintenance"
+    routed = beat_schedule(RomancySettings.from_celery(app.conf))
+    assert {entry["options"]["queue"] for entry in routed.values()} == {"romancy.maintenance"}
+
+
+@pytest.mark.parametrize("queue", ["", "  ", 5])
+def test_a_maintenance_queue_must_be_a_name(queue: object) -> None:
+    app = Celery("t")
+    app.conf.romancy_maintenance_queue = queue
+    with pytest.raises(ConfigurationError, match="romancy_maintenance_queue must be a queue"):
+        Romancy(app).settings  # noqa: B018

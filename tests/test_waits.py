@@ -1,29 +1,22 @@
-"""Timers, external events (and their CloudEvents intake), and the transactional outbox."""
+"""Timers and external events (and their CloudEvents intake); the outbox: test_outbox.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Exchange, Queue
 from werkzeug.test import Client
 
 from celery_romancy import InvalidArgumentsError, UnknownInstanceError
 from celery_romancy.contrib.cloudevents import CloudEventsIntake
 from celery_romancy.maintenance import fire
 
-from .harness import ROOT, Harness
+from .harness import Harness
 from .ledger import wait_for
-from .services import CI
 
 TIMERS = {
     "romancy_timer_interval": 1,
@@ -293,157 +286,6 @@ def test_cloudevents_intake_rejects_bad_requests_and_writes_nothing(
         from celery_romancy.storage.schema import events
 
         assert conn.execute(events.select()).all() == []
-
-
-# -- outbox -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def consumer_queue(waits: Harness) -> Iterator[tuple[Connection, Queue]]:
-    """A real consumer bound to the outbox exchange before anything is published."""
-    connection = Connection(waits.broker_url)
-    exchange = Exchange(waits.romancy.settings.outbox_exchange, type="topic", durable=True)
-    queue = Queue(f"outbox-test-{uuid.uuid4().hex[:8]}", exchange, routing_key="#")
-    queue(connection.channel()).declare()
-    yield connection, queue
-    queue(connection.channel()).delete()
-    connection.release()
-
-
-def received(connection: Connection, queue: Queue) -> list[dict[str, Any]]:
-    messages = []
-    bound = queue(connection.channel())
-    while (message := bound.get(accept=["json"])) is not None:
-        messages.append(message.payload)
-        message.ack()
-    return messages
-
-
-def test_outbox_events_are_published_exactly_once_per_run(
-    waits: Harness, consumer_queue: tuple[Connection, Queue]
-) -> None:
-    instance_id = waits.romancy.start_workflow("publisher", "O-1")
-    with waits.worker():
-        assert waits.romancy.wait(instance_id, timeout=30).status == "completed"
-    rows = waits.romancy.storage.get_outbox(instance_id)
-    # Two from the workflow, one from each of two activity runs: replays added none.
-    assert sorted(r.event_type for r in rows) == [
-        "order.finished",
-        "order.noted",
-        "order.noted",
-        "order.started",
-    ]
-    assert waits.romancy.relay_outbox() == 4
-    assert waits.romancy.relay_outbox() == 0  # nothing left to send
-    events = received(*consumer_queue)
-    assert sorted(e["type"] for e in events) == [
-        "order.finished",
-        "order.noted",
-        "order.noted",
-        "order.started",
-    ]
-    assert len({e["id"] for e in events}) == 4
-    started = next(e for e in events if e["type"] == "order.started")
-    assert started["specversion"] == "1.0" and started["data"] == {"order_id": "O-1"}
-    assert started["id"] == f"{instance_id}:publish:order.started:1"
-
-
-def test_a_relayer_killed_mid_publish_loses_no_row(
-    waits: Harness, consumer_queue: tuple[Connection, Queue]
-) -> None:
-    instance_id = waits.romancy.start_workflow("publisher", "O-2")
-    with waits.worker():
-        waits.romancy.wait(instance_id, timeout=30)
-    # A relayer process takes the rows (marks them in progress), then is SIGKILLed
-    # before it can publish them or mark them published.
-    script = (
-        "import os, signal\n"
-        "from tests.worker_app import romancy\n"
-        "taken = romancy.storage.claim_outbox(1.0, 100)\n"
-        "print(len(taken), flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    relayer = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=waits_env(waits),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert relayer.returncode == -signal.SIGKILL
-    assert relayer.stdout.strip() == "4"
-    assert {r.status for r in waits.romancy.storage.get_outbox(instance_id)} == {"in_progress"}
-    assert waits.romancy.relay_outbox() == 0  # locked: the dead relayer's rows are not due yet
-
-    wait_for(lambda: waits.romancy.relay_outbox() > 0, 30, "the rows' locks to run out")
-    assert {r.status for r in waits.romancy.storage.get_outbox(instance_id)} == {"published"}
-    assert len(received(*consumer_queue)) == 4
-
-
-def waits_env(h: Harness) -> dict[str, str]:
-    return {
-        **os.environ,
-        **{k: v for k, v in h._env().items() if k.startswith(("ROMANCY", "PYTHON"))},
-    }
-
-
-def test_outbox_relays_to_rabbitmq(database_url: str, tmp_path: Path) -> None:
-    url = "amqp://guest:guest@127.0.0.1:5672//"
-    try:
-        with Connection(url, connect_timeout=3) as probe:
-            probe.ensure_connection(max_retries=1)
-    except Exception as exc:  # noqa: BLE001
-        if CI:
-            pytest.fail(f"RabbitMQ is not reachable: {exc}")
-        pytest.skip(f"RabbitMQ is not reachable: {exc}")
-    h = Harness(database_url, tmp_path, **TIMERS)
-    try:
-        h.app.conf.broker_url = url
-        with Connection(url) as connection:
-            exchange = Exchange(h.romancy.settings.outbox_exchange, type="topic", durable=True)
-            queue = Queue(
-                f"outbox-test-{uuid.uuid4().hex[:8]}",
-                exchange,
-                routing_key="order.#",
-                auto_delete=True,
-            )
-            queue(connection.channel()).declare()
-            from celery_romancy.storage import StepWrite
-            from celery_romancy.storage.schema import utcnow
-
-            h.romancy.storage.create_instance(
-                {
-                    "instance_id": "rmq-1",
-                    "workflow_name": "publisher",
-                    "status": "completed",
-                    "input_data": {},
-                },
-                StepWrite(
-                    outbox=[
-                        {
-                            "event_id": "rmq-1:e1",
-                            "event_type": "order.done",
-                            "data": {"at": utcnow().isoformat()},
-                        }
-                    ]
-                ),
-            )
-            assert h.romancy.relay_outbox() == 1
-            messages = []
-            bound = queue(connection.channel())
-            wait_for(
-                lambda: (
-                    (m := bound.get(accept=["json"])) is not None
-                    and messages.append(m.payload) is None
-                ),
-                30,
-                "the event on RabbitMQ",
-            )
-            assert messages[0]["id"] == "rmq-1:e1" and messages[0]["type"] == "order.done"
-    finally:
-        h.close()
 
 
 def test_cancelling_a_waiting_workflow_compensates_at_once(waits: Harness) -> None:

@@ -1,7 +1,9 @@
-"""The transactional outbox: rows committed with a step, relayed by a beat job."""
+"""The transactional outbox: rows committed with a step, relayed right after that commit
+by the process that made it, and by a beat job for the rows a crash left behind."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -14,17 +16,22 @@ from .rows import outbox_of
 
 
 class OutboxQueries(StoreBase):
-    def claim_outbox(self, lock_seconds: float, limit: int) -> list[OutboxRecord]:
+    def claim_outbox(
+        self, lock_seconds: float, limit: int, event_ids: Collection[str] | None = None
+    ) -> list[OutboxRecord]:
         """Take due outbox rows for relaying: pending ones whose retry time has come, and
-        in-progress ones whose relayer died (their lock ran out)."""
+        in-progress ones whose relayer died (their lock ran out); only those of
+        ``event_ids`` if given (the rows a commit just wrote)."""
         o = schema.outbox
         now = schema.utcnow()
-        stmt = (
-            sa.select(o)
-            .where(o.c.status.in_(["pending", "in_progress"]), o.c.available_at <= now)
-            .order_by(o.c.id)
-            .limit(limit)
+        stmt = sa.select(o).where(
+            o.c.status.in_(["pending", "in_progress"]), o.c.available_at <= now
         )
+        if event_ids is not None:
+            if not event_ids:
+                return []
+            stmt = stmt.where(o.c.event_id.in_(list(event_ids)))
+        stmt = stmt.order_by(o.c.id).limit(limit)
         taken: list[OutboxRecord] = []
         with self.transaction() as conn:
             for row in conn.execute(self.lock_for_update(stmt)).all():
