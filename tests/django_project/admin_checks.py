@@ -293,6 +293,13 @@ def test_the_detail_page_shows_history_attempts_compensations_and_aware_times(
         ("issue_ticket", "1"),
     ]
     assert f"HOLD-{seat}" in rows[0] and f"PAY-{seat}" in rows[1]
+    # When and where each activity ran: its start, duration and Celery task id.
+    for row, event in zip(rows, romancy.get_history(instance_id), strict=True):
+        if event.kind == "activity":
+            assert event.started_at is not None and event.task_id
+            assert f'datetime="{timezone.localtime(event.started_at).isoformat()}"' in row
+            assert re.search(r"<td>\d+\.\d{3} s</td>", row)
+            assert f"<td>{event.task_id}</td>" in row
     assert f"error celery_romancy.errors.TerminalError: seat {seat} was not confirmed" in rows[3]
     assert "Traceback (most recent call last)" in rows[3]
     # The attempt that failed before the retry.
