@@ -1,5 +1,6 @@
 """The workflows the CLI tests operate: the engine tests' ones, plus one that waits for
-an event, a small tree of child workflows and one whose step no worker takes. Built
+an event, a small tree of child workflows, one whose step no worker takes and one
+waiting out a retry delay. Built
 in-process and by ``tests/cli_app.py`` for ``celery -A tests.cli_app``."""
 
 from __future__ import annotations
@@ -70,5 +71,15 @@ def build_cli(
     @romancy.workflow("cli_unheard_saga")
     def cli_unheard_saga(ctx: WorkflowContext, tag: str) -> str:
         return cli_unheard.execute(ctx, tag)
+
+    # -- a step that failed once and waits out a long retry delay -----------------------
+
+    @romancy.activity("cli_flaky", retry=RetryPolicy(max_attempts=2, initial_interval=600.0))
+    def cli_flaky(tag: str) -> str:
+        raise ConnectionError(f"{tag}: stock service down")
+
+    @romancy.workflow("cli_flaky_saga")
+    def cli_flaky_saga(ctx: WorkflowContext, tag: str) -> str:
+        return cli_flaky.execute(ctx, tag)
 
     return app, romancy

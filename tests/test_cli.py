@@ -27,6 +27,7 @@ from click.testing import CliRunner, Result
 
 from celery_romancy import Romancy, WorkflowInstance
 from celery_romancy.cli import romancy as romancy_command
+from celery_romancy.contrib.status import status_of
 from celery_romancy.storage import StepRecord
 
 from .cli_flows import build_cli, unheard_queue
@@ -273,6 +274,11 @@ def test_retry_compensation(cli: Cli) -> None:
     assert any(
         line.split()[:1] == ["cancel_flight"] and " failed " in line for line in shown.splitlines()
     )
+    # Both failures' tracebacks: the step's, then the compensation's that parked it.
+    undo_traceback = shown.split("\ntraceback of the failed compensation")[1]
+    assert '      raise ConnectionError("flight API unreachable")' in undo_traceback
+    assert undo_traceback.rstrip().endswith("ConnectionError: flight API unreachable")
+    assert "\ntraceback (step book_car:1)\n" in shown.split(undo_traceback)[0]
 
     result = cli("retry-compensation", instance_id)
     assert result.exit_code == 0, result.output
@@ -606,6 +612,27 @@ def _step_once(cli: Cli, instance_id: str, kind: str) -> StepRecord:
     wait_for(found, 30, f"a {kind} step")
     (step,) = cli.romancy.storage.get_steps(instance_id)
     return step
+
+
+def test_show_a_retry_waiting_out_its_delay_and_the_last_failed_attempt(cli: Cli) -> None:
+    instance_id = cli.start("cli_flaky_saga", "D1")
+    wait_for(lambda: cli.romancy.storage.get_attempts(instance_id), 30, "the first attempt to fail")
+    step = _step_once(cli, instance_id, "activity")
+    assert step.command.attempt == 2 and step.dispatch_at is not None
+    shown = cli("show", instance_id).stdout
+    assert _pending_lines(shown) == [
+        "activity cli_flaky (cli_flaky:1, attempt 2)",
+        f"task {step.token}, due {_stamp(step.dispatch_at)}",
+        f"recovery re-sends it after "
+        f"{_stamp(step.dispatch_at + timedelta(seconds=cli.romancy.settings.dispatch_timeout))} "
+        "unless a worker takes it",
+    ]
+    traceback = shown.split("\ntraceback of the last failed attempt (cli_flaky:1, attempt 1)\n")[1]
+    assert '      raise ConnectionError(f"{tag}: stock service down")' in traceback
+    assert traceback.rstrip().endswith("ConnectionError: D1: stock service down")
+    (current,) = status_of(cli.romancy, instance_id)["current_steps"]
+    assert current["attempt"] == 2
+    assert datetime.fromisoformat(current["until"]) == step.dispatch_at  # the retry is due
 
 
 def test_show_groups_the_branches_of_a_gather(cli: Cli) -> None:
