@@ -592,3 +592,26 @@ def test_celery_autoretry_from_the_app_s_config_never_republishes_a_failed_step(
     assert failures == ["book_car"]
     assert autoretrying.ledger.count("book_car:A-1") == 1
     assert autoretrying.queued() == 0
+
+
+def test_a_prefork_worker_retries_and_fails_a_step_as_celery_would_and_logs_it(
+    harness: Harness,
+) -> None:
+    """Across the pool's process boundary too: RETRY and FAILURE in Celery's own log
+    lines, ours at WARNING with the traceback, every message acknowledged."""
+    instance_id = harness.romancy.start_workflow("flaky_flow", "K-7", 10)  # always fails
+    worker = harness.worker_process(pool="prefork").start()
+    assert harness.romancy.wait(instance_id, timeout=60).status == "failed"
+    wait_for(lambda: "raised unexpected: FlakyError" in worker.log(), 10, "the failure line")
+    log = worker.log()
+    assert log.count("] retry: Retry in") == 3
+    assert "raised unexpected: FlakyError('attempt 4 of K-7 failed')" in log
+    lines = log.splitlines()
+    for attempt in (1, 2, 3, 4):  # logged by the pool process that ran the attempt
+        failed = f"activity flaky:1 of flaky_flow {instance_id} failed (attempt {attempt})"
+        assert [line for line in lines if failed in line and "WARNING/ForkPoolWorker" in line]
+    assert 'raise FlakyError(f"attempt {attempt} of {key} failed")' in log  # tracebacks
+    assert f"workflow flaky_flow {instance_id} failed" in log
+    assert harness.ledger.count("flaky:K-7") == 4
+    wait_for(lambda: not unacked_messages_of(instance_id), 10, "the acks")
+    assert harness.queued() == 0
