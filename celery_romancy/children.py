@@ -25,6 +25,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from . import signals
 from .errors import ChildWorkflowError, InstanceStateError, UnknownInstanceError
 from .failures import describe_error
 from .planning import Plan, final_status, parked, roll_back_when_idle, start_rollback
@@ -122,6 +123,20 @@ def wake_parent(romancy: Romancy, step: StepRecord, child: WorkflowInstance) -> 
     if result is not CommitResult.COMMITTED:
         storage.release(claim)
         return RunOutcome.FENCED
+    ended = "completed" if child.status in (Status.COMPLETED, Status.COMPENSATED) else "failed"
+    signals.send(
+        signals.step_recorded,
+        romancy,
+        instance_id=claim.instance.instance_id,
+        workflow=claim.instance.workflow_name,
+        step_id=command.step_id,
+        kind=str(command.kind),
+        name=command.name,
+        attempt=command.attempt,
+        started_at=step.created_at,
+        finished_at=utcnow(),
+        outcome=ended,
+    )
     return RunOutcome.RECORDED
 
 

@@ -143,7 +143,7 @@ def start(
         except ChildIdTakenError:
             continue  # a child's id was taken meanwhile: plan again, its start fails
         if created:
-            _committed(romancy, new, planned)
+            _committed(romancy, new, planned, started=True)
             relay_written(romancy, write)
         return instance, created
     raise RuntimeError(f"instance {instance_id} could not start its children")

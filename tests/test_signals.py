@@ -290,6 +290,15 @@ def test_children_are_announced_started_and_completed_once_each(
     assert sorted(completed) == sorted([root, *children])
     # A child's end is announced before the parent it wakes: the root's comes last.
     assert completed[-1] == root
+    # The parent's wait for each child is a recorded step like any other.
+    waits = [r for r in heard.of("step_recorded", root) if r["kind"] == "child"]
+    assert sorted(r["step_id"] for r in waits) == [
+        "child:c_payment:1",
+        "child:c_refund:1",
+        "child:c_refund:2",
+        "child:c_refund:3",
+    ]
+    assert {r["outcome"] for r in waits} == {"completed"}
 
 
 def test_timers_and_event_waits_are_recorded_steps(harness: Harness, heard: Heard) -> None:
