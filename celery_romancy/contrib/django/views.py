@@ -20,28 +20,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import current_app
 from django.http import HttpRequest, JsonResponse
 from django.views import View
 
 from ...app import Romancy
-from ...errors import ConfigurationError, UnknownInstanceError
+from ...errors import UnknownInstanceError
 from ..status import status_of
+from . import project_romancy
 
-__all__ = ["InstanceStatusView", "romancy_of_current_app"]
-
-
-def romancy_of_current_app() -> Romancy:
-    """The ``Romancy`` bound to Celery's current app."""
-    app = current_app._get_current_object()
-    found = getattr(app, "_celery_romancy", None)
-    if not isinstance(found, Romancy):
-        raise ConfigurationError(
-            f"no Romancy is bound to Celery's current app {app.main!r}: create "
-            "Romancy(app) (or DjangoRomancy(app)) in proj/celery.py, or pass "
-            "InstanceStatusView.as_view(romancy=...)"
-        )
-    return found
+__all__ = ["InstanceStatusView"]
 
 
 class InstanceStatusView(View):  # type: ignore[misc]  # Django ships no type hints
@@ -50,7 +37,7 @@ class InstanceStatusView(View):  # type: ignore[misc]  # Django ships no type hi
     romancy: Romancy | None = None
 
     def get(self, request: HttpRequest, instance_id: str) -> JsonResponse:
-        romancy = self.romancy or romancy_of_current_app()
+        romancy = self.romancy or project_romancy()
         try:
             status: dict[str, Any] = status_of(romancy, instance_id)
         except UnknownInstanceError as exc:
