@@ -160,6 +160,28 @@ def readme_blocks(marker: str) -> list[str]:
     return [part.split("\n", 1)[1].split("```", 1)[0] for part in parts]
 
 
+def test_watching_example_hears_the_signals_and_finds_the_order_by_its_key(
+    tmp_path: Path,
+) -> None:
+    done = run_example("watching.py", tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    retried = "step_failed: charge:1 attempt 1 will retry: payment gateway timed out"
+    failed = "step_failed: ship:1 attempt 1 for good: no courier for ORD-4"
+    assert lines.index(retried) < lines.index(failed) < lines.index("refund: ORD-4")
+    assert any(
+        line.startswith("workflow_failed: order ") and line.endswith(": no courier for ORD-4")
+        for line in lines
+    )
+    assert "found by its key: order {'order_id': 'ORD-4', 'stage': 'shipping'}" in lines
+    assert '  "status": "failed",' in lines
+    assert "steps: [('charge:1', 'completed'), ('ship:1', 'failed')]" in lines
+    # The worker's log says the same, at WARNING, with the traceback.
+    assert "celery_romancy: workflow order " in done.stderr
+    assert "TerminalError: no courier for ORD-4" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
     readme = (ROOT / "README.md").read_text()
     examples = sorted(set(re.findall(r"<!-- runs in (example_project/\w+\.py) -->", readme)))

@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 __all__ = ["InstanceDetails", "instance_status", "read_details", "status_of"]
 
 # History rows that are bookkeeping, not steps: the registration of a compensation
-# declared by ``ctx.register_compensation`` and the branch list of a gather.
-NOT_STEPS = frozenset({HistoryKind.COMPENSATION_REGISTERED, HistoryKind.GATHER})
+# declared by ``ctx.register_compensation``, the branch list of a gather, and the
+# business keys set by ``ctx.set_search_attributes``.
+NOT_STEPS = frozenset(
+    {HistoryKind.COMPENSATION_REGISTERED, HistoryKind.GATHER, HistoryKind.SEARCH_ATTRIBUTES}
+)
 
 
 @dataclass(frozen=True)
