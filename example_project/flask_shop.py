@@ -1,4 +1,5 @@
-"""The Flask shop: POST /orders starts the order saga, GET /orders/<id> shows it.
+"""The Flask shop: POST /orders starts the order saga, GET /orders/<id> shows it, and
+GET /sagas/<instance id> is the ready-made status endpoint (steps, timings, compensations).
 
     flask --app example_project.flask_shop:create_app run
 
@@ -14,7 +15,7 @@ from typing import Any
 from flask import Flask, request
 
 from celery_romancy import UnknownInstanceError
-from celery_romancy.contrib.flask import FlaskRomancy, current_romancy
+from celery_romancy.contrib.flask import FlaskRomancy, current_romancy, status_blueprint
 from celery_romancy.contrib.status import instance_status
 from example_project.celery_app import romancy
 from example_project.orders import order_processing
@@ -29,6 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # environment), which the worker imports too; it never calls create_app.
     app.config.update(config or {})
     romancy_ext.init_app(app)
+    app.register_blueprint(status_blueprint(), url_prefix="/sagas")  # GET /sagas/<id>
 
     @app.post("/orders")
     def checkout() -> tuple[dict[str, Any], int]:

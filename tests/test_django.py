@@ -102,6 +102,10 @@ def test_checkout_view_starts_the_saga_after_commit_and_shows_its_status(
     assert status["output"]["total"] == "109.97"
     assert status["output"]["tracking_number"] == f"TRACK-{order_id}"
     assert client.get("/orders/ORD-none").status_code == 404
+    # The shop's ready-made status endpoint: its steps with timings.
+    saga = client.get(f"/sagas/{instance_id}").json()
+    assert [step["step_id"] for step in saga["steps"]][:1] == ["reserve_inventory:1"]
+    assert client.get("/sagas/no-such-instance").status_code == 404
 
 
 def test_a_rolled_back_checkout_starts_nothing(shop: ModuleType) -> None:

@@ -62,6 +62,10 @@ def test_view_starts_the_saga_and_reads_its_status(shop: ModuleType) -> None:
     assert again.status_code == 202
     assert again.get_json()["instance_id"] == instance_id
     assert client.get(f"/orders/{instance_id}").get_json()["status"] == "completed"
+    # The shop's ready-made status endpoint: its steps with timings.
+    saga = client.get(f"/sagas/{instance_id}").get_json()
+    assert [step["step_id"] for step in saga["steps"]][:1] == ["reserve_inventory:1"]
+    assert client.get("/sagas/no-such-instance").status_code == 404
 
 
 def test_bad_requests_start_nothing(shop: ModuleType) -> None:
@@ -236,8 +240,8 @@ def test_the_readme_flask_layout_records_where_its_worker_reads(
 
 
 def test_the_status_blueprint_answers_json_and_404(shop: ModuleType) -> None:
-    app = shop.create_app({"TESTING": True})
-    app.register_blueprint(status_blueprint(), url_prefix="/sagas")
+    app = shop.create_app({"TESTING": True})  # registers status_blueprint() at /sagas
+    assert "romancy_status" in app.blueprints
     client = app.test_client()
     order_id = f"ORD-{uuid.uuid4().hex[:8]}"
     instance_id = client.post("/orders", json=order(order_id)).get_json()["instance_id"]
