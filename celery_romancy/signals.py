@@ -30,10 +30,11 @@ Step signals, sent by the worker that ran the step:
 - ``step_failed``: ``step_id``, ``attempt``, ``error`` (the attempt's error record) and
   ``will_retry``: an activity's or a compensation's attempt failed (a compensation's
   ``step_id`` is ``"<compensation>:undo:<step id>"``);
-- ``step_recorded``: every step that ends (an activity, compensation, timer or event
-  wait), for metrics and traces: ``step_id``, ``kind``, ``name``, ``attempt``,
-  ``started_at``, ``finished_at`` (aware UTC datetimes) and ``outcome``: ``"completed"``,
-  ``"failed"`` or ``"retrying"``.
+- ``step_recorded``: every step that ends (an activity, compensation, timer, event
+  wait, or a parent's wait for a child workflow or for its undo), for metrics and
+  traces: ``step_id``, ``kind``, ``name``, ``attempt``, ``started_at``, ``finished_at``
+  (aware UTC datetimes) and ``outcome``: ``"completed"``, ``"failed"`` or
+  ``"retrying"``.
 """
 
 from __future__ import annotations
