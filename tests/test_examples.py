@@ -184,8 +184,17 @@ def test_watching_example_hears_the_signals_and_finds_the_order_by_its_key(
 
 def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
     readme = (ROOT / "README.md").read_text()
-    examples = sorted(set(re.findall(r"<!-- runs in (example_project/\w+\.py) -->", readme)))
-    assert examples == ["example_project/children.py", "example_project/fan_out.py"]
+    examples = sorted(
+        set(re.findall(r"<!-- runs in ((?:example_project|tests)/[\w/]+\.py) -->", readme))
+    )
+    assert examples == [
+        "example_project/children.py",
+        "example_project/django_shop/urls.py",
+        "example_project/fan_out.py",
+        "example_project/flask_shop.py",
+        "example_project/watching.py",
+        "tests/django_project/proj/settings.py",
+    ]
     for example in examples:
         source = (ROOT / example).read_text()
         blocks = readme_blocks(f"runs in {example}")
