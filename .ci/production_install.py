@@ -100,6 +100,7 @@ def main() -> None:
             timeout=600,
         )
         timings["install"] = time.monotonic() - began - sum(timings.values())
+        check_package_data(bin_dir)
         app_dir = folder / "app"
         app_dir.mkdir()
         shutil.copy2(ROOT / ".ci" / "production_app.py", app_dir)
@@ -107,6 +108,24 @@ def main() -> None:
     total = time.monotonic() - began
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
     print(f"production install check passed: [{extras}] in {total:.1f} s ({parts})")
+
+
+# Files beside the code that an installed package must carry (package_data in setup.cfg).
+PACKAGE_DATA = (
+    "py.typed",
+    "storage/migrations/script.py.mako",
+    "contrib/django/templates/celery_romancy/admin/workflowinstance_list.html",
+    "contrib/django/templates/celery_romancy/admin/workflowinstance_detail.html",
+)
+
+
+def check_package_data(bin_dir: Path) -> None:
+    probe = (
+        "import sys; from importlib.resources import files; root = files('celery_romancy'); "
+        f"missing = [p for p in {PACKAGE_DATA!r} if not root.joinpath(p).is_file()]; "
+        "sys.exit(f'not installed: {missing}' if missing else 0)"
+    )
+    run([str(bin_dir / "python"), "-c", probe])
 
 
 def check_workflow(bin_dir: Path, app_dir: Path, folder: Path, timings: dict[str, float]) -> None:
