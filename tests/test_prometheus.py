@@ -4,9 +4,11 @@ the package itself."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from celery import Celery
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from celery_romancy import RetryPolicy, Romancy, WorkflowContext
+from celery_romancy import RetryPolicy, Romancy, WaitTimeoutError, WorkflowContext
 from celery_romancy.contrib.prometheus import (
     InstanceCollector,
     RomancyMetrics,
@@ -24,7 +26,8 @@ from celery_romancy.contrib.prometheus import (
 
 from .harness import Harness
 from .ledger import wait_for
-from .processes import ROOT
+from .processes import ROOT, ServiceProcess, celery, free_port, http, log_says
+from .services import REDIS_URL, redis_client
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 QUICK_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.01)
@@ -164,6 +167,123 @@ def test_sagas_on_a_worker_show_in_the_exposition_text(
     assert sample(scraper, "romancy_instances", workflow="prom_saga", status="failed") == 1
     assert sample(scraper, "romancy_instances", workflow="prom_saga", status="pending") == 1
     other.storage.dispose()
+
+
+# The module docstring's prefork recipe, as a worker's app module.
+PREFORK_APP = """
+import os
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_shutdown
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+from celery_romancy import Romancy
+from celery_romancy.contrib.prometheus import InstanceCollector, instrument
+
+app = Celery("metered", broker=os.environ["METERED_BROKER"])
+app.conf.update(task_default_queue=os.environ["METERED_QUEUE"])
+romancy = Romancy(app, database_url=os.environ["METERED_DB"])
+
+
+@romancy.activity("m_step")
+def m_step(x: int) -> int:
+    return x + 1
+
+
+@romancy.workflow("m_flow")
+def m_flow(ctx, x: int) -> int:
+    return m_step.execute(ctx, x)
+
+
+instrument(romancy, collect_instances=False)
+
+
+@worker_init.connect
+def serve_metrics(**_):
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(InstanceCollector(romancy))
+    start_http_server(int(os.environ["METERED_PORT"]), registry=registry)
+
+
+@worker_process_shutdown.connect
+def forget_child(pid=None, **_):
+    multiprocess.mark_process_dead(pid)
+"""
+
+
+def test_a_prefork_worker_serves_the_sum_of_its_children_as_documented(
+    database_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "metered_app.py").write_text(PREFORK_APP)
+    (tmp_path / "multiproc").mkdir()
+    queue = f"romancy-metered-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),
+        "METERED_BROKER": REDIS_URL,
+        "METERED_QUEUE": queue,
+        "METERED_DB": database_url,
+        "METERED_PORT": str(port),
+    }
+    worker = ServiceProcess(
+        "metered-worker",
+        celery("metered_app", "worker", "-P", "prefork", "-c", "2", "-l", "INFO", "-Q", queue),
+        env,
+        tmp_path,
+    )
+    # This process only starts the sagas: the same workflow, registered here too.
+    app = Celery("starter", broker=REDIS_URL)
+    app.conf.update(task_default_queue=queue)
+    starter = Romancy(app, database_url=database_url)
+
+    @starter.activity("m_step")
+    def m_step(x: int) -> int:
+        return x + 1
+
+    @starter.workflow("m_flow")
+    def m_flow(ctx: WorkflowContext, x: int) -> int:
+        return m_step.execute(ctx, x)
+
+    try:
+        # Serving starts in worker_init, before the worker consumes: wait for both.
+        worker.start(log_says(" ready."))
+        started = [starter.start_workflow("m_flow", n) for n in range(6)]
+        try:
+            outputs = [starter.result(i, timeout=60) for i in started]
+        except WaitTimeoutError:
+            pytest.fail(f"the worker did not run the sagas:\n{worker.log()}")
+        assert outputs == [n + 1 for n in range(6)]
+
+        def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            status, text = http("GET", f"http://127.0.0.1:{port}/metrics")
+            assert status == 200
+            return {
+                (found.name, tuple(sorted(found.labels.items()))): float(found.value)
+                for family in text_string_to_metric_families(str(text))
+                for found in family.samples
+            }
+
+        step = (
+            "romancy_steps_total",
+            (("kind", "activity"), ("name", "m_step"), ("outcome", "completed")),
+        )
+        finished = (
+            "romancy_workflows_finished_total",
+            (("status", "completed"), ("workflow", "m_flow")),
+        )
+        # Counted in the pool's children, summed by the main process.
+        wait_for(lambda: scraped().get(step) == 6, 30, "six steps counted")
+        wait_for(lambda: scraped().get(finished) == 6, 30, "six ends counted")
+        gauge = ("romancy_instances", (("status", "completed"), ("workflow", "m_flow")))
+        assert scraped()[gauge] == 6  # counted once, by the main process, in the database
+        assert scraped()[("romancy_instances_up", ())] == 1
+    finally:
+        worker.stop()
+        redis_client().delete(queue)
+        starter.storage.dispose()
 
 
 def test_a_scrape_succeeds_while_the_database_is_away(tmp_path: Path) -> None:
