@@ -79,7 +79,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -188,7 +188,7 @@ class _LiveStep:
     attached: otel_context.Context  # the context made current for the body
     token: contextvars.Token[otel_context.Context]  # to detach it
     outcome: str | None = None
-    error: dict[str, Any] | None = field(default=None)
+    error: dict[str, Any] | None = None
 
 
 class RomancyTracing:
