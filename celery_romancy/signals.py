@@ -128,6 +128,12 @@ def announce_transition(
     if status not in TERMINAL or (status == instance.status and not started):
         return
     error = instance.error if change.error is KEEP else change.error
+    failed = {
+        "instance_id": instance_id,
+        "workflow": workflow,
+        "error": error,
+        "status": str(status),
+    }
     if status == Status.COMPLETED:
         output = instance.output_data if change.output_data is KEEP else change.output_data
         send(workflow_completed, romancy, instance_id=instance_id, workflow=workflow, output=output)
@@ -150,14 +156,7 @@ def announce_transition(
             type_name,
             error.get("message"),
         )
-        send(
-            workflow_failed,
-            romancy,
-            instance_id=instance_id,
-            workflow=workflow,
-            error=error,
-            status=str(status),
-        )
+        send(workflow_failed, romancy, **failed)
     elif status == Status.COMPENSATION_FAILED:
         failure = (error or {}).get("compensation_error") or {}
         # The step kept, unsent, for ``retry_compensation`` is the undo that failed.
@@ -175,14 +174,7 @@ def announce_transition(
             failure.get("message"),
             instance_id,
         )
-        send(
-            workflow_failed,
-            romancy,
-            instance_id=instance_id,
-            workflow=workflow,
-            error=error,
-            status=str(status),
-        )
+        send(workflow_failed, romancy, **failed)
         send(
             compensation_failed,
             romancy,
