@@ -160,10 +160,9 @@ def beat_schedule(settings: RomancySettings) -> dict[str, dict[str, Any]]:
     """The entries Romancy adds to ``beat_schedule`` (names prefixed ``romancy.``).
 
     They do not expire: a sweep stuck behind a backlog of steps must still run when it
-    gets its turn (an expiry would drop exactly the sweeps a busy system needs). Route
-    them past the backlog with ``romancy_maintenance_queue``: a queue of their own, which
-    some worker must consume (``-Q``), or recovery, timers and the outbox fallback stop
-    without a word.
+    gets its turn (an expiry would drop exactly the sweeps a busy system needs). They go
+    past that backlog on ``romancy_maintenance_queue``, a queue of their own that every
+    worker of the app consumes.
     """
     jobs = {
         RECOVER_TASK: settings.recovery_interval,

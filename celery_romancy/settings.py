@@ -15,6 +15,10 @@ from .errors import ConfigurationError
 DEFAULT_DATABASE_URL = "sqlite:///romancy.db"
 
 
+# Settings where a None set in the Celery config is a choice, not "use the default".
+_NONE_MEANS_SOMETHING = frozenset({"maintenance_queue"})
+
+
 @dataclass(frozen=True)
 class RomancySettings:
     """Every knob, with its default; the Celery key is ``romancy_<field name>``."""
@@ -35,12 +39,11 @@ class RomancySettings:
     # Where the outbox relay publishes (a topic exchange; routing key = event type).
     outbox_exchange: str = "romancy.events"
     outbox_source: str = "celery-romancy"
-    # Queue for the beat jobs (romancy.recover, romancy.fire_timers, romancy.relay_outbox);
-    # None: Celery's default queue. A queue of their own keeps them clear of a backlog of
-    # steps, but some worker must consume it (``-Q celery,romancy.maintenance``): beat
-    # sends to it whether or not anyone listens, and unconsumed, recovery, timers and the
-    # outbox fallback stop without an error. Hence no such queue by default.
-    maintenance_queue: str | None = None
+    # Queue for the beat jobs (romancy.recover, romancy.fire_timers, romancy.relay_outbox):
+    # a queue of their own keeps them clear of a backlog of steps. Every worker of the app
+    # consumes it, whatever its -Q (tasks.worker_startup_step adds it), so it is never
+    # left unconsumed. None: Celery's default queue.
+    maintenance_queue: str | None = "romancy.maintenance"  # None set in the config counts
     # A worker refuses to start while the app accepts pickle or YAML messages (see
     # tasks.refuse_unsafe_content); True accepts that risk knowingly.
     allow_unsafe_content: bool = False
@@ -65,8 +68,9 @@ class RomancySettings:
         """Defaults, then the app's ``romancy_*`` config, then explicit non-None overrides."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            configured = conf.get(f"romancy_{f.name}")
-            if configured is not None:
+            key = f"romancy_{f.name}"
+            configured = conf.get(key)
+            if configured is not None or (f.name in _NONE_MEANS_SOMETHING and key in conf):
                 values[f.name] = configured
             if overrides.get(f.name) is not None:
                 values[f.name] = overrides[f.name]

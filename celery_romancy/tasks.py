@@ -81,6 +81,15 @@ def worker_startup_step(romancy: Romancy) -> type[bootsteps.StartStopStep]:
     class RomancyStartup(bootsteps.StartStopStep):  # type: ignore[misc]  # untyped Celery
         label = "celery_romancy"
 
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            # Every worker of the app consumes the maintenance queue, whatever its -Q:
+            # beat's jobs then never wait behind a backlog of steps, and never go
+            # unconsumed. Added before the consumer starts, as Celery adds worker_direct.
+            queue = romancy.settings.maintenance_queue
+            if queue is not None:
+                worker.app.amqp.queues.select_add(queue)
+
         def start(self, worker: Any) -> None:
             settings = romancy.settings  # a bad setting stops the worker here, not mid-step
             refuse_unsafe_content(romancy.app.conf.get("accept_content") or [], settings)

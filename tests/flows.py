@@ -90,10 +90,13 @@ def build(
     app = Celery("romancy_tests", broker=broker_url)
     app.conf.update(
         task_default_queue=queue,
+        # Each test's beat jobs on a queue of their own (the shared default
+        # romancy.maintenance would let one test's worker take another's jobs).
+        romancy_maintenance_queue=f"{queue}.maintenance",
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        **conf,
     )
+    app.conf.update(**conf)
     romancy = Romancy(app, database_url=database_url)
     ledger = Ledger(folder / "ledger.log")
 

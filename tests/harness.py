@@ -88,5 +88,5 @@ class Harness:
         signals.task_postrun.disconnect(self._on_postrun)
         for process in self._processes:
             process.stop()
-        self.redis.delete(self.queue)
+        self.redis.delete(self.queue, f"{self.queue}.maintenance")
         self.romancy.storage.dispose()

@@ -367,7 +367,9 @@ def wait_for_maintenance_runs(h: Harness, process: CeleryProcess, minimum: int) 
     return counts
 
 
-def test_maintenance_jobs_go_to_the_configured_queue(database_url: str, tmp_path: Path) -> None:
+def test_maintenance_jobs_go_to_their_queue_which_every_worker_consumes(
+    database_url: str, tmp_path: Path
+) -> None:
     maintenance_queue = f"romancy-maintenance-{uuid.uuid4().hex[:8]}"
     h = Harness(
         database_url,
@@ -380,9 +382,10 @@ def test_maintenance_jobs_go_to_the_configured_queue(database_url: str, tmp_path
     try:
         schedule = maintenance.beat_schedule(h.romancy.settings)
         assert {e["options"]["queue"] for e in schedule.values()} == {maintenance_queue}
-        # A worker that consumes only that queue runs every job; the steps' queue
-        # stays empty of them.
-        process = celery_worker("tests.worker_app", h._env(), h.folder, maintenance_queue)
+        # A worker started for the steps' queue only (-Q) consumes the maintenance queue
+        # too (the package adds it) and runs every job; the steps' queue stays empty of
+        # them.
+        process = celery_worker("tests.worker_app", h._env(), h.folder, h.queue)
         h._processes.append(process)
         process.start()
         h.beat_process().start()

@@ -21,7 +21,7 @@ def test_defaults_match_the_documented_table() -> None:
     assert settings.recovery_interval == 60
     assert settings.timer_interval == 10
     assert settings.outbox_interval == 60  # a fallback: a commit relays its own rows
-    assert settings.maintenance_queue is None
+    assert settings.maintenance_queue == "romancy.maintenance"
     assert settings.resolved_worker_id() == f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -91,17 +91,19 @@ def test_the_settings_repr_never_shows_the_database_password() -> None:
     assert "lease_timeout=300.0" in repr(settings)
 
 
-def test_maintenance_jobs_stay_on_the_default_queue_unless_one_is_configured() -> None:
-    # None by default: a queue of their own that no worker consumes would stop recovery,
-    # timers and the outbox fallback without an error.
+def test_maintenance_jobs_go_to_a_queue_of_their_own_unless_told_otherwise() -> None:
     default = beat_schedule(RomancySettings.from_celery(Celery("t").conf))
     assert set(default) == MAINTENANCE_TASKS
-    assert all("queue" not in entry["options"] for entry in default.values())
+    assert {entry["options"]["queue"] for entry in default.values()} == {"romancy.maintenance"}
 
     app = Celery("t")
-    app.conf.romancy_maintenance_queue = "romancy.maintenance"
+    app.conf.romancy_maintenance_queue = "ops"
     routed = beat_schedule(RomancySettings.from_celery(app.conf))
-    assert {entry["options"]["queue"] for entry in routed.values()} == {"romancy.maintenance"}
+    assert {entry["options"]["queue"] for entry in routed.values()} == {"ops"}
+
+    app.conf.romancy_maintenance_queue = None  # Celery's default queue, as before 0.2
+    unrouted = beat_schedule(RomancySettings.from_celery(app.conf))
+    assert all("queue" not in entry["options"] for entry in unrouted.values())
 
 
 @pytest.mark.parametrize("queue", ["", "  ", 5])
