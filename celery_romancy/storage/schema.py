@@ -45,6 +45,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def owned_by_instance(**options: Any) -> sa.Column[str]:
+    """The ``instance_id`` of a row that belongs to an instance: deleted with it."""
+    return sa.Column(
+        "instance_id",
+        sa.String(100),
+        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
+        **options,
+    )
+
+
 instances = sa.Table(
     "romancy_instances",
     metadata,
@@ -80,12 +90,7 @@ steps = sa.Table(
     "romancy_steps",
     metadata,
     # Names the message published for this step; a delivery with another token is stale.
-    sa.Column(
-        "instance_id",
-        sa.String(100),
-        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    owned_by_instance(primary_key=True),
     sa.Column("token", sa.String(64), primary_key=True),
     sa.Column("step_id", sa.String(250), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
@@ -130,12 +135,7 @@ history = sa.Table(
     "romancy_history",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column(
-        "instance_id",
-        sa.String(100),
-        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    owned_by_instance(nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("step_id", sa.String(250), nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
@@ -157,12 +157,7 @@ compensations = sa.Table(
     "romancy_compensations",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column(
-        "instance_id",
-        sa.String(100),
-        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    owned_by_instance(nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("step_id", sa.String(250), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
@@ -186,12 +181,7 @@ attempts = sa.Table(
     "romancy_attempts",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column(
-        "instance_id",
-        sa.String(100),
-        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    owned_by_instance(nullable=False),
     sa.Column("step_id", sa.String(250), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("error", sa.JSON(none_as_null=True), nullable=False),
@@ -207,12 +197,7 @@ attempts = sa.Table(
 search = sa.Table(
     "romancy_search",
     metadata,
-    sa.Column(
-        "instance_id",
-        sa.String(100),
-        sa.ForeignKey("romancy_instances.instance_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    owned_by_instance(primary_key=True),
     sa.Column("key", sa.String(100), primary_key=True),
     sa.Column("value", sa.String(200), nullable=False),
     sa.Index("ix_romancy_search_key_value", "key", "value"),
