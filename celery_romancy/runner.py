@@ -290,32 +290,30 @@ class StepRunner:
         return FailedAttempt(error, retry_in)
 
     def _step_failed(self, claim: Claim, error: dict[str, Any], will_retry: bool) -> None:
-        command = claim.command
-        signals.send(
-            signals.step_failed,
-            self.romancy,
-            instance_id=claim.instance.instance_id,
-            workflow=claim.instance.workflow_name,
-            step_id=attempt_step_id(command),
-            attempt=command.attempt,
-            error=error,
-            will_retry=will_retry,
-        )
+        self._announce(signals.step_failed, claim, error=error, will_retry=will_retry)
 
     def _step_recorded(self, claim: Claim, started_at: datetime | None, outcome: str) -> None:
         command = claim.command
-        signals.send(
+        self._announce(
             signals.step_recorded,
-            self.romancy,
-            instance_id=claim.instance.instance_id,
-            workflow=claim.instance.workflow_name,
-            step_id=attempt_step_id(command),
+            claim,
             kind=str(command.kind),
             name=command.name,
-            attempt=command.attempt,
             started_at=started_at,
             finished_at=utcnow(),
             outcome=outcome,
+        )
+
+    def _announce(self, signal: Any, claim: Claim, **arguments: Any) -> None:
+        """Send a step signal about ``claim``'s attempt."""
+        signals.send(
+            signal,
+            self.romancy,
+            instance_id=claim.instance.instance_id,
+            workflow=claim.instance.workflow_name,
+            step_id=attempt_step_id(claim.command),
+            attempt=claim.command.attempt,
+            **arguments,
         )
 
     def _drop(self, claim: Claim) -> RunOutcome:
