@@ -23,6 +23,7 @@ from .outbox import relay_written
 from .planning import Plan, final_status, plan_outcome, start_rollback
 from .recorded import recorded_rows
 from .replay import replay_recording
+from .signals import announce_transition
 from .states import ACTIVE, TERMINAL, HistoryKind, Status, StepKind
 from .storage import (
     ChildIdTakenError,
@@ -208,8 +209,6 @@ def _committed(
     plan = planned.plan
     for dispatch in plan.dispatches:
         publish(romancy.app, dispatch)
-    from .signals import announce_transition
-
     # Before the news it sends on: a child's end is announced before its parent's.
     announce_transition(romancy, instance, plan.change, plan.add, started)
     for child, child_planned in planned.children:
