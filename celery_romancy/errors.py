@@ -13,6 +13,19 @@ from typing import Any
 class RomancyError(Exception):
     """Root of every error this package raises on purpose."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt without calling ``__init__`` (most take other arguments than ``args``):
+        # Celery checks that a task's exception pickles, and otherwise reports it under
+        # the nearest base class that does (a PoisonStepError as plain RomancyError).
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[RomancyError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigurationError(RomancyError):
     """The package is set up wrongly (settings, registration, database)."""

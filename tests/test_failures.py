@@ -21,7 +21,12 @@ from celery import signals as celery_signals
 from celery.exceptions import Ignore, Reject, Retry, WorkerTerminate
 from celery.utils.serialization import get_pickled_exception
 
-from celery_romancy import ActivityError, RetryPolicy, RomancyError, WorkflowContext
+from celery_romancy import (
+    ActivityError,
+    PoisonStepError,
+    RetryPolicy,
+    WorkflowContext,
+)
 from celery_romancy.definitions import ActivityDefinition, WorkflowDefinition
 from celery_romancy.failures import MAX_ERROR_TEXT, describe_error, rebuild_error
 from celery_romancy.replay import Failed, replay
@@ -536,8 +541,9 @@ def test_a_poisoned_step_fails_its_task_and_parks_its_saga_with_an_error_log(
 
     assert parked.status == "failed"
     [failure] = failures
-    # PoisonStepError does not pickle: Celery passes on the nearest class that does.
-    assert isinstance(failure, RomancyError)
+    # The engine's own error, as itself: it pickles (Celery checks), with its attributes.
+    assert type(failure) is PoisonStepError
+    assert (failure.instance_id, failure.step_id, failure.crashes) == (instance_id, "reserve:1", 1)
     assert f"step reserve:1 of instance {instance_id} lost its worker 1 times" in str(failure)
     assert one_crash.ledger.count("reserve:P-9") == 0  # the step never ran again
     [record] = [

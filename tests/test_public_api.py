@@ -105,3 +105,31 @@ def test_package_ships_its_type_marker() -> None:
     from importlib.resources import files
 
     assert files("celery_romancy").joinpath("py.typed").is_file()
+
+
+def test_every_error_pickles_as_itself_with_its_attributes() -> None:
+    """Celery checks that a task's exception pickles; one that does not is reported under
+    the nearest base class that does (a PoisonStepError as a plain RomancyError)."""
+    import pickle
+
+    from celery.utils.serialization import get_pickleable_exception
+
+    from celery_romancy.errors import LeaseHeldError
+
+    samples = [
+        celery_romancy.PoisonStepError("i-1", "reserve:1", 3),
+        celery_romancy.ChildWorkflowError("c-1", "payment", "cancelled", None, "stop"),
+        celery_romancy.NonDeterminismError("i-1", 2, "charge:1", "refund:1"),
+        celery_romancy.WorkflowAlreadyStartedError("i-1", "is taken"),
+        celery_romancy.EventTimeoutError("paid", 5.0),
+        celery_romancy.ActivityError("shop.Declined", "no"),
+        celery_romancy.WorkflowFailedError("i-1", "failed", {"type": "X", "message": "m"}),
+        celery_romancy.SerializationError("bad", path="order.total", problem="not a number"),
+        LeaseHeldError("i-1", 2.5),
+    ]
+    for error in samples:
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error)
+        assert (again.args, again.__dict__) == (error.args, error.__dict__)
+        assert str(again) == str(error)
+        assert type(get_pickleable_exception(error)) is type(error)
