@@ -407,17 +407,25 @@ def first_recorded_after(rig: Rig, moment: datetime) -> float:
     return (min(later) - moment).total_seconds()
 
 
+def seeded_rig(
+    database_url: str, tmp_path: Path, rigs: list[Rig]
+) -> tuple[Rig, random.Random, int]:
+    """A rig and the random choices of one run, from ``ROMANCY_CHAOS_SEED`` or a new seed
+    (printed, so a failure can be run again)."""
+    seed = int(os.environ.get("ROMANCY_CHAOS_SEED", random.randrange(1_000_000)))
+    print(f"\nROMANCY_CHAOS_SEED={seed}")
+    rig = Rig(database_url, tmp_path)
+    rigs.append(rig)
+    return rig, random.Random(seed), seed
+
+
 # -- 1. SIGKILL the worker, again and again ---------------------------------------------
 
 
 def test_sigkilled_workers_lose_no_workflow_and_record_every_step_once(
     database_url: str, tmp_path: Path, rigs: list[Rig]
 ) -> None:
-    seed = int(os.environ.get("ROMANCY_CHAOS_SEED", random.randrange(1_000_000)))
-    print(f"\nROMANCY_CHAOS_SEED={seed}")  # shown with a failure: to run it again
-    rng = random.Random(seed)
-    rig = Rig(database_url, tmp_path)
-    rigs.append(rig)
+    rig, rng, seed = seeded_rig(database_url, tmp_path, rigs)
     began = time.monotonic()
 
     rig.beat()
@@ -671,11 +679,7 @@ def repeated(keys: list[Any]) -> list[Any]:
 def test_sigkilled_workers_start_every_child_once_and_end_every_tree(
     database_url: str, tmp_path: Path, rigs: list[Rig]
 ) -> None:
-    seed = int(os.environ.get("ROMANCY_CHAOS_SEED", random.randrange(1_000_000)))
-    print(f"\nROMANCY_CHAOS_SEED={seed}")  # shown with a failure: to run it again
-    rng = random.Random(seed)
-    rig = Rig(database_url, tmp_path)
-    rigs.append(rig)
+    rig, rng, seed = seeded_rig(database_url, tmp_path, rigs)
     began = time.monotonic()
 
     # Crashes where a kill at random rarely lands: a worker SIGKILLs itself right after
