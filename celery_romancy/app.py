@@ -244,14 +244,23 @@ class Romancy:
         parent: str | None = None,
         root: str | None = None,
         search: Mapping[str, str] | None = None,
+        version: str | None = None,
     ) -> list[WorkflowInstance]:
         """Instances, newest first. ``parent``: the children of that instance; ``root``:
         every instance of the tree a workflow started on its own (pass that workflow's
         id), the root included; ``search``: the instances having all these business keys
-        (``{"order_id": "ORD-4"}``, set at the start or by ``ctx.set_search_attributes``)."""
+        (``{"order_id": "ORD-4"}``, set at the start or by ``ctx.set_search_attributes``);
+        ``version``: the instances started under that code version
+        (``@romancy.workflow(name, version=...)``)."""
         keys = None if search is None else checked_search(search)
         return self.storage.find_instances(
-            status=status, workflow=workflow, limit=limit, parent=parent, root=root, search=keys
+            status=status,
+            workflow=workflow,
+            limit=limit,
+            parent=parent,
+            root=root,
+            search=keys,
+            version=version,
         )
 
     def search_attributes(self, instance_id: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
     COMPENSATION_FAILED = "compensation_failed"
     COMPENSATED = "compensated"  # a completed child workflow undone by its parent's rollback
+    CONTINUED = "continued"  # handed over to its next run (ctx.continue_as_new)
 
 
 TERMINAL = frozenset(
@@ -31,6 +32,7 @@ TERMINAL = frozenset(
         Status.CANCELLED,
         Status.COMPENSATION_FAILED,
         Status.COMPENSATED,
+        Status.CONTINUED,
     }
 )
 # An operator may cancel these; a worker may still move them on.
@@ -68,6 +70,7 @@ class HistoryKind(StrEnum):
     GATHER = "gather"  # the branch list of a ctx.gather / ctx.map, checked on replay
     CHILD = "child"  # how a child workflow ended: its output, or ChildWorkflowError
     SEARCH_ATTRIBUTES = "search_attributes"  # ctx.set_search_attributes: the values set
+    MARKER = "marker"  # ctx.patched: this run took the patched path
 
 
 class RunOutcome(StrEnum):

@@ -113,10 +113,12 @@ class InstanceQueries(StoreBase):
         parent: str | None = None,
         root: str | None = None,
         search: Mapping[str, str] | None = None,
+        version: str | None = None,
     ) -> list[WorkflowInstance]:
         """Newest first. ``parent``: that instance's children; ``root``: every instance
         of the tree whose root (a workflow started on its own) has that id, the root
-        included; ``search``: instances with every one of these business keys."""
+        included; ``search``: instances with every one of these business keys;
+        ``version``: those started under that code version."""
         t = schema.instances
         stmt = sa.select(t).order_by(t.c.created_at.desc(), t.c.instance_id).limit(limit)
         if status is not None:
@@ -124,6 +126,8 @@ class InstanceQueries(StoreBase):
             stmt = stmt.where(t.c.status.in_(statuses))
         if workflow is not None:
             stmt = stmt.where(t.c.workflow_name == workflow)
+        if version is not None:
+            stmt = stmt.where(t.c.workflow_version == version)
         if parent is not None:
             stmt = stmt.where(t.c.parent_instance_id == parent)
         if root is not None:

@@ -33,6 +33,10 @@ class WorkflowInstance:
     parent_instance_id: str | None = None
     root_instance_id: str | None = None
     parent_close: str | None = None
+    # The code version it was started under, and the run it continues
+    # (``ctx.continue_as_new``); None when not given / for a first run.
+    workflow_version: str | None = None
+    continued_from: str | None = None
 
     @property
     def is_terminal(self) -> bool:

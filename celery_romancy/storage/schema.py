@@ -76,8 +76,20 @@ instances = sa.Table(
     sa.Column("root_instance_id", sa.String(100)),
     # A child's fate when its parent ends first: "cancel" or "abandon".
     sa.Column("parent_close", sa.String(16)),
+    # The code version the instance was started under (``@romancy.workflow(name,
+    # version=...)``): which old instances must drain before old code can go.
+    sa.Column("workflow_version", sa.String(64)),
+    # ``ctx.continue_as_new``: the run this one continues (NULL for a first run).
+    sa.Column("continued_from", sa.String(100)),
     sa.Index("ix_romancy_instances_workflow_status", "workflow_name", "status"),
-    sa.Index("ix_romancy_instances_created", "created_at"),
+    # Newest first, page by page (keyset on created_at, instance_id): the dashboard and
+    # ``find_instances``, with or without a status filter.
+    sa.Index("ix_romancy_instances_created", "created_at", "instance_id"),
+    sa.Index("ix_romancy_instances_status_created", "status", "created_at", "instance_id"),
+    # Retention: finished instances by when they ended.
+    sa.Index("ix_romancy_instances_status_updated", "status", "updated_at"),
+    sa.Index("ix_romancy_instances_workflow_version", "workflow_name", "workflow_version"),
+    sa.Index("ix_romancy_instances_continued_from", "continued_from"),
     sa.Index("ix_romancy_instances_parent", "parent_instance_id"),
     sa.Index("ix_romancy_instances_root", "root_instance_id"),
 )
@@ -189,6 +201,20 @@ attempts = sa.Table(
     sa.Column("worker_id", sa.String(200)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Index("ix_romancy_attempts_step", "instance_id", "step_id", "attempt"),
+)
+
+# What operators did to an instance (cancel, resume, retry a compensation, send an
+# event), who did it and from where: shown with its history, deleted with it.
+operator_actions = sa.Table(
+    "romancy_operator_actions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    owned_by_instance(nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(200)),
+    sa.Column("detail", sa.JSON(none_as_null=True)),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_romancy_operator_actions_instance", "instance_id", "id"),
 )
 
 # Business keys ("order_id" = "ORD-4"): set at the start (``start_workflow(search=...)``)
