@@ -21,6 +21,7 @@ from .errors import (
     WorkflowFailedError,
 )
 from .heartbeat import LeaseKeeper
+from .patching import checked_version
 from .recorded import checked_search
 from .registry import Registry
 from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
@@ -99,13 +100,17 @@ class Romancy:
     # -- decorators -----------------------------------------------------------------------
 
     def workflow(
-        self, name: str
+        self, name: str, *, version: str | None = None
     ) -> Callable[[Callable[Concatenate[Any, P], R]], WorkflowDefinition[P, R]]:
-        """Register a workflow: ``fn(ctx, *input) -> output``, replayed from history."""
+        """Register a workflow: ``fn(ctx, *input) -> output``, replayed from history.
+
+        ``version``: a short string (``"3"``) stamped on each instance it starts, to
+        find the instances of older code (``find_instances(version=...)``)."""
         _check_name(name)
+        checked_version(version)  # a bad one fails at the decorator, not at its use
 
         def register(fn: Callable[Concatenate[Any, P], R]) -> WorkflowDefinition[P, R]:
-            definition = WorkflowDefinition(name, fn)
+            definition = WorkflowDefinition(name, fn, version)
             self.registry.add(definition)
             return definition
 

@@ -100,6 +100,11 @@ def _romancy(ctx: click.Context) -> Romancy:
     help="Only instances in this status (repeatable).",
 )
 @click.option("--workflow", help="Only instances of this workflow.")
+@click.option(
+    "--version",
+    "code_version",
+    help="Only instances started under this code version (@romancy.workflow(version=...)).",
+)
 @click.option("--parent", help="Only the child workflows of this instance.")
 @click.option(
     "--search",
@@ -123,6 +128,7 @@ def list_instances(
     ctx: click.Context,
     statuses: tuple[str, ...],
     workflow: str | None,
+    code_version: str | None,
     parent: str | None,
     search_pairs: tuple[str, ...],
     root: str | None,
@@ -137,6 +143,7 @@ def list_instances(
             for name, value in (
                 ("--status", statuses),
                 ("--workflow", workflow),
+                ("--version", code_version),
                 ("--parent", parent),
                 ("--search", search_pairs),
                 ("--limit", limit),
@@ -157,9 +164,27 @@ def list_instances(
             limit=limit or LIST_LIMIT,
             parent=parent,
             search=search or None,
+            version=code_version,
         )
     if as_json:
         click.echo(json.dumps([_summary(i) for i in found], indent=2))
+        return
+    if any(i.workflow_version is not None for i in found):
+        # Versioned code: which instances of which version still run (to drain).
+        _table(
+            ("INSTANCE", "WORKFLOW", "VERSION", "STATUS", "UPDATED", "NOTE"),
+            [
+                (
+                    i.instance_id,
+                    i.workflow_name,
+                    i.workflow_version or "-",
+                    i.status,
+                    _time(i.updated_at),
+                    _note(i),
+                )
+                for i in found
+            ],
+        )
         return
     rows = [
         (i.instance_id, i.workflow_name, i.status, _time(i.updated_at), _note(i)) for i in found
@@ -269,6 +294,8 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
         fields.insert(2, ("parent", f"{instance.parent_instance_id}{closing}"))
         if instance.root_instance_id not in (None, instance.parent_instance_id):
             fields.insert(3, ("root", str(instance.root_instance_id)))
+    if instance.workflow_version is not None:
+        fields.insert(2, ("version", instance.workflow_version))  # right under the workflow
     if instance.error:
         fields.append(("error", _error(instance.error)))
         undo_error = instance.error.get("compensation_error")
@@ -459,6 +486,8 @@ def _step_rows(
         if event.kind == HistoryKind.GATHER:
             branches = event.result if isinstance(event.result, list) else []
             outcome = f"{len(branches)} branches"
+        elif event.kind == HistoryKind.MARKER:
+            outcome = f"patched {event.name!r}: the new code path"
         elif event.error:
             outcome = f"error {_error(event.error, step=False)}"
         else:
@@ -619,6 +648,7 @@ def _summary(instance: WorkflowInstance) -> dict[str, Any]:
         "parent_instance_id": instance.parent_instance_id,
         "root_instance_id": instance.root_instance_id,
         "parent_close": instance.parent_close,
+        "workflow_version": instance.workflow_version,
     }
 
 

@@ -11,6 +11,7 @@ from .commands import ActivityCommand, child_command, derived_child_id
 from .definitions import ChildSignature, CompensationDefinition, StepSignature, WorkflowDefinition
 from .errors import ConfigurationError, NonDeterminismError, Suspend, WorkflowAlreadyStartedError
 from .failures import rebuild_error
+from .patching import checked_patch_id, is_marker_of, marker, unreached
 from .recorded import checked_search, search_event
 from .serialization import decode, encode
 from .states import HistoryKind, StepKind
@@ -50,6 +51,7 @@ class WorkflowContext:
         in_flight: Collection[str] = (),
         registry: Registry | None = None,
         max_payload_bytes: int | None = None,
+        waits: Collection[str] = (),
     ) -> None:
         self.instance_id = instance_id
         self.workflow_name = workflow_name
@@ -76,6 +78,10 @@ class WorkflowContext:
         self.started: list[ActivityCommand] = []
         self._registry = registry
         self._max_payload_bytes = max_payload_bytes
+        # Timers and event waits begun and not over: with ``in_flight``, what tells
+        # ``patched`` that older code already went further than the body has got.
+        self._waits = frozenset(waits)
+        self._patches: dict[str, bool] = {}  # what ``patched`` answered, by patch id
 
     @property
     def is_replaying(self) -> bool:
@@ -164,6 +170,49 @@ class WorkflowContext:
         position, step_id, event = self._next_position("set_search_attributes")
         if event is None:
             self._record(search_event(position, step_id, given))
+
+    def patched(self, patch_id: str) -> bool:
+        """True where this instance takes the code path added under ``patch_id``; False
+        where it got here under older code, which did not have it.
+
+        ``if ctx.patched("fraud-check"): <new code> else: <old code>``. The first run to
+        get here records a marker (committed with the next step; ``romancy show`` lists
+        it) and goes the new way on every replay; an instance whose history already goes
+        past this point without the marker goes the old way, on every replay. Once no
+        instance without the marker is left, ``ctx.deprecate_patch`` replaces the call.
+        """
+        patch_id = checked_patch_id(patch_id)
+        if patch_id not in self._patches:
+            self._patches[patch_id] = self._take_patch(patch_id)
+        return self._patches[patch_id]
+
+    def _take_patch(self, patch_id: str) -> bool:
+        """The rule of ``patching.py``: the marker recorded here, or the first run here."""
+        if is_marker_of(self._history.get(self._position), patch_id):
+            self._position += 1
+            return True
+        if not self._first_here():
+            return False  # old code went past here without the marker
+        self._record(marker(self._position, patch_id))
+        self._position += 1
+        return True
+
+    def _first_here(self) -> bool:
+        """No run got past this position before: nothing recorded at or after it, and
+        no step in flight (or wait begun) that the body has not reached."""
+        if self._last_seq >= self._position:
+            return False
+        sent = (*self._in_flight, *self._waits)
+        return not any(unreached(step_id, self._name_counts) for step_id in sent)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Where ``ctx.patched(patch_id)`` was, once every instance that went the old way
+        has ended: instances that recorded the marker replay past it, new ones record
+        none. The old path is gone from the code, so only new-path instances may run it.
+        """
+        patch_id = checked_patch_id(patch_id)
+        if is_marker_of(self._history.get(self._position), patch_id):
+            self._position += 1
 
     def publish_event(self, event_type: str, data: Any = None) -> None:
         """Publish an event through the transactional outbox, once per workflow run.

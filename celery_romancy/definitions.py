@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from .errors import ConfigurationError, InvalidArgumentsError
+from .patching import checked_version
 from .retry import RetryPolicy
 from .signatures import CallShape
 from .validation import MAX_NAME_LENGTH, check_identifier
@@ -218,10 +219,17 @@ class ChildSignature(Generic[R]):
 class WorkflowDefinition(Generic[P, R]):
     """A workflow: a plain function of a context and its input, replayed from history."""
 
-    def __init__(self, name: str, fn: Callable[Concatenate[WorkflowContext, P], R]) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[Concatenate[WorkflowContext, P], R],
+        version: str | None = None,
+    ) -> None:
         self.name = check_identifier(name, "a workflow name", MAX_NAME_LENGTH)
         self.fn = fn
         self.shape = CallShape(fn, skip_first=True, name=name)
+        # The code version each new instance is stamped with (None: not given).
+        self.version = checked_version(version)
 
     def __call__(self, ctx: WorkflowContext, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(ctx, *args, **kwargs)

@@ -128,14 +128,18 @@ class WaitTimeoutError(RomancyError, TimeoutError):
 class NonDeterminismError(RomancyError):
     """Replay met a different call at a position that history already records."""
 
-    def __init__(self, instance_id: str, position: int, recorded: str, called: str) -> None:
+    def __init__(
+        self, instance_id: str, position: int, recorded: str, called: str, note: str = ""
+    ) -> None:
         self.instance_id = instance_id
         self.position = position
         self.recorded = recorded
         self.called = called
+        # What the deploy has to do with it (code versions, an unknown patch).
+        self.note = note
         super().__init__(
             f"nondeterministic workflow: instance {instance_id} step #{position} is recorded "
-            f"as {recorded!r} but the code now calls {called!r}"
+            f"as {recorded!r} but the code now calls {called!r}" + (f"; {note}" if note else "")
         )
 
 

@@ -83,15 +83,17 @@ def replay_recording(
     in_flight: Collection[str] = (),
     registry: Registry | None = None,
     max_payload_bytes: int | None = None,
+    waits: Collection[str] = (),
 ) -> Replayed:
     """Replay, and also return what this replay recorded and started on its own.
 
     ``in_flight``: the step ids of activities and child workflows sent and not recorded
     yet (branches of a gather that are still running, children that run).
-    ``registry``: where child workflows are looked up.
+    ``registry``: where child workflows are looked up. ``waits``: the step ids of the
+    timers and event waits begun and not over.
     """
     ctx = WorkflowContext(
-        instance_id, workflow.name, history, in_flight, registry, max_payload_bytes
+        instance_id, workflow.name, history, in_flight, registry, max_payload_bytes, waits
     )
     try:
         value = workflow.run(ctx, input_data)

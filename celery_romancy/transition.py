@@ -20,9 +20,10 @@ from .dispatch import publish
 from .errors import WorkflowAlreadyStartedError
 from .failures import describe_error
 from .outbox import relay_written
+from .patching import explained
 from .planning import Plan, final_status, plan_outcome, start_rollback
 from .recorded import recorded_rows
-from .replay import replay_recording
+from .replay import Diverged, replay_recording
 from .signals import announce_transition
 from .states import ACTIVE, TERMINAL, HistoryKind, Status, StepKind
 from .storage import (
@@ -192,6 +193,8 @@ def planned_start(
         "parent_instance_id": new.parent_instance_id,
         "root_instance_id": new.root_instance_id,
         "parent_close": new.parent_close,
+        # Stamped with the version of the code that starts it (a child: its own).
+        "workflow_version": romancy.registry.workflow(new.workflow_name).version,
         **change.columns(),
     }
     return values, replace(planned.rows, add_steps=plan.add, search=dict(search or {})), planned
@@ -263,6 +266,7 @@ def replayed(
         workflow = romancy.registry.workflow(instance.workflow_name)
         history = [*snapshot.history, *step_rows.events]
         running = {s.step_id for s in in_flight if s.kind in (StepKind.ACTIVITY, StepKind.CHILD)}
+        waits = {s.step_id for s in in_flight if s.kind in (StepKind.TIMER, StepKind.WAIT_EVENT)}
         refused: list[HistoryEvent] = []
         while True:
             replay = replay_recording(
@@ -273,8 +277,13 @@ def replayed(
                 running,
                 romancy.registry,
                 romancy.settings.max_payload_bytes,
+                waits,
             )
             rows = recorded_rows([*refused, *replay.events])
+            outcome = replay.outcome
+            if isinstance(outcome, Diverged):
+                versions = instance.workflow_version, workflow.version
+                outcome = Diverged(explained(outcome.error, history, *versions))
 
             def compensations() -> list[CompensationRecord]:
                 # Newest first: what this transition registers, then what is stored.
@@ -284,7 +293,7 @@ def replayed(
             plan = plan_outcome(
                 instance,
                 instance.cancel_reason,
-                replay.outcome,
+                outcome,
                 in_flight,
                 compensations,
                 romancy.registry.compensation_queue,
