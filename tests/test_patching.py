@@ -5,15 +5,21 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.bin.base import CLIContext
+from click.testing import CliRunner
 
 from celery_romancy import Romancy, WorkflowContext
+from celery_romancy.cli import romancy as romancy_command
 from celery_romancy.definitions import ActivityDefinition, WorkflowDefinition
+from celery_romancy.embedded import in_process_worker
 from celery_romancy.errors import InvalidArgumentsError, NonDeterminismError
 from celery_romancy.patching import explained
 from celery_romancy.replay import Completed, Diverged, Replayed, Waiting, replay_recording
@@ -340,3 +346,223 @@ def test_a_bad_version_fails_at_the_decorator(version: Any) -> None:
 def test_the_version_is_kept_on_the_definition() -> None:
     assert v2.version == "2"
     assert WorkflowDefinition("plain", _child).version is None
+
+
+# -- real deploys: one release's workers stopped, the next one's started -------------------
+
+
+class Deploy:
+    """Releases of the order workflow (``upgrade_flows.py``) on one database and queue:
+    each release's client here (it starts instances, sends events, resumes: those
+    replay too), its workers in ``celery worker`` processes of their own."""
+
+    def __init__(self, database_url: str, folder: Path) -> None:
+        self.database_url = database_url
+        self.folder = folder
+        self.queue = f"romancy-upgrade-{uuid.uuid4().hex[:10]}"
+        self.ledger = Ledger(folder / "ledger.log")
+        self._clients: dict[str, Romancy] = {}
+        self._workers: list[CeleryProcess] = []
+
+    def client(self, release: str) -> Romancy:
+        if release not in self._clients:
+            _, romancy = build_release(
+                release, self.database_url, REDIS_URL, self.folder, self.queue
+            )
+            self._clients[release] = romancy
+        return self._clients[release]
+
+    def worker(self, release: str) -> CeleryProcess:
+        env = {
+            **os.environ,
+            "ROMANCY_TEST_RELEASE": release,
+            "ROMANCY_TEST_DB": self.database_url,
+            "ROMANCY_TEST_BROKER": REDIS_URL,
+            "ROMANCY_TEST_DIR": str(self.folder),
+            "ROMANCY_TEST_QUEUE": self.queue,
+            "PYTHONPATH": str(ROOT),
+        }
+        process = celery_worker(
+            "tests.upgrade_worker", env, self.folder, self.queue, concurrency=4, pool="threads"
+        )
+        self._workers.append(process)
+        return process.start()
+
+    @contextmanager
+    def worker_in_process(self, release: str) -> Iterator[None]:
+        """A real worker of ``release`` too, on threads of this process (quicker to start
+        and stop than a ``celery worker``; the same engine code runs the steps)."""
+        with in_process_worker(self.client(release).app, concurrency=4):
+            yield
+
+    def statuses(self, instance_ids: list[str]) -> dict[str, str]:
+        store = self.client("1").storage
+        return {i: str(getattr(store.get_instance(i), "status", None)) for i in instance_ids}
+
+    def wait_until(self, instance_ids: list[str], *statuses: str, timeout: float = 60) -> None:
+        def reached() -> bool:
+            return all(s in statuses for s in self.statuses(instance_ids).values())
+
+        wait_for(reached, timeout, f"{len(instance_ids)} instances to be {' or '.join(statuses)}")
+
+    def close(self) -> None:
+        for process in self._workers:
+            process.stop()
+        redis_client(REDIS_URL).delete(self.queue, f"{self.queue}.maintenance")
+        for romancy in self._clients.values():
+            romancy.storage.dispose()
+
+
+@pytest.fixture
+def deploy(database_url: str, tmp_path: Path) -> Iterator[Deploy]:
+    rig = Deploy(database_url, tmp_path)
+    yield rig
+    rig.close()
+
+
+OLD = [f"old-{i}" for i in range(20)]
+NEW = [f"new-{i}" for i in range(5)]
+
+
+def twenty_waiting_under_release_1(deploy: Deploy) -> CeleryProcess:
+    """20 instances started under release 1, each waiting for its approval; the
+    release 1 worker that ran them, still running."""
+    worker = deploy.worker("1")
+    for order_id in OLD:
+        deploy.client("1").start_workflow(WORKFLOW, order_id, instance_id=order_id)
+    deploy.wait_until(OLD, Status.WAITING_FOR_EVENT)
+    return worker
+
+
+def old_path_ran(ledger: Ledger, order_id: str) -> bool:
+    events = [e for e in ledger.events() if e.split(":")[1] == order_id]
+    return events == [f"reserve:{order_id}", f"charge:{order_id}"]
+
+
+def new_path_ran(ledger: Ledger, order_id: str) -> bool:
+    events = [e for e in ledger.events() if e.split(":")[1] == order_id]
+    return events == [
+        f"check_fraud:{order_id}",
+        f"reserve:{order_id}",
+        f"charge_scored:{order_id}:7",
+    ]
+
+
+def test_with_a_patch_old_instances_finish_the_old_way_and_new_ones_the_new_way(
+    deploy: Deploy,
+) -> None:
+    old_worker = twenty_waiting_under_release_1(deploy)
+    old_worker.stop()
+    deploy.worker("2")  # the deploy: release 2's worker replaces release 1's
+    release_2 = deploy.client("2")
+    for order_id in NEW:
+        release_2.start_workflow(WORKFLOW, order_id, instance_id=order_id)
+    for order_id in [*OLD, *NEW]:
+        release_2.send_event("approved", instance_id=order_id)  # kept until it waits
+
+    deploy.wait_until([*OLD, *NEW], *TERMINAL_NAMES)
+
+    store = release_2.storage
+    outputs = {i: store.get_instance(i) for i in [*OLD, *NEW]}
+    assert {i: (o.status, o.output_data) for i, o in outputs.items()} == {
+        **{i: ("completed", "charged") for i in OLD},
+        **{i: ("completed", "charged with score 7") for i in NEW},
+    }
+    assert all(old_path_ran(deploy.ledger, i) for i in OLD), deploy.ledger.events()
+    assert all(new_path_ran(deploy.ledger, i) for i in NEW), deploy.ledger.events()
+    # Only the new instances took the patch; the old ones still tell their version.
+    assert store.get_history("new-0")[0].step_id == "patch:fraud-check"
+    assert all(e.kind != "marker" for i in OLD for e in store.get_history(i))
+    assert sorted(i.instance_id for i in release_2.find_instances(version="1")) == sorted(OLD)
+    assert sorted(i.instance_id for i in release_2.find_instances(version="2")) == sorted(NEW)
+
+    # What an operator sees: which instances of release 1 are left, and the marker.
+    listing = operator(release_2, "list", "--version", "1", "--limit", "100").splitlines()
+    assert listing[0].split() == ["INSTANCE", "WORKFLOW", "VERSION", "STATUS", "UPDATED", "NOTE"]
+    assert sorted(line.split()[0] for line in listing[1:]) == sorted(OLD)
+    assert {tuple(line.split()[1:4]) for line in listing[1:]} == {(WORKFLOW, "1", "completed")}
+    shown = operator(release_2, "show", "new-0")
+    assert "version   2\n" in shown
+    marker_row = next(line for line in shown.splitlines() if "patch:fraud-check" in line)
+    assert marker_row.split()[:3] == ["0", "patch:fraud-check", "marker"]
+    assert marker_row.endswith("patched 'fraud-check': the new code path")
+
+
+def operator(romancy: Romancy, *args: str) -> str:
+    """``celery -A <app> romancy <args>``'s output (run in this process)."""
+    context = CLIContext(app=romancy.app, no_color=True, workdir=None)
+    result = CliRunner().invoke(romancy_command, list(args), obj=context)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+TERMINAL_NAMES = ("completed", "failed", "cancelled", "compensation_failed")
+
+
+def test_without_a_patch_old_instances_are_parked_naming_the_versions_never_run_wrong(
+    deploy: Deploy,
+) -> None:
+    old_worker = twenty_waiting_under_release_1(deploy)
+    old_worker.stop()
+    unpatched = deploy.client("2-unpatched")
+    with deploy.worker_in_process("2-unpatched"):
+        for order_id in NEW:
+            unpatched.start_workflow(WORKFLOW, order_id, instance_id=order_id)
+        for order_id in [*OLD, *NEW]:
+            unpatched.send_event("approved", instance_id=order_id)
+        deploy.wait_until([*OLD, *NEW], *TERMINAL_NAMES)
+
+    store = unpatched.storage
+    for order_id in OLD:
+        instance = store.get_instance(order_id)
+        assert instance is not None and instance.status == "failed"
+        assert instance.error is not None
+        assert instance.error["type"] == "celery_romancy.errors.NonDeterminismError"
+        assert (
+            "is recorded as 'upgrade_reserve:1' but the code now calls "
+            "'upgrade_check_fraud:1'; it was started under version '1'; this worker runs "
+            "version '2'; keep old instances on their old path with ctx.patched"
+        ) in instance.error["message"]
+    assert all(new_path_ran(deploy.ledger, i) for i in NEW), deploy.ledger.events()
+    # No old instance ran a step of the new code: each only reserved, before the deploy.
+    assert all(
+        [e for e in deploy.ledger.events() if e.split(":")[1] == i] == [f"reserve:{i}"] for i in OLD
+    )
+
+    # Parked, not lost: with the patched release deployed, each resumes the old way.
+    with deploy.worker_in_process("2"):
+        for order_id in OLD:
+            deploy.client("2").resume(order_id)
+        deploy.wait_until(OLD, *TERMINAL_NAMES)
+    assert set(deploy.statuses(OLD).values()) == {"completed"}
+    assert all(old_path_ran(deploy.ledger, i) for i in OLD), deploy.ledger.events()
+
+
+def test_an_old_worker_that_meets_a_patched_instance_parks_it_instead_of_guessing(
+    deploy: Deploy,
+) -> None:
+    # Mid rolling deploy: a release 2 client starts an instance that only a release 1
+    # worker is there to run. It runs the first step (every release has the activity),
+    # then cannot replay the marker: parked, and its reservation never made.
+    with deploy.worker_in_process("1"):
+        deploy.client("2").start_workflow(WORKFLOW, "early", instance_id="early")
+        deploy.wait_until(["early"], *TERMINAL_NAMES)
+
+    instance = deploy.client("1").get_instance("early")
+    assert instance.status == "failed"
+    assert instance.error is not None
+    message = instance.error["message"]
+    assert "is recorded as 'patch:fraud-check' but the code now calls 'upgrade_reserve:1'" in (
+        message
+    )
+    assert "started under version '2'; this worker runs version '1'" in message
+    assert "patch 'fraud-check' (ctx.patched), which this code does not know" in message
+    assert deploy.ledger.events() == ["check_fraud:early"]
+
+    # Once release 2 runs everywhere, it goes on the new way from where it stopped.
+    with deploy.worker_in_process("2"):
+        deploy.client("2").resume("early")
+        deploy.client("2").send_event("approved", instance_id="early")
+        deploy.wait_until(["early"], *TERMINAL_NAMES)
+    assert deploy.statuses(["early"]) == {"early": "completed"}
+    assert new_path_ran(deploy.ledger, "early"), deploy.ledger.events()
