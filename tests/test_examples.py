@@ -192,6 +192,7 @@ def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
         "example_project/django_shop/urls.py",
         "example_project/fan_out.py",
         "example_project/flask_shop.py",
+        "example_project/upgrades_release_2.py",
         "example_project/watching.py",
         "tests/django_project/proj/settings.py",
     ]
@@ -243,3 +244,19 @@ def test_the_embedded_broker_never_hands_out_a_half_written_message(tmp_path: Pa
     reader.join(60)
     assert failures == []
     assert sorted(received) == list(range(count))
+
+
+def test_the_upgrades_example_finishes_old_orders_the_old_way_and_new_ones_the_new_way(
+    tmp_path: Path,
+) -> None:
+    done = run_example("upgrades.py", tmp_path, PYTHONPATH=str(ROOT))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "release 1 instances still running: ORD-1, ORD-2",
+        "ORD-1 (version 1): charged ORD-1, without a fraud check",
+        "ORD-2 (version 1): charged ORD-2, without a fraud check",
+        "ORD-3 (version 2): charged ORD-3, fraud score 10",
+        "release 1 instances left: 0: its code can go",
+    ]
+    (shown,) = readme_blocks("output of example_project/upgrades.py")
+    assert shown.strip() and shown in done.stdout

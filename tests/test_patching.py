@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from celery_romancy import Romancy, WorkflowContext
 from celery_romancy.cli import romancy as romancy_command
 from celery_romancy.definitions import ActivityDefinition, WorkflowDefinition
-from celery_romancy.embedded import in_process_worker
+from celery_romancy.embedded import embedded_celery, in_process_worker
 from celery_romancy.errors import InvalidArgumentsError, NonDeterminismError
 from celery_romancy.patching import explained
 from celery_romancy.replay import Completed, Diverged, Replayed, Waiting, replay_recording
@@ -566,3 +566,39 @@ def test_an_old_worker_that_meets_a_patched_instance_parks_it_instead_of_guessin
         deploy.wait_until(["early"], *TERMINAL_NAMES)
     assert deploy.statuses(["early"]) == {"early": "completed"}
     assert new_path_ran(deploy.ledger, "early"), deploy.ledger.events()
+
+
+def test_each_instance_is_stamped_with_its_own_workflows_version_children_too(
+    tmp_path: Path,
+) -> None:
+    romancy = Romancy(embedded_celery("versions", tmp_path))
+
+    @romancy.activity("stamp")
+    def stamp(tag: str) -> str:
+        return tag
+
+    @romancy.workflow("stamped_child", version="9")
+    def stamped_child(ctx: WorkflowContext, tag: str) -> str:
+        return stamp.execute(ctx, tag)
+
+    @romancy.workflow("stamped_parent", version="2024-06")
+    def stamped_parent(ctx: WorkflowContext, tag: str) -> str:
+        return ctx.execute_child(stamped_child, tag)
+
+    @romancy.workflow("unversioned")
+    def unversioned(ctx: WorkflowContext, tag: str) -> str:
+        return stamp.execute(ctx, tag)
+
+    # Started, not run: the start commits the parent and the child it starts first.
+    romancy.start_workflow(stamped_parent, "a", instance_id="parent")
+    romancy.start_workflow(unversioned, "b", instance_id="plain")
+    (child_of,) = romancy.find_instances(parent="parent")
+    try:
+        assert romancy.get_instance("parent").workflow_version == "2024-06"
+        assert child_of.workflow_version == "9"
+        assert romancy.get_instance("plain").workflow_version is None
+        assert [i.instance_id for i in romancy.find_instances(version="9")] == [
+            child_of.instance_id
+        ]
+    finally:
+        romancy.storage.dispose()
