@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from celery_romancy.errors import InvalidArgumentsError, NonDeterminismError
 from celery_romancy.patching import explained
 from celery_romancy.replay import Completed, Diverged, Replayed, Waiting, replay_recording
 from celery_romancy.retry import RetryPolicy
-from celery_romancy.states import HistoryKind, Status
-from celery_romancy.storage import HistoryEvent
+from celery_romancy.states import HistoryKind, Status, StepKind
+from celery_romancy.storage import HistoryEvent, Snapshot, StepRef, StepWrite, WorkflowInstance
+from celery_romancy.transition import replayed
 
 from .ledger import Ledger, wait_for
 from .processes import ROOT, CeleryProcess, celery_worker
@@ -206,6 +208,27 @@ def test_a_step_sent_from_beyond_the_patch_by_old_code_keeps_the_old_path(
     else:
         assert replayed.events == []
         assert next_step(replayed) == ("wait_event:approved:1", 1)
+
+
+def test_the_transition_tells_replay_of_the_waits_an_instance_has_begun(tmp_path: Path) -> None:
+    """The engine's side of the rule: a parent woken by its child's end while it waits
+    for an event (begun by old code, after the patch) keeps the old path."""
+    from celery import Celery
+
+    romancy = Romancy(Celery("waits"), database_url=f"sqlite:///{tmp_path / 'unused.db'}")
+    romancy.registry.add(child)
+    romancy.registry.add(starts_then_patched)
+    now = datetime.now(UTC)
+    parent = WorkflowInstance(
+        "o-1", "starts", "running", {"order_id": "o-1"}, None, None, 3, None, now, now
+    )
+    waiting = StepRef("t-1", "wait_event:approved:1", StepKind.WAIT_EVENT, leased=False)
+
+    planned = replayed(romancy, StepWrite())(Snapshot(parent, [CHILD_ENDED], [waiting]))
+
+    assert planned.rows.events == []  # no marker
+    assert planned.plan.add == []  # the wait goes on, nothing new is sent
+    assert planned.plan.change.status == Status.WAITING_FOR_EVENT
 
 
 def test_a_step_in_flight_that_the_body_already_passed_leaves_the_instance_new() -> None:
