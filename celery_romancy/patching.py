@@ -13,11 +13,19 @@ new path. The rule, pure like the rest of replay:
   (committed with the next transition, like a compensation registration) and True.
 
 A workflow that asks about the same patch again in one run gets the same answer.
+
+The marker takes a position, as a step does: replays of a history that has it line up
+(the steps after it sit one further on), and code that does not ask about the patch
+meets the marker where it expects a step, a divergence that parks the instance. Steps
+in flight are known by step id only (``<key>:<n>``), so "not reached yet" means: the
+body has not made its n-th call of that key.
 """
 
 from __future__ import annotations
 
-from .errors import NonDeterminismError
+import re
+
+from .errors import InvalidArgumentsError, NonDeterminismError
 from .states import HistoryKind
 from .storage.records import HistoryEvent
 from .validation import MAX_NAME_LENGTH, check_identifier
@@ -27,9 +35,21 @@ MARKER_PREFIX = "patch:"
 MAX_VERSION_LENGTH = 64
 
 
+# A step's id ends in ":<n>"; a marker's must not look like one ("patch:2" would be the
+# second call of an activity named "patch").
+_LIKE_A_STEP = re.compile(r"(?:^|:)[0-9]+$")
+
+
 def checked_patch_id(patch_id: object) -> str:
-    """A patch id as a history row names it: 1 to 200 characters, no control ones."""
-    return check_identifier(patch_id, "a patch id", MAX_NAME_LENGTH)
+    """A patch id as a history row names it: 1 to 200 characters, no control ones, not
+    a number and not ending in ``:<number>``."""
+    checked = check_identifier(patch_id, "a patch id", MAX_NAME_LENGTH)
+    if _LIKE_A_STEP.search(checked):
+        raise InvalidArgumentsError(
+            f"a patch id must not be a number or end in ':<number>', not {checked!r}: "
+            "name the change, e.g. 'fraud-check'"
+        )
+    return checked
 
 
 def marker_step_id(patch_id: str) -> str:

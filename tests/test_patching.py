@@ -345,7 +345,7 @@ def test_positions_count_every_branch_of_a_gather() -> None:
     assert old.outcome == Completed("old")
 
 
-@pytest.mark.parametrize("patch_id", ["", 7, "x" * 201, "bad\nid"])
+@pytest.mark.parametrize("patch_id", ["", 7, "x" * 201, "bad\nid", "2", "fraud:3"])
 def test_a_bad_patch_id_raises_at_the_call_and_records_nothing(patch_id: Any) -> None:
     def _bad(ctx: WorkflowContext) -> None:
         ctx.patched(patch_id)
