@@ -22,7 +22,7 @@ from .failures import describe_error
 from .outbox import relay_written
 from .planning import Plan, final_status, plan_outcome, start_rollback
 from .recorded import recorded_rows
-from .replay import replay_recording
+from .replay import ContinuedAsNew, replay_recording
 from .signals import announce_transition
 from .states import ACTIVE, TERMINAL, HistoryKind, Status, StepKind
 from .storage import (
@@ -113,6 +113,7 @@ def _try(
         registrations=[*base.registrations, *rows.registrations],
         outbox=[*base.outbox, *rows.outbox],
         children=rows.children,
+        events_move_to=rows.events_move_to,
     )
     result = romancy.storage.commit(snapshot, write, claim, conn)
     if result is CommitResult.COMMITTED:
@@ -275,6 +276,11 @@ def replayed(
                 romancy.settings.max_payload_bytes,
             )
             rows = recorded_rows([*refused, *replay.events])
+            outcome = replay.outcome
+            if isinstance(outcome, ContinuedAsNew):
+                from . import continuation
+
+                outcome = continuation.allowed(romancy, instance, outcome, history)
 
             def compensations() -> list[CompensationRecord]:
                 # Newest first: what this transition registers, then what is stored.
@@ -284,7 +290,7 @@ def replayed(
             plan = plan_outcome(
                 instance,
                 instance.cancel_reason,
-                replay.outcome,
+                outcome,
                 in_flight,
                 compensations,
                 romancy.registry.compensation_queue,
@@ -308,6 +314,11 @@ def replayed(
             values, write, child_planned = planned_start(romancy, child)
             rows.children.append(ChildStart(values, write))
             planned.children.append((child, child_planned))
+        if plan.continue_with is not None:
+            from . import continuation
+
+            events = [*step_rows.events, *rows.events]
+            continuation.start_next_run(romancy, instance, plan.continue_with, events, planned)
         return planned
 
     return plan_for

@@ -170,6 +170,13 @@ class StepProtocol(InstanceQueries):
             worker_id = claim.worker_id if claim is not None else None
             version = snapshot.instance.version + 1
             self.insert_rows(conn, instance_id, worker_id, write, now, version)
+            if write.events_move_to is not None:
+                e = schema.events
+                conn.execute(
+                    sa.update(e)
+                    .where(e.c.instance_id == instance_id, e.c.consumed_by.is_(None))
+                    .values(instance_id=write.events_move_to)
+                )
             if write.compensation_update is not None:
                 step_id, changes = write.compensation_update
                 c = schema.compensations
