@@ -50,7 +50,7 @@ def register_loops(romancy: Romancy, folder: Path) -> None:
     @romancy.workflow("l_bad_next")
     def l_bad_next(ctx: WorkflowContext, count: int) -> int:
         l_add.execute(ctx, count, 0, 1)
-        ctx.continue_as_new("three")  # type: ignore[arg-type]  # not an int: refused
+        ctx.continue_as_new("three")  # not an int: refused at the call
         return count
 
     @romancy.workflow("l_child_loop")

@@ -7,9 +7,13 @@ the chain reach the run that holds it now. Pure rules: test_continue_as_new_rule
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
+from celery.bin.base import CLIContext
+from click.testing import CliRunner, Result
 
 from celery_romancy import (
     ChildWorkflowError,
@@ -20,6 +24,7 @@ from celery_romancy import (
     signals,
     transition,
 )
+from celery_romancy.cli import romancy as romancy_command
 from celery_romancy.dispatch import Dispatch
 from celery_romancy.states import Status
 from celery_romancy.storage import ChildStart, StepWrite, Store
@@ -140,6 +145,26 @@ def test_send_event_and_cancel_addressed_to_an_earlier_run_reach_the_current_one
     with pytest.raises(WorkflowFailedError) as failed:
         romancy.result(first)
     assert failed.value.instance_id == f"{first}~3"
+
+    # The command line shows the chain: each run's place in it, and where it is now.
+    shown = cli(harness, "show", first).output
+    assert re.search(rf"^next run +{re.escape(first)}~1$", shown, re.M), shown
+    assert re.search(rf"^current +{re.escape(first)}~3$", shown, re.M), shown
+    shown = cli(harness, "show", f"{first}~2").output
+    assert re.search(rf"^continues +{re.escape(first)}~1$", shown, re.M), shown
+    listed = json.loads(cli(harness, "list", "--workflow", "l_counter", "--json").output)
+    links = {(i["instance_id"], i["continued_from"], i["next_run"]) for i in listed}
+    assert (f"{first}~1", first, f"{first}~2") in links
+    assert (f"{first}~3", f"{first}~2", None) in links
+    table = cli(harness, "list", "--workflow", "l_counter").output
+    assert f"continued as {first}~1" in table
+
+
+def cli(harness: Harness, *args: str) -> Result:
+    context = CLIContext(app=harness.app, no_color=True, workdir=None)
+    result = CliRunner().invoke(romancy_command, list(args), obj=context)
+    assert result.exit_code == 0, result.output
+    return result
 
 
 def test_bad_arguments_for_the_next_run_fail_the_run_and_start_none(harness: Harness) -> None:
