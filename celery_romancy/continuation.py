@@ -8,13 +8,12 @@ workflow (poll, wait, repeat) keeps a bounded history per run.
 
 The runs of one chain are linked by ``continued_from``. The next run's id is
 ``<first run id>~<n>`` (the n-th continuation; hashed when too long), and it keeps
-the workflow's business keys (search attributes) and code version. A run's
-compensations stay with that run: continuing is a commit point, and a later run's
-failure does not undo what an earlier run did. Unconsumed events kept for the run move
-to the next one in the same commit (``StepWrite.events_move_to``).
-
-Not supported in a child workflow (its parent waits for one instance's end): the run
-fails with ``InstanceStateError`` instead.
+the workflow's business keys (search attributes), code version and, for a child
+workflow, its parent. A run's compensations stay with that run: continuing is a commit
+point, and a later run's failure does not undo what an earlier run did (nor does a
+parent's rollback: it undoes the child's last run). The same commit moves the events
+kept for the run and not consumed to the next one, and points the parent's step that
+waits for the child at the next run (``StepWrite.continued_as``, ``chains.hand_over``).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import hashlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import InstanceStateError, WorkflowAlreadyStartedError
+from .errors import WorkflowAlreadyStartedError
 from .failures import describe_error
 from .replay import ContinuedAsNew, Failed, Outcome
 from .storage import ChildStart, HistoryEvent, StepWrite, WorkflowInstance
@@ -51,12 +50,6 @@ def next_run_id(instance: WorkflowInstance) -> str:
 
 def refusal(instance: WorkflowInstance, next_id_taken: bool) -> Exception | None:
     """Why ``instance`` cannot continue as new, if it cannot."""
-    if instance.parent_instance_id is not None:
-        return InstanceStateError(
-            f"continue_as_new is not supported in a child workflow ({instance.instance_id}, "
-            f"child of {instance.parent_instance_id}): loop in the parent, or start each "
-            "round as a child of its own"
-        )
     if next_id_taken:
         return WorkflowAlreadyStartedError(
             next_run_id(instance), "is taken by another instance: this run cannot continue as it"
@@ -96,6 +89,10 @@ def start_next_run(
         first,
         continued_from=instance.instance_id,
         workflow_version=instance.workflow_version,
+        # A child workflow's next run is its parent's child as well.
+        parent_instance_id=instance.parent_instance_id,
+        root_instance_id=instance.root_instance_id,
+        parent_close=instance.parent_close,
     )
     search = {
         **romancy.storage.get_search_attributes(instance.instance_id),
@@ -106,5 +103,5 @@ def start_next_run(
     if values.get("workflow_version") is None:  # unless the start set the current one
         values["workflow_version"] = instance.workflow_version
     planned.rows.children.append(ChildStart(values, write))
-    planned.rows.events_move_to = new.instance_id
+    planned.rows.continued_as = new.instance_id
     planned.children.append((new, next_planned))

@@ -113,7 +113,7 @@ def _try(
         registrations=[*base.registrations, *rows.registrations],
         outbox=[*base.outbox, *rows.outbox],
         children=rows.children,
-        events_move_to=rows.events_move_to,
+        continued_as=rows.continued_as,
     )
     result = romancy.storage.commit(snapshot, write, claim, conn)
     if result is CommitResult.COMMITTED:
@@ -220,7 +220,9 @@ def _committed(
 
         deliver_kept_event(romancy, instance_id)
     undo = [s.wait_correlation_id for s in plan.add if s.command.kind is StepKind.UNDO_CHILD]
-    ended = plan.change.status in TERMINAL and instance.parent_instance_id is not None
+    # A child that continued as new has not ended: its parent waits for the next run.
+    ended = plan.change.status in TERMINAL and plan.change.status != Status.CONTINUED
+    ended = ended and instance.parent_instance_id is not None
     if plan.cancel_children or undo or ended:
         from . import children
 

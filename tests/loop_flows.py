@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from celery_romancy import RetryPolicy, Romancy, WorkflowContext
+from celery_romancy import RetryPolicy, Romancy, TerminalError, WorkflowContext
 
 from .ledger import Ledger
 
@@ -54,10 +54,18 @@ def register_loops(romancy: Romancy, folder: Path) -> None:
         return count
 
     @romancy.workflow("l_child_loop")
-    def l_child_loop(ctx: WorkflowContext, count: int) -> int:
-        ctx.continue_as_new(count + 1)
+    def l_child_loop(ctx: WorkflowContext, count: int, until: int) -> int:
+        """A child that counts to ``until``, one run per step, each step undoable."""
+        l_add.execute(ctx, count, 0, 1)
+        if count == until:
+            return count
+        if until < 0:  # an endless child: each round waits for a tick first
+            ctx.wait_event("tick")
+        ctx.continue_as_new(count + 1, until)
 
     @romancy.workflow("l_parent")
-    def l_parent(ctx: WorkflowContext) -> int:
-        result: int = ctx.execute_child(l_child_loop, 0)
+    def l_parent(ctx: WorkflowContext, until: int, fail: bool = False) -> int:
+        result: int = ctx.execute_child(l_child_loop, 0, until)
+        if fail:
+            raise TerminalError(f"the parent fails after its child counted to {result}")
         return result

@@ -16,7 +16,6 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
 from celery_romancy import (
-    ChildWorkflowError,
     InvalidArgumentsError,
     Romancy,
     WorkflowFailedError,
@@ -182,22 +181,63 @@ def test_bad_arguments_for_the_next_run_fail_the_run_and_start_none(harness: Har
     assert harness.ledger.count("subtract:3") == 1  # failed: this run's steps undone
 
 
-def test_a_child_workflow_cannot_continue_as_new(harness: Harness) -> None:
+def test_a_child_that_continues_as_new_wakes_its_parent_from_its_last_run(
+    harness: Harness,
+) -> None:
     romancy = harness.romancy
-    parent = romancy.start_workflow("l_parent")
+    parent = romancy.start_workflow("l_parent", 3)
+
+    with harness.worker():
+        assert romancy.result(parent, timeout=30) == 3
+
+    child = f"{parent}/child:l_child_loop:1"
+    runs = chain(romancy, child)
+    assert [r.instance_id for r in runs] == [child, *(f"{child}~{n}" for n in (1, 2, 3))]
+    assert [r.status for r in runs] == ["continued"] * 3 + ["completed"]
+    assert {(r.parent_instance_id, r.root_instance_id) for r in runs} == {(parent, parent)}
+    [recorded] = romancy.get_history(parent)
+    assert recorded.result == {"instance_id": f"{child}~3", "output": 3}
+    assert romancy.storage.get_steps(parent) == []
+
+
+def test_a_parent_that_rolls_back_undoes_its_childs_last_run_only(harness: Harness) -> None:
+    romancy = harness.romancy
+    parent = romancy.start_workflow("l_parent", 2, True)
 
     with harness.worker():
         ended = romancy.wait(parent, timeout=30)
+        last = f"{parent}/child:l_child_loop:1~2"
+        wait_for(lambda: romancy.get_instance(last).status == "compensated", 30, "the undo")
 
     assert ended.status == "failed"
-    child = romancy.get_instance(f"{parent}/child:l_child_loop:1")
-    assert child.status == "failed"
-    assert child.error is not None and "not supported in a child workflow" in str(
-        child.error["message"]
-    )
-    assert ended.error is not None
-    assert ended.error["type"] == f"{ChildWorkflowError.__module__}.ChildWorkflowError"
-    assert romancy.find_instances(workflow="l_child_loop") == [child]
+    # Each run is its own commit point: the earlier runs' steps stay done.
+    assert [harness.ledger.count(f"subtract:{n}") for n in (0, 1, 2)] == [0, 0, 1]
+
+
+def test_cancelling_a_parent_cancels_the_run_that_holds_its_childs_chain(
+    harness: Harness,
+) -> None:
+    romancy = harness.romancy
+    parent = romancy.start_workflow("l_parent", -1)
+    child = f"{parent}/child:l_child_loop:1"
+
+    def child_waits(n: int) -> bool:
+        run = romancy.get_instance(romancy.storage.last_run(child))
+        return run.instance_id == f"{child}~{n}" and run.status == "waiting_for_event"
+
+    with harness.worker():
+        wait_for(lambda: romancy.storage.instance_exists(child), 30, "the child")
+        romancy.send_event("tick", instance_id=child)
+        romancy.send_event("tick", instance_id=child)
+        wait_for(lambda: child_waits(2), 30, "the child's third run to wait")
+        # The parent's step now waits for that run, not the first.
+        [step] = romancy.storage.get_steps(parent)
+        assert step.wait_correlation_id == f"{child}~2"
+        romancy.cancel(parent, "stop")
+        ended = romancy.wait(parent, timeout=30)
+
+    assert (ended.status, ended.cancel_reason) == ("cancelled", "stop")
+    assert [r.status for r in chain(romancy, child)] == ["continued"] * 2 + ["cancelled"]
 
 
 def test_an_event_kept_for_a_run_that_has_continued_is_kept_for_the_current_run(
@@ -245,7 +285,7 @@ def test_a_continuing_commit_moves_the_unconsumed_events_to_the_next_run(store: 
     write = StepWrite(
         instance_changes=InstanceChange(status=Status.CONTINUED),
         children=[ChildStart(next_run, StepWrite())],
-        events_move_to="m~1",
+        continued_as="m~1",
     )
     assert str(store.commit(snapshot, write)) == "committed"
     moved = store.find_event("tick", "m~1", None)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..states import Status
+from ..states import Status, StepKind
 from . import schema
 from .base import StoreBase
+from .records import WorkflowInstance
 
 
 def last_run_id(conn: Connection, instance_id: str) -> str:
@@ -59,6 +60,29 @@ def keep_events_with_current_run(conn: Connection, run_id: str) -> None:
             .values(instance_id=current)
         )
         run_id = current  # which may have continued too, since it was read
+
+
+def hand_over(conn: Connection, run: WorkflowInstance, next_run_id: str) -> None:
+    """What else the commit that ends ``run`` as continued changes: its unconsumed
+    events move to the next run, and its parent's step that waits for it (a child
+    workflow's) waits for the next run instead: the parent is woken by, cancels and
+    undoes the run that holds the chain, with no chain to follow."""
+    e, s = schema.events, schema.steps
+    conn.execute(
+        sa.update(e)
+        .where(e.c.instance_id == run.instance_id, e.c.consumed_by.is_(None))
+        .values(instance_id=next_run_id)
+    )
+    if run.parent_instance_id is not None:
+        conn.execute(
+            sa.update(s)
+            .where(
+                s.c.instance_id == run.parent_instance_id,
+                s.c.kind == str(StepKind.CHILD),
+                s.c.wait_correlation_id == run.instance_id,
+            )
+            .values(wait_correlation_id=next_run_id)
+        )
 
 
 class ChainQueries(StoreBase):
