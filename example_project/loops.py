@@ -52,6 +52,14 @@ def thermostat(ctx: WorkflowContext, room: str, target: float) -> float:
     ctx.continue_as_new(room, setting)
 
 
+def set_the_thermostat() -> str:
+    first = romancy.start_workflow(thermostat, "kitchen", 19.0, instance_id="thermo-1")
+    for setting in (20.5, 21.0, None):
+        romancy.send_event("set_target", setting, instance_id=first)  # the first run's id
+    print(f"thermostat: {romancy.result(first, timeout=60)}", flush=True)  # the last run's
+    return first
+
+
 def print_chain(first: str) -> None:
     """Each run of the loop: the first keeps its id, the n-th next run is ``<first>~<n>``."""
     run, n = romancy.get_instance(first), 0  # the first run itself, status "continued"
@@ -72,11 +80,7 @@ def main() -> None:
         print(f"meter: {romancy.result(first, timeout=60)}", flush=True)  # follows the chain
         print_chain(first)
 
-        first = romancy.start_workflow(thermostat, "kitchen", 19.0, instance_id="thermo-1")
-        for setting in (20.5, 21.0, None):
-            romancy.send_event("set_target", setting, instance_id=first)  # the first run's id
-        print(f"thermostat: {romancy.result(first, timeout=60)}", flush=True)
-        print_chain(first)
+        print_chain(set_the_thermostat())
 
 
 if __name__ == "__main__":
