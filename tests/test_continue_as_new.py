@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
@@ -26,9 +29,11 @@ from celery_romancy import (
 from celery_romancy.cli import romancy as romancy_command
 from celery_romancy.dispatch import Dispatch
 from celery_romancy.states import Status
-from celery_romancy.storage import ChildStart, StepWrite, Store
+from celery_romancy.storage import ChildStart, StepWrite, Store, open_store, schema
+from celery_romancy.storage.chains import hand_over
 from celery_romancy.storage.records import InstanceChange
 
+from .conftest import empty_database
 from .harness import Harness
 from .ledger import wait_for
 from .loop_flows import Tally
@@ -290,3 +295,70 @@ def test_a_continuing_commit_moves_the_unconsumed_events_to_the_next_run(store: 
     assert str(store.commit(snapshot, write)) == "committed"
     moved = store.find_event("tick", "m~1", None)
     assert moved is not None and moved.data == 1
+
+
+def test_an_event_sent_while_its_run_continues_waits_for_that_commit_then_follows_it(
+    pg_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The race ``chains.keep_events_with_current_run`` closes, on PostgreSQL (on SQLite
+    the continuing commit holds the one write lock, so the insert waits for it whole)."""
+    store = open_store(empty_database("postgresql", request, tmp_path))
+    request.addfinalizer(store.dispose)
+    store.create_instance(
+        {"instance_id": "r", "workflow_name": "l_counter", "input_data": {}, "status": "running"}
+    )
+    snapshot = store.snapshot("r")
+    assert snapshot is not None
+    sent: list[bool] = []
+    with store.engine.connect() as conn:
+        continuing = conn.begin()
+        # The continuing commit's first statement: the version check, which row-locks the run.
+        version = sa.update(schema.instances).where(schema.instances.c.instance_id == "r")
+        conn.execute(version.values(version=schema.instances.c.version + 1))
+        sender = threading.Thread(
+            target=lambda: sent.append(
+                store.insert_event({"event_type": "tick", "instance_id": "r", "data": 1})
+            )
+        )
+        sender.start()
+        wait_for(lambda: blocked_on_a_lock(store) == 1, 30, "the event's insert to wait")
+        # The rest of the continuing commit: it cannot see the event, not committed yet.
+        conn.execute(
+            sa.update(schema.instances)
+            .where(schema.instances.c.instance_id == "r")
+            .values(status=str(Status.CONTINUED))
+        )
+        store.insert_rows(
+            conn, "r", None, StepWrite(children=[next_run("r~1", "r")]), schema.utcnow(), 1
+        )
+        hand_over(conn, snapshot.instance, "r~1")
+        continuing.commit()
+    sender.join(30)
+
+    assert sent == [True]
+    kept = store.find_event("tick", "r~1", None)
+    assert kept is not None and kept.data == 1
+    assert store.find_event("tick", "r", None) is None
+
+
+def blocked_on_a_lock(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            ).scalar_one()
+        )
+
+
+def next_run(run_id: str, previous: str) -> ChildStart:
+    values = {
+        "instance_id": run_id,
+        "workflow_name": "l_counter",
+        "input_data": {},
+        "status": "waiting_for_event",
+        "continued_from": previous,
+    }
+    return ChildStart(values, StepWrite())
