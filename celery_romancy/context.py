@@ -39,6 +39,8 @@ _START_FAILED = (
 )
 
 P = ParamSpec("P")
+# What a run waits for: one of these recorded before ``continue_as_new``.
+_STEPS = frozenset({HistoryKind.ACTIVITY, HistoryKind.TIMER, HistoryKind.EVENT, HistoryKind.CHILD})
 
 
 class WorkflowContext:
@@ -254,11 +256,18 @@ class WorkflowContext:
         polls, waits and repeats keeps a bounded history per run.
 
         The arguments are checked against the workflow's signature here
-        (``InvalidArgumentsError``, nothing written). Every step must have ended: a
-        branch or child workflow still running raises ``InstanceStateError``. The
+        (``InvalidArgumentsError``, nothing written). The run must have taken a step
+        (an activity, a timer, an event, a child workflow), and every step must have
+        ended: otherwise ``InstanceStateError``. The
         compensations this run registered stay with it: a later run's failure does not
         undo them.
         """
+        if not any(event.kind in _STEPS for event in self._history.values()):
+            # The next run would start (and continue) within this commit, and so on.
+            raise InstanceStateError(
+                "continue_as_new before this run took any step (an activity, a timer, an "
+                "event or a child workflow): each run must wait for something first"
+            )
         running = sorted({*self._in_flight, *(c.step_id for c in self.started)})
         if running:
             raise InstanceStateError(

@@ -111,6 +111,21 @@ def test_a_body_that_goes_on_past_an_unrecorded_step_waits_for_that_step() -> No
     assert [c.step_id for c in outcome.commands] == ["fetch:1"]
 
 
+def test_a_run_that_took_no_step_cannot_continue_or_runs_would_follow_without_end() -> None:
+    def _spin(ctx: WorkflowContext, n: int) -> None:
+        ctx.set_search_attributes(n=str(n))  # recorded, but no step waited for
+        ctx.continue_as_new(n + 1)
+
+    spin = WorkflowDefinition("spin", _spin)
+    registry = Registry()
+    registry.add(spin)
+    outcome = replay_recording(spin, "s", {"n": 0}, [], (), registry).outcome
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error["type"] == "celery_romancy.errors.InstanceStateError"
+    assert "before this run took any step" in outcome.error["message"]
+
+
 def test_history_beyond_the_hand_over_is_nondeterminism() -> None:
     later = HistoryEvent(1, "fetch:2", "activity", "fetch", result=[])
 
