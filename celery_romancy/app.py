@@ -27,6 +27,7 @@ from .registry import Registry
 from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from .runner import StepRunner
 from .settings import RomancySettings
+from .states import Status
 from .storage import HistoryEvent, Store, WorkflowInstance, open_store
 from .validation import (
     check_identifier,
@@ -276,12 +277,16 @@ class Romancy:
 
     def wait(self, instance_id: str, timeout: float = 30.0) -> WorkflowInstance:
         """Block until the instance reaches a terminal status; ``WaitTimeoutError`` after
-        ``timeout`` seconds."""
+        ``timeout`` seconds. A run that continued (``ctx.continue_as_new``) is followed to
+        the run of its chain that ends otherwise, which is returned."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
             instance = self.get_instance(instance_id)
-            if instance.is_terminal:
+            if instance.status == Status.CONTINUED:
+                instance = self.get_instance(self.storage.last_run(instance_id))
+                instance_id = instance.instance_id
+            if instance.is_terminal and instance.status != Status.CONTINUED:
                 return instance
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -338,9 +343,9 @@ class Romancy:
 
     def result(self, instance_id: str, timeout: float = 30.0) -> Any:
         """Wait, then return the output as the workflow's declared return type."""
-        instance = self.wait(instance_id, timeout)
+        instance = self.wait(instance_id, timeout)  # the chain's last run, if it continued
         if instance.status != "completed":
-            raise WorkflowFailedError(instance_id, instance.status, instance.error)
+            raise WorkflowFailedError(instance.instance_id, instance.status, instance.error)
         definition = self.registry.workflow(instance.workflow_name)
         return definition.shape.decode_result(instance.output_data)
 

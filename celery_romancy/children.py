@@ -30,7 +30,7 @@ from .errors import ChildWorkflowError, InstanceStateError, UnknownInstanceError
 from .failures import describe_error
 from .planning import Plan, final_status, parked, roll_back_when_idle, start_rollback
 from .recorded import registration
-from .states import TERMINAL, HistoryKind, RunOutcome, Status, StepKind
+from .states import HistoryKind, RunOutcome, Status, StepKind
 from .storage import CommitResult, HistoryEvent, Snapshot, StepRecord, StepWrite
 from .storage.records import KEEP, CompensationRecord, WorkflowInstance
 from .storage.schema import utcnow
@@ -91,7 +91,8 @@ def wake_parent(romancy: Romancy, step: StepRecord, child: WorkflowInstance) -> 
         return RunOutcome.DUPLICATE  # woken already, or being woken right now
     command = claim.command
     plan_for: PlanFor
-    if command.kind is StepKind.CHILD and child.status in TERMINAL:
+    # A child run that continued as new has not ended (the step follows its chain).
+    if command.kind is StepKind.CHILD and child.is_terminal and child.status != Status.CONTINUED:
         rows = StepWrite(events=[_outcome_event(command.seq, command.step_id, child)])
         if child.status == Status.COMPLETED:
             # Undone if the parent rolls back: in its order where this end is recorded.

@@ -23,10 +23,11 @@ import click
 import sqlalchemy as sa
 
 from .app import Romancy
+from .continuation import next_run_id
 from .contrib.status import duration, instance_status
 from .errors import RomancyError, UnknownInstanceError
 from .settings import masked_url
-from .states import ACTIVE, HistoryKind, StepKind
+from .states import ACTIVE, HistoryKind, Status, StepKind
 from .storage import STATUSES, AttemptRecord, HistoryEvent, StepRecord, WorkflowInstance
 from .storage.migrate import current_revision
 
@@ -296,6 +297,7 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
             fields.insert(3, ("root", str(instance.root_instance_id)))
     if instance.workflow_version is not None:
         fields.insert(2, ("version", instance.workflow_version))  # right under the workflow
+    fields[3:3] = _chain_fields(engine, instance)
     if instance.error:
         fields.append(("error", _error(instance.error)))
         undo_error = instance.error.get("compensation_error")
@@ -642,14 +644,31 @@ def _pending(pending: dict[str, Any]) -> str:
 
 
 def _summary(instance: WorkflowInstance) -> dict[str, Any]:
-    """``instance_status`` and the instance's place in a tree of child workflows."""
+    """``instance_status``, the instance's place in a tree of child workflows and in a
+    chain of runs (``ctx.continue_as_new``)."""
     return {
         **instance_status(instance),
         "parent_instance_id": instance.parent_instance_id,
         "root_instance_id": instance.root_instance_id,
         "parent_close": instance.parent_close,
         "workflow_version": instance.workflow_version,
+        "continued_from": instance.continued_from,
+        "next_run": next_run_id(instance) if instance.status == Status.CONTINUED else None,
     }
+
+
+def _chain_fields(engine: Romancy, instance: WorkflowInstance) -> list[tuple[str, str]]:
+    """``show``'s lines on a chain of runs: the run this one continues, the next run
+    and, if that one continued too, the run that holds the chain now."""
+    fields = []
+    if instance.continued_from is not None:
+        fields.append(("continues", instance.continued_from))
+    if instance.status == Status.CONTINUED:
+        fields.append(("next run", next_run_id(instance)))
+        current = engine.storage.last_run(instance.instance_id)
+        if current != next_run_id(instance):
+            fields.append(("current", current))
+    return fields
 
 
 def _created_order(instance: WorkflowInstance) -> tuple[datetime, list[tuple[int, str]]]:
@@ -678,7 +697,9 @@ def _subtree(
 
 
 def _note(instance: WorkflowInstance) -> str:
-    if instance.error:
+    if instance.status == Status.CONTINUED:
+        note = f"continued as {next_run_id(instance)}"
+    elif instance.error:
         kind = str(instance.error.get("type", "")).rpartition(".")[2]
         note = f"{kind}: {instance.error.get('message')}"
     else:

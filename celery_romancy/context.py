@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 from .activity_info import ActivityInfo, current_activity
 from .commands import ActivityCommand, child_command, derived_child_id
 from .definitions import ChildSignature, CompensationDefinition, StepSignature, WorkflowDefinition
-from .errors import ConfigurationError, NonDeterminismError, Suspend, WorkflowAlreadyStartedError
+from .errors import (
+    ConfigurationError,
+    ContinueAsNew,
+    InstanceStateError,
+    NonDeterminismError,
+    Suspend,
+    WorkflowAlreadyStartedError,
+)
 from .failures import rebuild_error
 from .patching import checked_patch_id, is_marker_of, marker, unreached
 from .recorded import checked_search, search_event
@@ -33,6 +40,8 @@ _START_FAILED = (
 )
 
 P = ParamSpec("P")
+# What a run waits for: one of these recorded before ``continue_as_new``.
+_STEPS = frozenset({HistoryKind.ACTIVITY, HistoryKind.TIMER, HistoryKind.EVENT, HistoryKind.CHILD})
 
 
 class WorkflowContext:
@@ -73,6 +82,8 @@ class WorkflowContext:
         # The step that stopped the replay; kept in case the body catches BaseException
         # or returns from ``finally``, which would otherwise skip the step silently.
         self.suspended: Suspend | None = None
+        # Kept for the same reason: ``ctx.continue_as_new`` was called.
+        self.continued: ContinueAsNew | None = None
         # Child workflows started by this replay without waiting (``start_child``);
         # they start with whatever the replay decides next.
         self.started: list[ActivityCommand] = []
@@ -287,6 +298,40 @@ class WorkflowContext:
                 },
             )
         )
+
+    def continue_as_new(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """End this run (status ``continued``) and start the next run of this workflow
+        with these arguments and an empty history, in the same commit: a loop that
+        polls, waits and repeats keeps a bounded history per run.
+
+        The arguments are checked against the workflow's signature here
+        (``InvalidArgumentsError``, nothing written). The run must have taken a step
+        (an activity, a timer, an event, a child workflow), and every step must have
+        ended: otherwise ``InstanceStateError``. The
+        compensations this run registered stay with it: a later run's failure does not
+        undo them.
+        """
+        if not any(event.kind in _STEPS for event in self._history.values()):
+            # The next run would start (and continue) within this commit, and so on.
+            raise InstanceStateError(
+                "continue_as_new before this run took any step (an activity, a timer, an "
+                "event or a child workflow): each run must wait for something first"
+            )
+        running = sorted({*self._in_flight, *(c.step_id for c in self.started)})
+        if running:
+            raise InstanceStateError(
+                f"continue_as_new with steps still running ({', '.join(running)}): "
+                "wait for their results first"
+            )
+        if self._registry is None:
+            raise ConfigurationError("continue_as_new needs a registry to find the workflow")
+        workflow = self._registry.workflow(self.workflow_name)
+        input_data = workflow.shape.bind(args, kwargs)
+        if self._max_payload_bytes is not None:
+            what = f"the input of the next run of {self.workflow_name!r}"
+            check_payload_size(input_data, self._max_payload_bytes, what)
+        self.continued = ContinueAsNew(input_data)
+        raise self.continued
 
     def _suspend_timer(self, position: int, step_id: str, fire_at: datetime) -> None:
         self._suspend(

@@ -204,3 +204,13 @@ class Suspend(BaseException):
     def __init__(self, commands: tuple[Any, ...]) -> None:
         self.commands = commands
         super().__init__(commands)
+
+
+class ContinueAsNew(BaseException):
+    """Internal: ``ctx.continue_as_new`` ends this run; ``input_data`` (the next run's
+    arguments, bound and JSON-encoded) starts the next. A ``BaseException`` like
+    ``Suspend``: ``except Exception`` in a workflow cannot swallow it."""
+
+    def __init__(self, input_data: dict[str, Any]) -> None:
+        self.input_data = input_data
+        super().__init__(input_data)

@@ -7,6 +7,9 @@ the claim on the instance and the conditional consume of the event row make sure
 taken once. The beat job (``fire_due``) repeats the check as a safety net, and drops
 events kept longer than ``romancy_event_retention``.
 
+An event addressed to a run that continued (``ctx.continue_as_new``) is kept for the
+run that holds its chain now; one kept for a run when it continues moves to the next.
+
 Everything the caller hands in is checked before anything is written: the type and the
 target must fit their columns (``validation.check_identifier``), the data must encode as
 JSON (``encode`` refuses NUL and lone surrogates) no larger than
@@ -26,8 +29,8 @@ from .errors import (
     SerializationError,
 )
 from .serialization import JSONValue, decode, encode
-from .states import HistoryKind, RunOutcome, StepKind
-from .storage import HistoryEvent
+from .states import HistoryKind, RunOutcome, Status, StepKind
+from .storage import HistoryEvent, WorkflowInstance
 from .validation import MAX_ID_LENGTH, MAX_NAME_LENGTH, check_identifier, check_payload_size
 
 if TYPE_CHECKING:
@@ -62,17 +65,19 @@ def send_event(
         data_hash = payload_hash(payload)
         if _already_kept(romancy, scoped_key, data_hash, dedupe_key):
             return False
+    target = instance_id
     if instance_id is not None:
-        instance = romancy.get_instance(instance_id)  # UnknownInstanceError
+        instance = current_run(romancy, instance_id)  # UnknownInstanceError
         if instance.is_terminal:
             raise InstanceStateError(
-                f"workflow instance {instance_id} already ended {instance.status}; "
+                f"workflow instance {instance.instance_id} already ended {instance.status}; "
                 "no wait can take this event"
             )
+        target = instance.instance_id
     stored = romancy.storage.insert_event(
         {
             "event_type": event_type,
-            "instance_id": instance_id,
+            "instance_id": target,
             "correlation_id": correlation_id,
             "data": payload,
             "dedupe_key": scoped_key,
@@ -83,9 +88,21 @@ def send_event(
         assert scoped_key is not None and data_hash is not None and dedupe_key is not None
         _already_kept(romancy, scoped_key, data_hash, dedupe_key)
         return False
-    for waiting in romancy.storage.waiting_for(event_type, instance_id, correlation_id):
+    if target is not None:
+        # Kept for the run after it, if it continued meanwhile (``insert_event``).
+        target = romancy.storage.last_run(target)
+    for waiting in romancy.storage.waiting_for(event_type, target, correlation_id):
         deliver_kept_event(romancy, waiting.step.instance_id)
     return True
+
+
+def current_run(romancy: Romancy, instance_id: str) -> WorkflowInstance:
+    """The instance, or, if it continued (``ctx.continue_as_new``), the run that holds
+    its chain now; ``UnknownInstanceError`` for an unknown id."""
+    instance = romancy.get_instance(instance_id)
+    if instance.status != Status.CONTINUED:
+        return instance
+    return romancy.get_instance(romancy.storage.last_run(instance_id))
 
 
 def _already_kept(romancy: Romancy, scoped_key: str, data_hash: str, dedupe_key: str) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .errors import InstanceStateError, UnknownInstanceError
+from .events import current_run
 from .planning import Plan, dispatch_step, status_of, wind_down
 from .states import ACTIVE, Status, StepKind
 from .storage import CommitResult, Snapshot, StepWrite
@@ -39,19 +40,33 @@ def cancel(romancy: Romancy, instance_id: str, reason: str) -> bool:
 
     The instance stops at its next step boundary (at once if no step is in flight),
     steps in flight finish, its succeeded steps are compensated newest first, and it
-    ends ``cancelled``.
+    ends ``cancelled``. A run that continued (``ctx.continue_as_new``): the run that
+    holds its chain now is cancelled.
     """
+    while True:
+        requested = _cancel_run(romancy, current_run(romancy, instance_id).instance_id, reason)
+        if requested is not None:
+            return requested
+
+
+def _cancel_run(romancy: Romancy, instance_id: str, reason: str) -> bool | None:
+    """``cancel`` of one run; None if it continued first (then its next run is the one)."""
     snapshot = _snapshot(romancy, instance_id)
     instance = snapshot.instance
+    if instance.status == Status.CONTINUED:
+        return None
     if instance.status in FINISHED:
         raise InstanceStateError(
             f"cannot cancel workflow instance {instance_id}: it already ended {instance.status}"
         )
     if instance.status not in ACTIVE or instance.cancel_reason is not None:
         return False  # cancelled, being cancelled, or already rolling back after a failure
+    continued = False
 
     def plan_for(current: Snapshot) -> Planned:
+        nonlocal continued
         now = current.instance
+        continued = now.status == Status.CONTINUED
         if now.status not in ACTIVE or now.cancel_reason is not None:
             return Planned(Plan())  # it moved on meanwhile (ended, or cancelled by another)
         plan = wind_down(
@@ -64,7 +79,7 @@ def cancel(romancy: Romancy, instance_id: str, reason: str) -> bool:
         return Planned(plan)
 
     apply(romancy, snapshot, plan_for)
-    return True
+    return None if continued else True
 
 
 PARKED_ERRORS = (

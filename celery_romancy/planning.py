@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .commands import ActivityCommand
 from .dispatch import Dispatch
 from .failures import describe_error
-from .replay import Completed, Diverged, Failed, Outcome, Waiting
+from .replay import Completed, ContinuedAsNew, Diverged, Failed, Outcome, Waiting
 from .states import Status, StepKind
 from .storage.records import KEEP, InstanceChange, NewStep, StepRef
 from .storage.schema import utcnow
@@ -44,6 +44,8 @@ class Plan:
     start_children: list[ActivityCommand] = field(default_factory=list)
     # Running children to cancel once this commit is in (their parent closes).
     cancel_children: list[str] = field(default_factory=list)
+    # ``ctx.continue_as_new``: the next run's input, its row inserted with this commit.
+    continue_with: dict[str, Any] | None = None
 
 
 def dispatch_step(
@@ -150,6 +152,14 @@ def plan_outcome(
         # A cancel that came while the last step ran is kept, marked as too late.
         late = {} if cancel_reason is None else {"cancel_reason": too_late(cancel_reason)}
         plan = finish(Status.COMPLETED, refs, output_data=outcome.output, error=None, **late)
+    elif isinstance(outcome, ContinuedAsNew) and cancel_reason is None:
+        # Nothing runs besides (continue_as_new refuses otherwise): this run ends here.
+        plan = finish(Status.CONTINUED, refs, output_data=None, error=None)
+        plan.continue_with = outcome.input_data
+    elif isinstance(outcome, ContinuedAsNew):
+        # Cancelled while its last step ran: the cancel wins, this run rolls back and
+        # no next run starts (it would not know it was cancelled).
+        plan = wind_down(instance, refs, registered_compensations, compensation_queue)
     elif isinstance(outcome, Diverged):
         # No rollback: history and code disagree, so an operator must look first.
         error = describe_error(outcome.error, outcome.error.recorded)

@@ -10,7 +10,7 @@ from celery.exceptions import WorkerShutdown, WorkerTerminate
 
 from .commands import ActivityCommand
 from .context import WorkflowContext
-from .errors import NonDeterminismError, SerializationError, Suspend
+from .errors import ContinueAsNew, NonDeterminismError, SerializationError, Suspend
 from .failures import describe_error
 
 if TYPE_CHECKING:
@@ -51,7 +51,15 @@ class Diverged:
     error: NonDeterminismError
 
 
-Outcome = Waiting | Completed | Failed | Diverged
+@dataclass(frozen=True)
+class ContinuedAsNew:
+    """The workflow called ``ctx.continue_as_new``: this run ends, the next one starts
+    with ``input_data`` (its arguments as stored JSON) and an empty history."""
+
+    input_data: dict[str, Any]
+
+
+Outcome = Waiting | Completed | Failed | Diverged | ContinuedAsNew
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,8 @@ def replay_recording(
         value = workflow.run(ctx, input_data)
     except Suspend as suspend:
         outcome: Outcome = Waiting(suspend.commands)
+    except ContinueAsNew as continued:
+        outcome = ContinuedAsNew(continued.input_data)
     except _PROCESS_STOPS:
         raise
     except BaseException as exc:  # noqa: BLE001 - whatever the body raises fails the workflow
@@ -117,6 +127,8 @@ def replay_recording(
         return Replayed(Diverged(ctx.nondeterminism))
     if ctx.suspended is not None:
         return Replayed(Waiting(ctx.suspended.commands), ctx.new_events, ctx.started)
+    if ctx.continued is not None:  # even if the body caught it and went on
+        outcome = ContinuedAsNew(ctx.continued.input_data)
     skipped = ctx.recorded_beyond_reach()
     if not isinstance(outcome, Waiting) and skipped is not None:
         # The body ended before reaching steps that history says it took.

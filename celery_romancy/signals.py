@@ -22,6 +22,8 @@ Workflow signals (``instance_id``, ``workflow`` and):
   nondeterminism or poison-step error), ``"compensation_failed"`` when its rollback is
   parked for an operator (then ``compensation_failed`` is sent too);
 - ``workflow_cancelled``: ``reason``, once its rollback is done;
+- a run that continues (``ctx.continue_as_new``, status ``continued``) has not ended
+  the workflow: it sends none of these, and its next run sends ``workflow_started``;
 - ``compensation_failed``: ``step_id`` (the step whose undo failed) and ``error`` (the
   compensation's error record).
 

@@ -23,7 +23,7 @@ from .outbox import relay_written
 from .patching import explained
 from .planning import Plan, final_status, plan_outcome, start_rollback
 from .recorded import recorded_rows
-from .replay import Diverged, replay_recording
+from .replay import ContinuedAsNew, Diverged, replay_recording
 from .signals import announce_transition
 from .states import ACTIVE, TERMINAL, HistoryKind, Status, StepKind
 from .storage import (
@@ -114,6 +114,7 @@ def _try(
         registrations=[*base.registrations, *rows.registrations],
         outbox=[*base.outbox, *rows.outbox],
         children=rows.children,
+        continued_as=rows.continued_as,
     )
     result = romancy.storage.commit(snapshot, write, claim, conn)
     if result is CommitResult.COMMITTED:
@@ -222,7 +223,9 @@ def _committed(
 
         deliver_kept_event(romancy, instance_id)
     undo = [s.wait_correlation_id for s in plan.add if s.command.kind is StepKind.UNDO_CHILD]
-    ended = plan.change.status in TERMINAL and instance.parent_instance_id is not None
+    # A child that continued as new has not ended: its parent waits for the next run.
+    ended = plan.change.status in TERMINAL and plan.change.status != Status.CONTINUED
+    ended = ended and instance.parent_instance_id is not None
     if plan.cancel_children or undo or ended:
         from . import children
 
@@ -284,6 +287,10 @@ def replayed(
             if isinstance(outcome, Diverged):
                 versions = instance.workflow_version, workflow.version
                 outcome = Diverged(explained(outcome.error, history, *versions))
+            if isinstance(outcome, ContinuedAsNew):
+                from . import continuation
+
+                outcome = continuation.allowed(romancy, instance, outcome, history)
 
             def compensations() -> list[CompensationRecord]:
                 # Newest first: what this transition registers, then what is stored.
@@ -317,6 +324,11 @@ def replayed(
             values, write, child_planned = planned_start(romancy, child)
             rows.children.append(ChildStart(values, write))
             planned.children.append((child, child_planned))
+        if plan.continue_with is not None:
+            from . import continuation
+
+            events = [*step_rows.events, *rows.events]
+            continuation.start_next_run(romancy, instance, plan.continue_with, events, planned)
         return planned
 
     return plan_for

@@ -29,6 +29,7 @@ from celery_romancy import (
 from .child_flows import register_children
 from .gather_flows import register_gathers
 from .ledger import Gate, Ledger
+from .loop_flows import register_loops
 from .saga_flows import register_sagas
 from .wait_flows import register_waits
 
@@ -203,6 +204,7 @@ def build(
     register_waits(romancy, folder)
     register_gathers(romancy, folder)
     register_children(romancy, folder)
+    register_loops(romancy, folder)
 
     @romancy.activity("record_sale", retry=NO_RETRY)
     def record_sale(order_id: str) -> int:

@@ -153,6 +153,28 @@ def test_children_example_rolls_back_its_children_and_prints_each_tree(
     assert list(folder.iterdir()) == []  # nothing left in the working directory
 
 
+def test_loops_example_keeps_each_runs_history_bounded_and_follows_the_chain(
+    tmp_path: Path,
+) -> None:
+    done = run_example("loops.py", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "meter: Progress(cursor=7, total=29)",
+        *(
+            f"  poll-meter-7{suffix}: continued, history ['fetch_readings:1', 'sleep:1']"
+            for suffix in ("", "~1", "~2", "~3")
+        ),
+        "  poll-meter-7~4: completed, history ['fetch_readings:1']",
+        "thermostat: 21.0",
+        "  thermo-1: continued, history ['wait_event:set_target:1']",
+        "  thermo-1~1: continued, history ['wait_event:set_target:1']",
+        "  thermo-1~2: completed, history ['wait_event:set_target:1']",
+    ]
+    (shown,) = readme_blocks("output of example_project/loops.py")
+    assert shown.strip() and shown in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def readme_blocks(marker: str) -> list[str]:
     """The fenced block after each ``<!-- marker -->`` line of the README."""
     readme = (ROOT / "README.md").read_text()
@@ -192,6 +214,7 @@ def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
         "example_project/django_shop/urls.py",
         "example_project/fan_out.py",
         "example_project/flask_shop.py",
+        "example_project/loops.py",
         "example_project/upgrades_release_2.py",
         "example_project/watching.py",
         "tests/django_project/proj/settings.py",

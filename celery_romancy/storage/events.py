@@ -9,19 +9,26 @@ import sqlalchemy as sa
 
 from . import schema
 from .base import StoreBase
+from .chains import keep_events_with_current_run
 from .records import EventRecord
 
 
 class EventQueries(StoreBase):
     def insert_event(self, values: dict[str, Any]) -> bool:
-        """Keep an event for a wait; False if its dedupe key was stored already."""
+        """Keep an event for a wait; False if its dedupe key was stored already. One
+        for a run that has continued (``ctx.continue_as_new``) is kept for its chain's
+        current run."""
         row = {"received_at": schema.utcnow(), **values}
         with self.transaction() as conn:
             if row.get("dedupe_key") is None:
                 conn.execute(sa.insert(schema.events).values(**row))
-                return True
-            result = conn.execute(self.insert_ignoring_conflict(schema.events).values(**row))
-            return bool(result.rowcount == 1)
+            else:
+                insert = self.insert_ignoring_conflict(schema.events).values(**row)
+                if conn.execute(insert).rowcount != 1:
+                    return False
+            if row.get("instance_id") is not None:
+                keep_events_with_current_run(conn, row["instance_id"])
+            return True
 
     def kept_event_hash(self, dedupe_key: str) -> str | None:
         """The data hash of the event kept under ``dedupe_key``; None if there is none."""

@@ -174,6 +174,7 @@ class PostgresStore(Store):
             and conn is None
             and write.consume_event is None
             and not write.children
+            and write.continued_as is None
             and set(write.remove_steps) <= {claim.step.token}
         )
         if not hot:

@@ -229,6 +229,10 @@ class StepWrite:
     # sets (``ctx.set_search_attributes``) come as history events in ``events`` and are
     # written with them, replacing these for the same key (see ``rows.search_values``).
     search: dict[str, str] = field(default_factory=dict)
+    # ``ctx.continue_as_new``: the next run (its row is one of ``children``). The events
+    # kept for this run and not consumed move to it, and a parent's child step that
+    # waits for this run waits for it instead (``chains.hand_over``).
+    continued_as: str | None = None
 
 
 @dataclass(frozen=True)

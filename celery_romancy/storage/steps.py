@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from ..states import Status
 from . import schema
+from .chains import hand_over
 from .instances import InstanceQueries
 from .records import ChildIdTakenError, Claim, CommitResult, Snapshot, StepWrite
 from .rows import step_of
@@ -170,6 +171,8 @@ class StepProtocol(InstanceQueries):
             worker_id = claim.worker_id if claim is not None else None
             version = snapshot.instance.version + 1
             self.insert_rows(conn, instance_id, worker_id, write, now, version)
+            if write.continued_as is not None:
+                hand_over(conn, snapshot.instance, write.continued_as)
             if write.compensation_update is not None:
                 step_id, changes = write.compensation_update
                 c = schema.compensations
