@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from celery import Task, bootsteps, signals
 from celery.exceptions import Retry, TaskPredicate
 
-from . import maintenance, outbox
+from . import maintenance, outbox, schedules
 from .dispatch import WAKE_TASK
 from .errors import ActivityError, ConfigurationError, LeaseHeldError
 from .runner import FailedAttempt
@@ -55,6 +55,7 @@ def install(romancy: Romancy) -> None:
     """Register the maintenance tasks and, once the app is configured, the config."""
     app = romancy.app
     register_maintenance_tasks(romancy)
+    schedules.register_start_task(romancy)
     # Beat entries need the settings, which need the app's config: wait for it.
     if app.configured:
         configure(romancy)
@@ -65,6 +66,10 @@ def install(romancy: Romancy) -> None:
         # A user may replace ``beat_schedule`` after configuration: beat gets ours anyway.
         if sender is not None and sender.app is app:
             sender.scheduler.update_from_dict(maintenance.beat_schedule(romancy.settings))
+            # Only the missing schedules: the others keep their last run from beat's file.
+            entries = schedules.beat_entries(romancy.settings, list(romancy.schedules.values()))
+            missing = {k: v for k, v in entries.items() if k not in sender.scheduler.schedule}
+            sender.scheduler.update_from_dict(missing)
 
     signals.beat_init.connect(add_beat_entries, weak=False)
     app.steps["worker"].add(worker_startup_step(romancy))
@@ -146,6 +151,7 @@ def configure(romancy: Romancy) -> None:
         return  # reported on first use, where the caller can see it
     # The user's own entries stay; ours are added under their ``romancy.`` names.
     conf.beat_schedule = {**maintenance.beat_schedule(settings), **(conf.beat_schedule or {})}
+    conf.beat_schedule.update(schedules.beat_entries(settings, list(romancy.schedules.values())))
 
 
 def register_step_task(romancy: Romancy, name: str) -> None:

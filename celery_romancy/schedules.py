@@ -1,0 +1,171 @@
+"""Scheduled workflows: a beat entry per schedule, each tick started once.
+
+``romancy.schedule(name, workflow, crontab(...), *args)`` checks the start as
+``start_workflow`` would and keeps it, JSON, in this process's registry; its beat
+entry sends ``romancy.start_scheduled`` with the schedule's name and the moment beat
+sent it. The worker looks the name up in its own registry (nothing in the message
+chooses code or arguments) and starts the instance ``schedule:<name>:<tick>``, the
+tick being the latest one at or before that moment (``ticks``). Two beats, a beat
+restart or a redelivered message name the same instance, which starts once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+from celery.schedules import crontab
+
+from .definitions import WorkflowDefinition
+from .errors import ConfigurationError, InvalidArgumentsError
+from .recorded import checked_search
+from .settings import RomancySettings
+from .ticks import EveryInterval, as_tickable, latest_tick, next_tick, tick_label
+from .validation import MAX_ID_LENGTH, check_identifier, check_payload_size
+
+if TYPE_CHECKING:
+    from .app import Romancy
+
+logger = logging.getLogger(__name__)
+
+START_TASK = "romancy.start_scheduled"
+ENTRY_PREFIX = "romancy.schedule:"  # beat_schedule key of each schedule
+ID_PREFIX = "schedule:"
+SEARCH_KEY = "schedule"  # business key every scheduled run carries: its schedule's name
+# "schedule:<name>:2026-11-29T02:00:00Z" fits an instance id.
+MAX_SCHEDULE_NAME = MAX_ID_LENGTH - len(ID_PREFIX) - len(":2026-11-29T02:00:00Z")
+
+
+@dataclass(frozen=True)
+class ScheduledWorkflow:
+    """A schedule as ``romancy.schedule`` checked it: its runs' input is stored JSON."""
+
+    name: str
+    workflow: WorkflowDefinition[Any, Any]
+    schedule: crontab | EveryInterval
+    input_data: dict[str, Any]
+    search: dict[str, str]
+
+    def instance_id(self, tick: datetime) -> str:
+        return f"{ID_PREFIX}{self.name}:{tick_label(tick)}"
+
+
+def add(
+    romancy: Romancy,
+    name: str,
+    workflow: WorkflowDefinition[Any, Any] | str,
+    every: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    search: Mapping[str, str] | None,
+) -> ScheduledWorkflow:
+    """Check a schedule as ``start_workflow`` checks a start, then register it and its
+    beat entry; nothing is kept if a check fails."""
+    check_identifier(name, "schedule name", MAX_SCHEDULE_NAME)
+    if name in romancy.schedules:
+        raise ConfigurationError(f"the schedule {name!r} is already registered")
+    tickable = as_tickable(every)
+    keys = checked_search({} if search is None else search)
+    if SEARCH_KEY in keys:
+        raise InvalidArgumentsError(
+            f"search key {SEARCH_KEY!r} is set for you to the schedule's name; choose another"
+        )
+    definition = romancy.registry.resolve_workflow(workflow)
+    input_data = definition.shape.bind(args, kwargs)
+    if romancy.app.configured:  # else its limit is not known yet: checked at each tick
+        check_payload_size(input_data, romancy.settings.max_payload_bytes, "the workflow input")
+    scheduled = ScheduledWorkflow(
+        name, definition, tickable, input_data, {**keys, SEARCH_KEY: name}
+    )
+    romancy.schedules[name] = scheduled
+    if romancy.app.configured:  # else ``tasks.configure`` adds it with the others
+        conf = romancy.app.conf
+        entry = beat_entries(romancy.settings, [scheduled])
+        conf.beat_schedule = {**(conf.beat_schedule or {}), **entry}
+    return scheduled
+
+
+def beat_entries(
+    settings: RomancySettings, scheduled: list[ScheduledWorkflow]
+) -> dict[str, dict[str, Any]]:
+    """The ``beat_schedule`` entries of these schedules, on the maintenance queue (every
+    worker of the app consumes it; a start is one short transaction)."""
+    options = {"queue": settings.maintenance_queue} if settings.maintenance_queue else {}
+    return {
+        f"{ENTRY_PREFIX}{each.name}": {
+            "task": START_TASK,
+            "schedule": each.schedule,
+            "args": [each.name],
+            "options": dict(options),
+        }
+        for each in scheduled
+    }
+
+
+def start_tick(romancy: Romancy, name: str, sent_at: str | None) -> dict[str, Any]:
+    """Start the run of schedule ``name`` for the latest tick at or before ``sent_at``
+    (beat's clock when it sent; this worker's now for a message without it)."""
+    scheduled = romancy.schedules.get(name)
+    if scheduled is None:
+        raise ConfigurationError(
+            f"no schedule {name!r} in this worker: call romancy.schedule({name!r}, ...) in a "
+            "module the worker imports, as beat does"
+        )
+    moment = datetime.now(UTC) if sent_at is None else _aware(sent_at)
+    tick = latest_tick(scheduled.schedule, moment, romancy.app.timezone)
+    instance_id = scheduled.instance_id(tick)
+    check_payload_size(
+        scheduled.input_data, romancy.settings.max_payload_bytes, "the workflow input"
+    )
+    from .app import PreparedStart  # app imports this module
+
+    romancy.start_prepared(
+        PreparedStart(scheduled.workflow, scheduled.input_data, instance_id, scheduled.search)
+    )
+    return {"instance_id": instance_id, "tick": tick_label(tick)}
+
+
+def _aware(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise InvalidArgumentsError(f"sent_at is not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def next_run(romancy: Romancy, scheduled: ScheduledWorkflow, now: datetime) -> datetime:
+    return next_tick(scheduled.schedule, now, romancy.app.timezone)
+
+
+class StampedTask(Task):  # type: ignore[misc]  # untyped Celery
+    """``romancy.start_scheduled``: each message carries the moment it was sent.
+
+    Beat calls the task's ``apply_async`` when it sends a due entry (the task is
+    registered in beat's process too), so the moment is beat's, taken just after it
+    found the entry due: a message delivered late, or retried, still names its tick.
+    """
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        stamped = {"sent_at": datetime.now(UTC).isoformat(), **(kwargs or {})}
+        return super().apply_async(args, stamped, *rest, **options)
+
+
+def register_start_task(romancy: Romancy) -> None:
+    def start_scheduled(name: str, sent_at: str | None = None) -> dict[str, Any]:
+        return start_tick(romancy, name, sent_at)
+
+    romancy.app.task(
+        name=START_TASK,
+        base=StampedTask,
+        lazy=False,
+        shared=False,
+        serializer="json",
+        # A worker that dies mid-start leaves the message to be redelivered: the same
+        # tick, the same instance id, started once.
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )(start_scheduled)
