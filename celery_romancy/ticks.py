@@ -149,6 +149,21 @@ def _latest_time_of_day(cron: crontab, day: date, local: datetime) -> datetime |
     return None
 
 
+def describe(tickable: crontab | EveryInterval) -> str:
+    """For people: ``cron 0 2 * * *`` (minute hour day-of-month month day-of-week, in
+    the app's timezone) or ``every 3600 s``."""
+    if isinstance(tickable, EveryInterval):
+        return f"every {tickable.micros // 1_000_000} s"
+    fields = (
+        tickable._orig_minute,
+        tickable._orig_hour,
+        tickable._orig_day_of_month,
+        tickable._orig_month_of_year,
+        tickable._orig_day_of_week,
+    )
+    return "cron " + " ".join(str(field) for field in fields)
+
+
 def tick_label(tick: datetime) -> str:
     """The tick as it appears in instance ids: UTC, to the second (``...T02:00:00Z``)."""
     return tick.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
