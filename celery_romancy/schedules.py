@@ -129,6 +129,18 @@ def start_tick(romancy: Romancy, name: str, sent_at: str | None) -> dict[str, An
     return {"instance_id": instance_id, "tick": tick_label(tick)}
 
 
+def scheduled_time(instance_id: str) -> datetime | None:
+    """The tick a scheduled run was started for (UTC), read from its instance id; None
+    for an instance no schedule started. Pure: a workflow may call it on
+    ``ctx.instance_id`` (the report of which night?)."""
+    if not instance_id.startswith(ID_PREFIX):
+        return None
+    try:
+        return datetime.strptime(instance_id[-20:], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def _aware(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)

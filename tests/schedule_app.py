@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from celery_romancy import Romancy, WorkflowContext
+from celery_romancy import Romancy, WorkflowContext, current_activity
 from celery_romancy.schedules import START_TASK
 
 from .ledger import Ledger
@@ -34,8 +34,6 @@ romancy = Romancy(app, database_url=os.environ["ROMANCY_TEST_DB"])
 
 @romancy.activity("report")
 def report(region: str) -> str:
-    from celery_romancy import current_activity
-
     ledger.record(f"report:{current_activity().instance_id}")
     return f"report for {region}"
 
@@ -48,8 +46,10 @@ def nightly_report(ctx: WorkflowContext, region: str) -> str:
 romancy.schedule("ticker", nightly_report, float(os.environ["ROMANCY_TEST_EVERY"]), "eu")
 
 
-@signals.task_postrun.connect
 def record_start(sender: Any = None, kwargs: Any = None, retval: Any = None, **_: Any) -> None:
     # One line per start message a worker ran: which beat's moment, which instance.
     if sender is not None and sender.name == START_TASK and isinstance(retval, dict):
         ledger.record("start:" + json.dumps({**retval, "sent_at": (kwargs or {}).get("sent_at")}))
+
+
+signals.task_postrun.connect(record_start, weak=False)

@@ -253,8 +253,11 @@ def test_every_send_of_one_tick_starts_one_instance_that_completes(harness: Harn
             assert romancy.result(instance.instance_id, timeout=30) == 42
         # Through the task, as beat sends it: the message carries the moment it was sent.
         sent = harness.app.tasks[START_TASK].apply_async(["doubler"])
-        runs = lambda: romancy.find_instances(search={"schedule": "doubler"})  # noqa: E731
-        wait_for(lambda: len(runs()) == 3, 30, "the task to start a third run")
+        wait_for(
+            lambda: len(romancy.find_instances(search={"schedule": "doubler"})) == 3,
+            30,
+            "the task to start a third run",
+        )
         newest = romancy.find_instances(search={"schedule": "doubler"}, limit=1)[0]
         assert newest.instance_id.startswith("schedule:doubler:20")
         assert romancy.result(newest.instance_id, timeout=30) == 42
