@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from celery import Task
 from celery.schedules import crontab
 
@@ -167,12 +168,19 @@ class StampedTask(Task):  # type: ignore[misc]  # untyped Celery
 
 
 def register_start_task(romancy: Romancy) -> None:
-    def start_scheduled(name: str, sent_at: str | None = None) -> dict[str, Any]:
-        return start_tick(romancy, name, sent_at)
+    def start_scheduled(task: Task, name: str, sent_at: str | None = None) -> dict[str, Any]:
+        try:
+            return start_tick(romancy, name, sent_at)
+        except sa.exc.DBAPIError as exc:
+            # The history database is unreachable (a restart, a failover): try again
+            # later rather than lose the tick; the retry keeps its ``sent_at``.
+            logger.warning("celery_romancy: database error starting %s, retrying: %s", name, exc)
+            raise task.retry(countdown=2.0, max_retries=None) from None
 
     romancy.app.task(
         name=START_TASK,
         base=StampedTask,
+        bind=True,
         lazy=False,
         shared=False,
         serializer="json",

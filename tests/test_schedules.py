@@ -22,6 +22,7 @@ import pytest
 from celery import Celery
 from celery.bin.base import CLIContext
 from celery.schedules import crontab, schedule
+from celery.signals import before_task_publish
 from click.testing import CliRunner, Result
 
 from celery_romancy import (
@@ -230,6 +231,29 @@ def test_a_duplicate_name_or_a_reserved_search_key_fails_at_the_call(
 
 
 # -- starting a tick --------------------------------------------------------------------
+
+
+def test_each_start_message_carries_the_moment_it_was_sent_and_a_resend_keeps_it(
+    app_and_romancy: tuple[Celery, Romancy],
+) -> None:
+    app, _ = app_and_romancy
+    published: list[dict[str, Any]] = []
+
+    def capture(sender: Any = None, body: Any = None, **_: Any) -> None:
+        if sender == START_TASK:
+            published.append(body[1])  # protocol 2: (args, kwargs, embed)
+
+    before_task_publish.connect(capture, weak=False)
+    try:
+        task = app.tasks[START_TASK]
+        before = datetime.now(UTC)
+        task.apply_async(["nightly"])  # as beat sends it
+        task.s("nightly", sent_at="2026-11-29T02:00:00.1+00:00").apply_async()  # a retry
+    finally:
+        before_task_publish.disconnect(capture)
+    stamped = datetime.fromisoformat(published[0]["sent_at"])
+    assert before <= stamped <= datetime.now(UTC)
+    assert published[1] == {"sent_at": "2026-11-29T02:00:00.1+00:00"}
 
 
 def test_every_send_of_one_tick_starts_one_instance_that_completes(harness: Harness) -> None:
