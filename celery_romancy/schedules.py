@@ -77,16 +77,15 @@ def add(
         )
     definition = romancy.registry.resolve_workflow(workflow)
     input_data = definition.shape.bind(args, kwargs)
-    if romancy.app.configured:  # else its limit is not known yet: checked at each tick
-        check_payload_size(input_data, romancy.settings.max_payload_bytes, "the workflow input")
+    # Romancy(app) has configured the app already (its tasks bind to the config).
+    settings = romancy.settings
+    check_payload_size(input_data, settings.max_payload_bytes, "the workflow input")
     scheduled = ScheduledWorkflow(
         name, definition, tickable, input_data, {**keys, SEARCH_KEY: name}
     )
     romancy.schedules[name] = scheduled
-    if romancy.app.configured:  # else ``tasks.configure`` adds it with the others
-        conf = romancy.app.conf
-        entry = beat_entries(romancy.settings, [scheduled])
-        conf.beat_schedule = {**(conf.beat_schedule or {}), **entry}
+    conf = romancy.app.conf
+    conf.beat_schedule = {**(conf.beat_schedule or {}), **beat_entries(settings, [scheduled])}
     return scheduled
 
 

@@ -151,7 +151,6 @@ def configure(romancy: Romancy) -> None:
         return  # reported on first use, where the caller can see it
     # The user's own entries stay; ours are added under their ``romancy.`` names.
     conf.beat_schedule = {**maintenance.beat_schedule(settings), **(conf.beat_schedule or {})}
-    conf.beat_schedule.update(schedules.beat_entries(settings, list(romancy.schedules.values())))
 
 
 def register_step_task(romancy: Romancy, name: str) -> None:
