@@ -70,6 +70,7 @@ def add(
     if name in romancy.schedules:
         raise ConfigurationError(f"the schedule {name!r} is already registered")
     tickable = as_tickable(every)
+    tickable.app = romancy.app  # its timezone and clock, as beat sets them on its entries
     keys = checked_search({} if search is None else search)
     if SEARCH_KEY in keys:
         raise InvalidArgumentsError(
