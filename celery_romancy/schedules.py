@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from celery import Task
+from celery import Task, signals
 from celery.schedules import crontab
 
 from .definitions import WorkflowDefinition
@@ -165,6 +165,46 @@ class StampedTask(Task):  # type: ignore[misc]  # untyped Celery
     def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         stamped = {"sent_at": datetime.now(UTC).isoformat(), **(kwargs or {})}
         return super().apply_async(args, stamped, *rest, **options)
+
+
+def install(romancy: Romancy) -> None:
+    """The start task, and beat's schedules made ready when it starts."""
+    register_start_task(romancy)
+
+    def prepare_beat(sender: Any = None, **_: Any) -> None:
+        if sender is not None and sender.app is romancy.app:
+            prepare_entries(romancy, sender.scheduler)
+
+    signals.beat_init.connect(prepare_beat, weak=False)
+
+
+def prepare_entries(romancy: Romancy, scheduler: Any) -> None:
+    """Before beat's first tick: add the schedules its config lacked (a ``beat_schedule``
+    replaced after ``romancy.schedule``), and give each entry beat never ran (no schedule
+    file, a new schedule) the tick of its latest run in the database as its last run.
+    Beat then sends an entry that missed ticks at once, whether or not it kept its file."""
+    settings = romancy.settings
+    entries = beat_entries(settings, list(romancy.schedules.values()))
+    scheduler.update_from_dict({k: v for k, v in entries.items() if k not in scheduler.schedule})
+    for name in romancy.schedules:
+        entry = scheduler.schedule.get(f"{ENTRY_PREFIX}{name}")
+        if entry is None or entry.total_run_count:
+            continue  # beat's file knows when it last sent this entry
+        try:
+            last = latest_started_tick(romancy, name)
+        except sa.exc.SQLAlchemyError as exc:
+            logger.warning("celery_romancy: schedule %s: last run unknown: %s", name, exc)
+            continue
+        if last is not None:
+            entry.last_run_at = last
+
+
+def latest_started_tick(romancy: Romancy, name: str) -> datetime | None:
+    """The latest tick of schedule ``name`` with a run in the database (the newest
+    created few: a late start of an older tick may be newer)."""
+    runs = romancy.find_instances(search={SEARCH_KEY: name}, limit=20)
+    ticks = [tick for run in runs if (tick := scheduled_time(run.instance_id)) is not None]
+    return max(ticks, default=None)
 
 
 def register_start_task(romancy: Romancy) -> None:

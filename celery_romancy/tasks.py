@@ -55,7 +55,7 @@ def install(romancy: Romancy) -> None:
     """Register the maintenance tasks and, once the app is configured, the config."""
     app = romancy.app
     register_maintenance_tasks(romancy)
-    schedules.register_start_task(romancy)
+    schedules.install(romancy)
     # Beat entries need the settings, which need the app's config: wait for it.
     if app.configured:
         configure(romancy)
@@ -66,10 +66,6 @@ def install(romancy: Romancy) -> None:
         # A user may replace ``beat_schedule`` after configuration: beat gets ours anyway.
         if sender is not None and sender.app is app:
             sender.scheduler.update_from_dict(maintenance.beat_schedule(romancy.settings))
-            # Only the missing schedules: the others keep their last run from beat's file.
-            entries = schedules.beat_entries(romancy.settings, list(romancy.schedules.values()))
-            missing = {k: v for k, v in entries.items() if k not in sender.scheduler.schedule}
-            sender.scheduler.update_from_dict(missing)
 
     signals.beat_init.connect(add_beat_entries, weak=False)
     app.steps["worker"].add(worker_startup_step(romancy))

@@ -46,7 +46,7 @@ from celery_romancy.ticks import (
 from .conftest import empty_database
 from .harness import Harness
 from .ledger import Ledger, wait_for
-from .processes import ROOT, CeleryProcess, celery_beat, celery_worker, log_says
+from .processes import ROOT, CeleryProcess, celery_beat, celery_worker
 from .services import REDIS_URL, redis_client
 
 UTC_APP = Celery("ticks")
@@ -444,7 +444,10 @@ def test_two_beats_start_each_tick_once(rig: Any) -> None:
             assert sent_at - seconds(start["tick"]) < every / 2, start
 
 
-def test_a_tick_missed_while_beat_was_down_starts_once_late(rig: Any) -> None:
+@pytest.mark.parametrize("schedule_file", ["kept", "new"])
+def test_a_tick_missed_while_beat_was_down_starts_once_late(rig: Any, schedule_file: str) -> None:
+    """Beat back with its schedule file knows its entry's last run from it; a beat with
+    a new file (a new container) from the latest run in the database."""
     every = 8.0  # beat restarts well within one interval, even on a loaded machine
     run: ScheduleRig = rig(every)
     run.worker()
@@ -457,16 +460,20 @@ def test_a_tick_missed_while_beat_was_down_starts_once_late(rig: Any) -> None:
     # The first tick after the stop passes with no beat running.
     missed = (stopped // every + 1) * every
     wait_for(lambda: time.time() >= missed + 0.3, every + 1, "a tick to pass without beat")
-    beat.launch().wait_ready(lambda b: b.log().count("beat: Starting...") == 2)
+    if schedule_file == "kept":
+        beat.launch().wait_ready(lambda b: b.log().count("beat: Starting...") == 2)
+    else:
+        beat = run.beat()
     wait_for(lambda: run.ticks_started() - before, 20, "the missed tick to start")
     beat.stop()
     wait_for(lambda: set(run.instances().values()) == {"completed"}, 20, "the runs to end")
 
-    late = [start for start in run.starts() if start["tick"] not in before]
     # Sent when beat came back (before the next tick), for the tick it missed, once.
-    assert seconds(late[0]["tick"]) == missed
-    sent_at = datetime.fromisoformat(late[0]["sent_at"]).timestamp()
+    (late,) = [start for start in run.starts() if start["tick"] not in before]
+    assert seconds(late["tick"]) == missed
+    sent_at = datetime.fromisoformat(late["sent_at"]).timestamp()
     assert missed + 0.3 <= sent_at < missed + every
-    assert [start["tick"] for start in late].count(late[0]["tick"]) == 1
-    assert run.instances()[late[0]["instance_id"]] == "completed"
-    assert log_says("Sending due task romancy.schedule:ticker")(beat)
+    assert run.instances()[late["instance_id"]] == "completed"
+    assert sorted(run.instances()) == sorted(
+        f"schedule:ticker:{t}" for t in before | {late["tick"]}
+    )
