@@ -6,7 +6,9 @@ entry sends ``romancy.start_scheduled`` with the schedule's name and the moment 
 sent it. The worker looks the name up in its own registry (nothing in the message
 chooses code or arguments) and starts the instance ``schedule:<name>:<tick>``, the
 tick being the latest one at or before that moment (``ticks``). Two beats, a beat
-restart or a redelivered message name the same instance, which starts once.
+restart or a redelivered message name the same instance, which starts once. When beat
+starts, an entry it has no record of takes its last run from the database, so a tick
+missed while beat was down is started late, once, with or without beat's file.
 """
 
 from __future__ import annotations
