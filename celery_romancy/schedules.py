@@ -2,13 +2,10 @@
 
 ``romancy.schedule(name, workflow, crontab(...), *args)`` checks the start as
 ``start_workflow`` would and keeps it, JSON, in this process's registry; its beat
-entry sends ``romancy.start_scheduled`` with the schedule's name and the moment beat
-sent it. The worker looks the name up in its own registry (nothing in the message
-chooses code or arguments) and starts the instance ``schedule:<name>:<tick>``, the
-tick being the latest one at or before that moment (``ticks``). Two beats, a beat
-restart or a redelivered message name the same instance, which starts once. When beat
-starts, an entry it has no record of takes its last run from the database, so a tick
-missed while beat was down is started late, once, with or without beat's file.
+entry sends ``romancy.start_scheduled`` (``scheduled_runs``), which starts the run of
+the tick beat sent it for. When beat starts, an entry it has no record of takes its last
+run from the database, so a tick missed while beat was down is started late, once, with
+or without beat's schedule file.
 """
 
 from __future__ import annotations
@@ -20,14 +17,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from celery import Task, signals
+from celery import signals
 from celery.schedules import crontab
 
 from .definitions import WorkflowDefinition
 from .errors import ConfigurationError, InvalidArgumentsError
 from .recorded import checked_search
 from .settings import RomancySettings
-from .ticks import EveryInterval, as_tickable, latest_tick, next_tick, tick_label
+from .ticks import EveryInterval, as_tickable, next_tick, tick_label
 from .validation import MAX_ID_LENGTH, check_identifier, check_payload_size
 
 if TYPE_CHECKING:
@@ -109,29 +106,6 @@ def beat_entries(
     }
 
 
-def start_tick(romancy: Romancy, name: str, sent_at: str | None) -> dict[str, Any]:
-    """Start the run of schedule ``name`` for the latest tick at or before ``sent_at``
-    (beat's clock when it sent; this worker's now for a message without it)."""
-    scheduled = romancy.schedules.get(name)
-    if scheduled is None:
-        raise ConfigurationError(
-            f"no schedule {name!r} in this worker: call romancy.schedule({name!r}, ...) in a "
-            "module the worker imports, as beat does"
-        )
-    moment = datetime.now(UTC) if sent_at is None else _aware(sent_at)
-    tick = latest_tick(scheduled.schedule, moment, romancy.app.timezone)
-    instance_id = scheduled.instance_id(tick)
-    check_payload_size(
-        scheduled.input_data, romancy.settings.max_payload_bytes, "the workflow input"
-    )
-    from .app import PreparedStart  # app imports this module
-
-    romancy.start_prepared(
-        PreparedStart(scheduled.workflow, scheduled.input_data, instance_id, scheduled.search)
-    )
-    return {"instance_id": instance_id, "tick": tick_label(tick)}
-
-
 def scheduled_time(instance_id: str) -> datetime | None:
     """The tick a scheduled run was started for (UTC), read from its instance id; None
     for an instance no schedule started. Pure: a workflow may call it on
@@ -144,34 +118,12 @@ def scheduled_time(instance_id: str) -> datetime | None:
         return None
 
 
-def _aware(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise InvalidArgumentsError(f"sent_at is not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def next_run(romancy: Romancy, scheduled: ScheduledWorkflow, now: datetime) -> datetime:
     return next_tick(scheduled.schedule, now, romancy.app.timezone)
 
 
-class StampedTask(Task):  # type: ignore[misc]  # untyped Celery
-    """``romancy.start_scheduled``: each message carries the moment it was sent.
-
-    Beat calls the task's ``apply_async`` when it sends a due entry (the task is
-    registered in beat's process too), so the moment is beat's, taken just after it
-    found the entry due: a message delivered late, or retried, still names its tick.
-    """
-
-    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
-        stamped = {"sent_at": datetime.now(UTC).isoformat(), **(kwargs or {})}
-        return super().apply_async(args, stamped, *rest, **options)
-
-
-def install(romancy: Romancy) -> None:
-    """The start task, and beat's schedules made ready when it starts."""
-    register_start_task(romancy)
+def install_beat_hook(romancy: Romancy) -> None:
+    """Beat's schedule entries made ready when it starts (``prepare_entries``)."""
 
     def prepare_beat(sender: Any = None, **_: Any) -> None:
         if sender is not None and sender.app is romancy.app:
@@ -207,27 +159,3 @@ def latest_started_tick(romancy: Romancy, name: str) -> datetime | None:
     runs = romancy.find_instances(search={SEARCH_KEY: name}, limit=20)
     ticks = [tick for run in runs if (tick := scheduled_time(run.instance_id)) is not None]
     return max(ticks, default=None)
-
-
-def register_start_task(romancy: Romancy) -> None:
-    def start_scheduled(task: Task, name: str, sent_at: str | None = None) -> dict[str, Any]:
-        try:
-            return start_tick(romancy, name, sent_at)
-        except sa.exc.DBAPIError as exc:
-            # The history database is unreachable (a restart, a failover): try again
-            # later rather than lose the tick; the retry keeps its ``sent_at``.
-            logger.warning("celery_romancy: database error starting %s, retrying: %s", name, exc)
-            raise task.retry(countdown=2.0, max_retries=None) from None
-
-    romancy.app.task(
-        name=START_TASK,
-        base=StampedTask,
-        bind=True,
-        lazy=False,
-        shared=False,
-        serializer="json",
-        # A worker that dies mid-start leaves the message to be redelivered: the same
-        # tick, the same instance id, started once.
-        acks_late=True,
-        reject_on_worker_lost=True,
-    )(start_scheduled)

@@ -34,7 +34,8 @@ from celery_romancy import (
     WorkflowContext,
 )
 from celery_romancy.cli import romancy as romancy_command
-from celery_romancy.schedules import START_TASK, start_tick
+from celery_romancy.scheduled_runs import start_tick
+from celery_romancy.schedules import START_TASK
 from celery_romancy.ticks import (
     EveryInterval,
     as_tickable,
