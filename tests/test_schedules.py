@@ -407,6 +407,9 @@ def test_two_beats_start_each_tick_once(rig: Any) -> None:
     run: ScheduleRig = rig(every)
     run.worker()
     first, second = run.beat(), run.beat()
+    # Up means ticking: each has sent once (a tick while a beat was still starting may
+    # have been started by the other before this one looked; it rightly sends nothing).
+    wait_for(lambda: beat_sends(first) and beat_sends(second), 30, "both beats to send")
     both_up = time.time()
     # Four ticks after both beats are up, each sent by both.
     wait_for(
