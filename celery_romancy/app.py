@@ -11,7 +11,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from celery import Celery
 
-from . import events, maintenance, operations, outbox, tasks, transition
+from . import events, maintenance, operations, outbox, schedules, tasks, transition
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
 from .errors import (
     RomancyError,
@@ -62,6 +62,7 @@ class Romancy:
         self.registry = Registry()
         self.runner = StepRunner(self)
         self._lease_keeper: LeaseKeeper | None = None
+        self.schedules: dict[str, schedules.ScheduledWorkflow] = {}
         celery_app._celery_romancy = self  # for CLI and contrib
         tasks.install(self)
 
@@ -227,6 +228,27 @@ class Romancy:
                     "start it with the same arguments to get it back, or choose another id",
                 )
         return instance_id
+
+    def schedule(
+        self,
+        name: str,
+        workflow: WorkflowDefinition[Any, Any] | str,
+        schedule: Any,
+        *args: Any,
+        search: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> schedules.ScheduledWorkflow:
+        """Start ``workflow(*args, **kwargs)`` at each tick of ``schedule`` (a
+        ``crontab``, or an interval: seconds, a ``timedelta``, ``celery.schedules.schedule``,
+        ticking on whole multiples of it since the epoch) from Celery beat.
+
+        Checked here as ``start_workflow`` checks a start. Each run is the instance
+        ``schedule:<name>:<tick, UTC>``, started once however many beats send the tick;
+        a tick beat was down for is started when it is back (only the latest of several),
+        as Celery beat runs any overdue entry. Call it where the app is defined, so beat
+        and the workers register it alike.
+        """
+        return schedules.add(self, name, workflow, schedule, args, kwargs, search)
 
     def get_instance(self, instance_id: str) -> WorkflowInstance:
         """The instance, or ``UnknownInstanceError``."""

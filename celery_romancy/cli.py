@@ -22,6 +22,7 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
+from . import schedules
 from .app import Romancy
 from .continuation import next_run_id
 from .contrib.status import duration, instance_status
@@ -30,6 +31,7 @@ from .settings import masked_url
 from .states import ACTIVE, HistoryKind, Status, StepKind
 from .storage import STATUSES, AttemptRecord, HistoryEvent, StepRecord, WorkflowInstance
 from .storage.migrate import current_revision
+from .ticks import describe
 
 LIST_LIMIT = 50
 # list --root reads a whole tree at once; a larger one is walked with list --parent.
@@ -83,7 +85,8 @@ def reported(instance_param: str = "INSTANCE_ID") -> Iterator[None]:
 @click.group(name="romancy")
 @click.pass_context
 def romancy(ctx: click.Context) -> None:
-    """Durable workflows: list, show, cancel, resume, retry-compensation, send-event, migrate."""
+    """Durable workflows: list, show, cancel, resume, retry-compensation, send-event, migrate,
+    schedules."""
     if ctx.obj is None or not hasattr(ctx.obj, "app"):
         raise click.UsageError("run it as a Celery subcommand: celery -A proj romancy ...")
 
@@ -442,6 +445,46 @@ def migrate(ctx: click.Context) -> None:
             revision = current_revision(conn)
     shown = masked_url(engine.settings.database_url)
     click.echo(f"history schema at revision {revision} ({shown})")
+
+
+@romancy.command(name="schedules")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+@click.pass_context
+def list_schedules(ctx: click.Context, as_json: bool) -> None:
+    """The scheduled workflows (romancy.schedule): next run, last run started."""
+    engine = _romancy(ctx)
+    now = datetime.now(UTC)
+    listed: list[dict[str, Any]] = []
+    with reported():
+        for name, scheduled in sorted(engine.schedules.items()):
+            # Each run carries its schedule's name as a business key (indexed).
+            last = engine.find_instances(search={schedules.SEARCH_KEY: name}, limit=1)
+            listed.append(
+                {
+                    "name": name,
+                    "workflow": scheduled.workflow.name,
+                    "schedule": describe(scheduled.schedule),
+                    "next_run": schedules.next_run(engine, scheduled, now),
+                    "last_instance_id": last[0].instance_id if last else None,
+                    "last_status": last[0].status if last else None,
+                }
+            )
+    if as_json:
+        click.echo(json.dumps(listed, indent=2, default=_json_default))
+        return
+    header = ("NAME", "WORKFLOW", "SCHEDULE", "NEXT RUN", "LAST STARTED", "STATUS")
+    rows = [
+        (
+            each["name"],
+            each["workflow"],
+            each["schedule"],
+            _time(each["next_run"]),
+            each["last_instance_id"] or "-",
+            each["last_status"] or "-",
+        )
+        for each in listed
+    ]
+    _table(header, rows)
 
 
 # -- formatting ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from celery import Task, bootsteps, signals
 from celery.exceptions import Retry, TaskPredicate
 
-from . import maintenance, outbox
+from . import maintenance, outbox, scheduled_runs, schedules
 from .dispatch import WAKE_TASK
 from .errors import ActivityError, ConfigurationError, LeaseHeldError
 from .runner import FailedAttempt
@@ -55,6 +55,8 @@ def install(romancy: Romancy) -> None:
     """Register the maintenance tasks and, once the app is configured, the config."""
     app = romancy.app
     register_maintenance_tasks(romancy)
+    scheduled_runs.register_start_task(romancy)
+    schedules.install_beat_hook(romancy)
     # Beat entries need the settings, which need the app's config: wait for it.
     if app.configured:
         configure(romancy)

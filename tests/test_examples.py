@@ -215,6 +215,7 @@ def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
         "example_project/fan_out.py",
         "example_project/flask_shop.py",
         "example_project/loops.py",
+        "example_project/schedules.py",
         "example_project/upgrades_release_2.py",
         "example_project/watching.py",
         "tests/django_project/proj/settings.py",
@@ -225,6 +226,22 @@ def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
         assert blocks
         for block in blocks:
             assert block.strip() and block in source, f"not in {example}:\n{block}"
+
+
+def test_schedules_example_starts_one_run_for_two_sends_of_a_tick(tmp_path: Path) -> None:
+    # PYTHONPATH: this checkout's package, whichever one is installed.
+    done = run_example("schedules.py", tmp_path, PYTHONPATH=str(ROOT))
+    assert done.returncode == 0, done.stderr
+    run = "schedule:nightly-report:2026-11-29T02:00:00Z"
+    assert done.stdout.splitlines() == [
+        "beat entry: romancy.start_scheduled ['nightly-report'] <crontab: 0 2 * * * (m/h/dM/MY/d)>",
+        f"sent -> {run}",
+        f"sent -> {run}",
+        f"runs: ['{run}']",
+        "  build_report: eu for the night of 2026-11-29",
+        "result: report-eu-2026-11-29",
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_readme_children_output_is_what_the_example_prints(
