@@ -271,4 +271,6 @@ outbox = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("published_at", UTCDateTime()),
     sa.Index("ix_romancy_outbox_status_available", "status", "available_at"),
+    # An instance's events (the dashboard's instance page, retention).
+    sa.Index("ix_romancy_outbox_instance", "instance_id"),
 )

@@ -1,5 +1,5 @@
 """code versions and continue-as-new runs on instances; indexes for newest-first pages
-and for retention; the operators' actions on an instance
+and for retention; an index of each instance's outbox rows; the operators' actions on an instance
 
 Revision ID: 0009
 Revises: 0008
@@ -32,6 +32,7 @@ def upgrade() -> None:
             "ix_romancy_instances_workflow_version", ["workflow_name", "workflow_version"]
         )
         batch.create_index("ix_romancy_instances_continued_from", ["continued_from"])
+    op.create_index("ix_romancy_outbox_instance", "romancy_outbox", ["instance_id"])
     op.create_table(
         "romancy_operator_actions",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
@@ -54,6 +55,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_romancy_operator_actions_instance", table_name="romancy_operator_actions")
     op.drop_table("romancy_operator_actions")
+    op.drop_index("ix_romancy_outbox_instance", table_name="romancy_outbox")
     with op.batch_alter_table("romancy_instances") as batch:
         batch.drop_index("ix_romancy_instances_continued_from")
         batch.drop_index("ix_romancy_instances_workflow_version")
