@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...operations import PARKED_ERRORS
@@ -31,38 +30,38 @@ class BadActionError(ValueError):
     """A form the action cannot use; its message says why."""
 
 
-@dataclass(frozen=True)
-class Done:
-    message: str
+# What the page says after each action (``?done=<key>``).
+NOTICES = {
+    "cancel": "cancellation requested",
+    "cancel-already": "it was already being cancelled or rolled back: nothing changed",
+    "resume": "resumed",
+    "retry-compensation": "retrying the compensation",
+    "send-event": "event sent",
+}
 
 
 def perform(
     romancy: Romancy, action: str, instance_id: str, form: dict[str, str], actor: str
-) -> Done:
-    """Carry out ``action``; the package's errors (refused, unknown instance, bad input)
-    pass through to the caller."""
+) -> str:
+    """Carry out ``action``; return what happened (a key of ``NOTICES``). The package's
+    errors (refused, unknown instance, bad input) pass through to the caller."""
     if action == "cancel":
         reason = form.get("reason", "").strip() or DEFAULT_REASON
         requested = romancy.cancel(instance_id, reason, by=actor)
-        return Done(
-            "cancellation requested"
-            if requested
-            else "it is already being cancelled or rolled back"
-        )
+        return "cancel" if requested else "cancel-already"
     if action == "resume":
         romancy.resume(instance_id, by=actor)
-        return Done("resumed")
-    if action == "retry-compensation":
+    elif action == "retry-compensation":
         romancy.retry_compensation(instance_id, by=actor)
-        return Done("retrying the compensation")
-    if action == "send-event":
+    elif action == "send-event":
         event_type = form.get("event_type", "").strip()
         if not event_type:
             raise BadActionError("give the event's type")
         data = _data(form.get("data", "").strip() or "null")
         romancy.send_event(event_type, data, instance_id=instance_id, by=actor)
-        return Done(f"event {event_type} sent")
-    raise BadActionError(f"no action {action!r}")
+    else:
+        raise BadActionError(f"no action {action!r}")
+    return action
 
 
 def _data(text: str) -> Any:

@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote
 
 from ...errors import InvalidArgumentsError, RomancyError, UnknownInstanceError
 from . import api
-from .actions import ACTIONS, Authorize, BadActionError, perform, render_forms
+from .actions import ACTIONS, NOTICES, Authorize, BadActionError, perform, render_forms
 from .csrf import CsrfProtection, SignedDoubleSubmit
 from .http import Request, Response, as_json, error, html, redirect
 from .instance_page import render_instance
@@ -36,12 +36,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript"}
-NOTICES = {
-    "cancel": "cancellation requested",
-    "resume": "resumed",
-    "retry-compensation": "retrying the compensation",
-    "send-event": "event sent",
-}
 
 StartResponse = Callable[..., Any]
 
@@ -192,14 +186,14 @@ class Dashboard:
         if actor is None:
             return error(403, "you may not act on workflow instances here")
         try:
-            perform(self.romancy, action, instance_id, dict(request.form), actor)
+            done = perform(self.romancy, action, instance_id, dict(request.form), actor)
         except UnknownInstanceError as exc:
             return error(404, str(exc))
         except (BadActionError, InvalidArgumentsError) as exc:
             return self._instance(request, instance_id, ("error", str(exc)), 400)
         except RomancyError as exc:  # refused: the instance's status does not allow it
             return self._instance(request, instance_id, ("error", str(exc)), 409)
-        return redirect(request.url(f"/instances/{quote(instance_id, safe='')}", done=action))
+        return redirect(request.url(f"/instances/{quote(instance_id, safe='')}", done=done))
 
 
 def _static(name: str) -> Response:
