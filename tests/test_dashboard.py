@@ -15,15 +15,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from celery.bin.base import CLIContext
 from click.testing import CliRunner
+from flask import Flask
 from werkzeug.test import Client, TestResponse
 
 from celery_romancy import InstanceStateError, InvalidArgumentsError
 from celery_romancy.cli import romancy as romancy_command
 from celery_romancy.contrib.dashboard import Dashboard, Request
+from celery_romancy.contrib.flask import dashboard_blueprint
 from celery_romancy.storage import Store
 
 from .harness import Harness
@@ -214,6 +217,62 @@ def test_the_pages_and_the_api_show_every_kind_of_saga(harness: Harness) -> None
     assert client.get("/static/../app.py").status_code == 404
 
 
+def test_the_timeline_draws_branches_side_by_side_and_links_child_workflows(
+    harness: Harness,
+) -> None:
+    romancy = harness.romancy
+    client = Client(Dashboard(romancy))
+    with harness.worker():
+        paired = romancy.start_workflow("pair", "G1")
+        jammed = romancy.start_workflow("fulfil", "G2", "raise")
+        paying = romancy.start_workflow("c_payment", "G3", 10.0)
+        # One branch held at its gate while the others end: drawn as running meanwhile.
+        wait_for(lambda: "reserve-start:G2" in harness.ledger.events(), 30, "g_reserve")
+        (step,) = [
+            s
+            for s in client.get(f"/api/instances/{jammed}").get_json()["steps"]
+            if s["kind"] == "gather"
+        ]
+        assert step["state"] in ("open", "failed")
+        assert [b["name"] for b in step["branches"]] == ["g_charge", "g_jam", "g_reserve"]
+        assert step["branches"][2]["state"] == "running"
+        harness.gate("reserve-G2").open()
+        for instance_id in (paired, jammed, paying):
+            romancy.wait(instance_id, timeout=30)
+
+    page = text(client.get(f"/instances/{paired}"))
+    gather = re.search(r'<ul class="branches" aria-label="Parallel branches">(.*?)</ul>', page)
+    assert gather is not None
+    assert entries(gather.group(1)) == [
+        ("activity", "completed", "g_pair:1"),
+        ("activity", "completed", "g_pair:2"),
+    ]
+    (step,) = [
+        s for s in client.get(f"/api/instances/{paired}").get_json()["steps"] if s["branches"]
+    ]
+    assert step["kind"] == "gather" and step["state"] == "completed"
+    assert [b["result"] for b in step["branches"]] == ["left", "right"]
+
+    # A failed branch fails its gather; the rollback's undo path is drawn apart.
+    api = client.get(f"/api/instances/{jammed}").get_json()
+    assert api["instance"]["status"] == "failed"
+    (step,) = [s for s in api["steps"] if s["kind"] == "gather"]
+    assert step["state"] == "failed"
+    assert "failed" in [b["state"] for b in step["branches"]]
+    assert "undo-title" in text(client.get(f"/instances/{jammed}"))
+
+    # A child workflow: linked from its step and listed; the child links back.
+    (child,) = romancy.find_instances(parent=paying)
+    page = text(client.get(f"/instances/{paying}"))
+    assert re.search(r'<li class="entry kind-child state-completed" data-kind="child"', page)
+    assert f'class="child" href="/instances/{quote(child.instance_id, safe="")}"' in page
+    assert re.search(
+        rf'<table id="children">.*data-instance-id="{re.escape(child.instance_id)}"', page, re.S
+    )
+    page = text(client.get(f"/instances/{quote(child.instance_id, safe='')}"))
+    assert f'<dt>Parent</dt><dd><a href="/instances/{paying}">{paying}</a>' in page
+
+
 def csrf_token(page: str) -> str:
     found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
     assert found is not None, "no CSRF token in the page"
@@ -353,6 +412,34 @@ def test_romancy_records_who_acted_only_when_the_action_succeeds(harness: Harnes
     with pytest.raises(InstanceStateError):
         romancy.resume(waiting, by="bob")
     assert romancy.operator_actions(waiting) == []
+
+
+def test_the_flask_blueprint_serves_the_dashboard_under_its_prefix(harness: Harness) -> None:
+    app = Flask(__name__)
+    blueprint = dashboard_blueprint(harness.romancy, flower_url=FLOWER, authorize=lambda r: "fay")
+    app.register_blueprint(blueprint, url_prefix="/romancy")
+    client = app.test_client()
+    with harness.worker():
+        waiting = harness.romancy.start_workflow("napper", "F1", 3600.0)
+        reach(harness, waiting, "waiting_for_timer")
+        page = unescape(client.get("/romancy/").get_data(as_text=True))
+        assert listed(page) == [waiting]
+        assert f'href="/romancy/instances/{waiting}"' in page
+        assert 'href="/romancy/static/dashboard.css"' in page
+        assert client.get("/romancy/static/dashboard.js").status_code == 200
+        api = client.get("/romancy/api/instances").get_json()
+        assert [i["instance_id"] for i in api["instances"]] == [waiting]
+        page = unescape(client.get(f"/romancy/instances/{waiting}").get_data(as_text=True))
+        assert f'action="/romancy/actions/cancel/{waiting}"' in page
+        cancel = f"/romancy/actions/cancel/{waiting}"
+        assert client.post(cancel, data={"reason": "no token"}).status_code == 403
+        done = client.post(cancel, data={"csrf_token": csrf_token(page), "reason": "by fay"})
+        assert done.status_code == 303
+        assert done.headers["Location"] == f"/romancy/instances/{waiting}?done=cancel"
+        reach(harness, waiting, "cancelled")
+    assert [(a.action, a.actor) for a in harness.romancy.operator_actions(waiting)] == [
+        ("cancel", "fay")
+    ]
 
 
 # -- storage: keyset pages and capped counts -----------------------------------------------

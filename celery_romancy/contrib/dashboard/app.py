@@ -45,8 +45,9 @@ class Dashboard:
 
     ``flower_url``: Flower's address; each step then links to its Celery task there.
     ``read_only``: no action forms, every POST refused. ``authorize(request)``: the name
-    of whoever may act (recorded with each action), or None to refuse; without it no
-    one can act. ``csrf``: how POSTs are protected (default: a signed double-submit
+    of whoever may act (recorded with each action), or None to refuse; asked for each
+    action, and for each instance page (the forms are shown only to those who may act);
+    without it no one can act. ``csrf``: how POSTs are protected (default: a signed double-submit
     cookie with ``secret``, random per process unless given: give one secret to every
     process that serves the dashboard).
     """
@@ -139,7 +140,7 @@ class Dashboard:
         if notice is None and done in NOTICES:
             notice = ("done", NOTICES[done])
         forms, headers = "", list[tuple[str, str]]()
-        if self.acts:
+        if self.acts and self.authorize is not None and self.authorize(request) is not None:
             token, headers = self.csrf.token(request)
             forms = render_forms(request, record.instance, self.csrf.field, token)
         text = render_instance(

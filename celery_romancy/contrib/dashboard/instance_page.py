@@ -39,16 +39,16 @@ def render_instance(
     """``actions``: the action forms (``actions.render_forms``), or "" when read-only;
     ``notice``: (kind, message) after an action: "done" or "error"."""
     instance = record.instance
-    parts = [
-        f'<h1>Instance <span class="id">{esc(instance.instance_id)}</span> '
-        f"{badge(instance.status, 'status')}</h1>"
-    ]
+    parts = []
     if notice is not None:
         kind, message = notice
         role = "alert" if kind == "error" else "status"
         parts.append(f'<p id="notice" class="notice {esc(kind)}" role="{role}">{esc(message)}</p>')
-    parts.append(actions)
+    # The headline and the actions change with the status: refreshed with the rest.
     details = [
+        f'<h1>Instance <span class="id">{esc(instance.instance_id)}</span> '
+        f"{badge(instance.status, 'status')}</h1>",
+        actions,
         _summary(request, record),
         _error(instance),
         '<section aria-labelledby="timeline-title"><h2 id="timeline-title">Steps</h2>'

@@ -3,8 +3,9 @@
     # urls.py
     path("romancy/", include("celery_romancy.contrib.django.urls"))
 
-Staff only (``staff_member_required``); staff with the ``change`` permission on workflow
-instances (as in the admin) may act, recorded under their user name. POSTs pass
+Staff only (``staff_member_required``), and as in the admin: staff with the ``view`` or
+``change`` permission on workflow instances see them, those with ``change`` may act
+(recorded under their user name). POSTs pass
 Django's own CSRF check (``csrf_protect``, with or without the middleware). Settings:
 ``ROMANCY_DASHBOARD_FLOWER_URL`` (steps link to their task in Flower) and
 ``ROMANCY_DASHBOARD_READ_ONLY``. For other choices build the view yourself::
@@ -31,6 +32,7 @@ from . import project_romancy
 __all__ = ["DjangoCsrf", "dashboard_urls", "dashboard_view", "staff_with_change_permission"]
 
 CHANGE_PERMISSION = "celery_romancy.change_workflowinstance"
+VIEW_PERMISSION = "celery_romancy.view_workflowinstance"
 
 
 class DjangoCsrf:
@@ -60,10 +62,13 @@ def dashboard_view(
     read_only: bool | None = None,
     authorize: Authorize | None = staff_with_change_permission,
     login: Callable[[Any], Any] | None = staff_member_required,
+    permission: bool = True,
 ) -> Callable[..., HttpResponse]:
     """A view for ``re_path(r"^(?P<rest>.*)$", ...)``: ``rest`` is the path below the
     mount point. ``romancy``: default, that of Celery's current app (read at the first
-    request); ``flower_url`` and ``read_only``: default, the settings above."""
+    request); ``flower_url`` and ``read_only``: default, the settings above; ``login``:
+    a decorator that lets only signed-in users through; ``permission``: they also need
+    the view or change permission on workflow instances (403 otherwise)."""
     built: list[Dashboard] = []
 
     def dashboard() -> Dashboard:
@@ -85,6 +90,14 @@ def dashboard_view(
         return built[0]
 
     def view(request: HttpRequest, rest: str = "") -> HttpResponse:
+        user = getattr(request, "user", None)
+        if permission and not (
+            user is not None
+            and (user.has_perm(VIEW_PERMISSION) or user.has_perm(CHANGE_PERMISSION))
+        ):
+            return HttpResponse(
+                b"you may not see workflow instances", status=403, content_type="text/plain"
+            )
         path = str(request.path)
         base = path[: len(path) - len(rest)] if rest and path.endswith(rest) else path
         answer = dashboard().handle(

@@ -30,8 +30,9 @@
       return;
     }
     var current = document.getElementById("live");
-    if (!current) {
-      return;
+    var focused = document.activeElement;
+    if (!current || (focused && focused.closest && focused.closest("#live form"))) {
+      return;  // someone is filling in a form in it: leave it alone
     }
     fetch(window.location.href, { credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.text() : null; })
