@@ -5,11 +5,13 @@ An operator opens the list, filters it to the failed sagas, opens one and reads 
 error and its compensations; then opens the saga parked in ``compensation_failed``,
 clicks "Retry compensation" once the cause is fixed, and watches the page (its own
 auto-refresh, no reload) show the rollback finished. The instance page is kept as a
-screenshot under ``test-artifacts/`` (its path is printed); ``docs/dashboard-instance.png``
-in the README is one of these.
+screenshot under ``test-artifacts/`` (paths printed), parked and retried;
+``docs/dashboard-instance.png`` in the README is ``dashboard-parked-sqlite.png``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,8 +20,18 @@ from celery_romancy.contrib.dashboard import Dashboard
 from .browser import chromium, keep_screenshot, serve
 from .harness import Harness
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
 # The worker's rollback and the page's refresh (every 5 s) both fit in this, with room.
 FINISHES_WITHIN_MS = 30_000
+
+
+def keep(page: Page, name: str) -> None:
+    """A screenshot of the whole page, kept in ``test-artifacts/``."""
+    kept = keep_screenshot(name)
+    page.screenshot(path=str(kept), full_page=True)
+    print(f"screenshot of the instance page: {kept}")
 
 
 def run_trips(harness: Harness) -> dict[str, str]:
@@ -46,6 +58,7 @@ def run_trips(harness: Harness) -> dict[str, str]:
 def test_an_operator_finds_a_failed_saga_and_retries_its_parked_compensation_in_a_browser(
     harness: Harness, request: pytest.FixtureRequest
 ) -> None:
+    database = request.node.callspec.id
     dashboard = Dashboard(harness.romancy, authorize=lambda _request: "ops@example.com")
     with chromium() as browser, harness.worker(), serve(dashboard) as url:
         from playwright.sync_api import expect  # chromium() checked it is installed
@@ -91,6 +104,7 @@ def test_an_operator_finds_a_failed_saga_and_retries_its_parked_compensation_in_
         expect(page.locator("#error")).to_contain_text("flight API unreachable")
         flight = page.locator('#compensations li.undo[data-step-id="book_flight:1"]')
         expect(flight).to_have_attribute("data-status", "failed")
+        keep(page, f"dashboard-parked-{database}.png")
 
         # The operator fixes the cause, then retries from the page.
         (harness.folder / "flight-api-down").unlink()
@@ -103,9 +117,7 @@ def test_an_operator_finds_a_failed_saga_and_retries_its_parked_compensation_in_
         expect(operator).to_contain_text("ops@example.com")
         expect(operator).to_contain_text("retry compensation")
 
-        kept = keep_screenshot(f"dashboard-instance-{request.node.callspec.id}.png")
-        page.screenshot(path=str(kept), full_page=True)
-        print(f"screenshot of the instance page: {kept}")
+        keep(page, f"dashboard-retried-{database}.png")
 
     assert harness.romancy.get_instance(sagas["parked"]).status == "failed"
     assert harness.ledger.count("cancel_flight:T3:FL-T3") == 1  # undone once, after the fix

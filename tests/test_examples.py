@@ -194,6 +194,7 @@ def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
         "example_project/flask_shop.py",
         "example_project/watching.py",
         "tests/django_project/proj/settings.py",
+        "tests/django_project/proj/urls.py",
     ]
     for example in examples:
         source = (ROOT / example).read_text()
