@@ -141,7 +141,7 @@ def test_the_pages_and_the_api_show_every_kind_of_saga(harness: Harness) -> None
             "waiting_for_event": 1,
             "compensation_failed": 1,
         },
-        "cap": 10_000,
+        "cap": 1_000,
     }
 
     # A rolled-back saga: its steps in order, the failed one with its traceback folded,

@@ -169,6 +169,10 @@ class InstanceQueries(StoreBase):
                 )
                 if cap is not None:
                     matching = matching.limit(cap)
+                    if created_after is not None or created_before is not None:
+                        # Through the (status, created_at) index: the range read from
+                        # its start, not found by scanning past rows the time leaves out.
+                        matching = matching.order_by(t.c.created_at.desc())
                 count = conn.execute(sa.select(sa.func.count()).select_from(matching.subquery()))
                 found = int(count.scalar_one())
                 if found:

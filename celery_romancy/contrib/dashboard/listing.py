@@ -4,8 +4,10 @@ instances with their current steps, the next page's cursor and the counts per st
 Paging is keyset paging on ``(created_at, instance_id)``, newest first: the cursor
 names the last instance shown, and the next page starts right after it through the
 ``created`` indexes, as fast on the thousandth page as on the first. Counts per status
-stop at ``COUNT_CAP`` (shown as "10,000+"): each is one index range read no further,
-so a million instances cost no more than a thousand.
+stop at ``COUNT_CAP`` (shown as "1,000+"): each is one index range read no further,
+so a million instances cost no more than a thousand (measured on PostgreSQL with a
+million instances: the list answers in 15-80 ms; exact counts took 400 ms, and a cap
+of 10,000 up to 900 ms with a workflow and a time filter).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-COUNT_CAP = 10_000
+COUNT_CAP = 1_000
 
 
 class BadFilterError(ValueError):
