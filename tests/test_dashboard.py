@@ -7,6 +7,7 @@ counts it reads through; the operator actions recorded with who did them; and th
 from __future__ import annotations
 
 import base64
+import os
 import re
 import urllib.error
 import urllib.parse
@@ -29,9 +30,11 @@ from celery_romancy.contrib.dashboard import Dashboard, Request
 from celery_romancy.contrib.flask import dashboard_blueprint
 from celery_romancy.storage import Store
 
+from .example_stack import QUEUE, example_env, example_worker, import_example, order
 from .harness import Harness
 from .ledger import wait_for
-from .processes import ServiceProcess, celery
+from .processes import ROOT, ServiceProcess, celery, free_port, log_says
+from .services import redis_client
 
 FLOWER = "http://flower.example:5555"
 
@@ -226,6 +229,7 @@ def test_the_timeline_draws_branches_side_by_side_and_links_child_workflows(
         paired = romancy.start_workflow("pair", "G1")
         jammed = romancy.start_workflow("fulfil", "G2", "raise")
         paying = romancy.start_workflow("c_payment", "G3", 10.0)
+        publishing = romancy.start_workflow("publisher", "G4")
         # One branch held at its gate while the others end: drawn as running meanwhile.
         wait_for(lambda: "reserve-start:G2" in harness.ledger.events(), 30, "g_reserve")
         (step,) = [
@@ -237,7 +241,7 @@ def test_the_timeline_draws_branches_side_by_side_and_links_child_workflows(
         assert [b["name"] for b in step["branches"]] == ["g_charge", "g_jam", "g_reserve"]
         assert step["branches"][2]["state"] == "running"
         harness.gate("reserve-G2").open()
-        for instance_id in (paired, jammed, paying):
+        for instance_id in (paired, jammed, paying, publishing):
             romancy.wait(instance_id, timeout=30)
 
     page = text(client.get(f"/instances/{paired}"))
@@ -271,6 +275,17 @@ def test_the_timeline_draws_branches_side_by_side_and_links_child_workflows(
     )
     page = text(client.get(f"/instances/{quote(child.instance_id, safe='')}"))
     assert f'<dt>Parent</dt><dd><a href="/instances/{paying}">{paying}</a>' in page
+
+    # The events the saga published (its outbox; those one commit wrote in any order).
+    page = text(client.get(f"/instances/{publishing}"))
+    outbox = re.search(r'<table id="outbox">.*?</table>', page, re.S)
+    assert outbox is not None
+    assert sorted(re.findall(r'<tr><th scope="row">([\w.]+)</th>', outbox.group())) == [
+        "order.finished",
+        "order.noted",
+        "order.noted",
+        "order.started",
+    ]
 
 
 def csrf_token(page: str) -> str:
@@ -414,6 +429,7 @@ def test_romancy_records_who_acted_only_when_the_action_succeeds(harness: Harnes
     assert romancy.operator_actions(waiting) == []
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the adapter only
 def test_the_flask_blueprint_serves_the_dashboard_under_its_prefix(harness: Harness) -> None:
     app = Flask(__name__)
     blueprint = dashboard_blueprint(harness.romancy, flower_url=FLOWER, authorize=lambda r: "fay")
@@ -564,3 +580,34 @@ def test_the_celery_command_serves_the_dashboard(
     assert [(a.action, a.actor) for a in harness.romancy.operator_actions(waiting)] == [
         ("cancel", "ann")
     ]
+
+
+def test_the_example_project_s_dashboard_serves_its_sagas(
+    pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``celery -A example_project.celery_app romancy dashboard``, as its README says."""
+    example = import_example(pg_url)
+    folder = tmp_path_factory.mktemp("example-dashboard")
+    worker = example_worker(pg_url, folder, "dashboard-example-worker")
+    try:
+        instance_id = example.romancy.start_workflow("order_processing", order("DASH-1"))
+        assert example.romancy.wait(instance_id, timeout=60).status == "completed"
+    finally:
+        worker.stop()
+        redis_client().delete(QUEUE)
+    env = {**os.environ, **example_env(pg_url), "PYTHONPATH": str(ROOT)}
+    argv = celery("example_project.celery_app", "romancy", "dashboard", "--port", str(free_port()))
+    dashboard = ServiceProcess("example-dashboard", argv, env, folder)
+    dashboard.start(log_says("Romancy dashboard on http://"))
+    try:
+        url = re.search(r"(http://\S+/)", dashboard.log())
+        assert url is not None
+        status, page, _ = fetch(url.group(1))
+        assert status == 200 and instance_id in page
+        status, page, _ = fetch(f"{url.group(1)}instances/{instance_id}")
+        assert status == 200
+        steps = [step for _, _, step in entries(unescape(page))]
+        assert steps == ["reserve_inventory:1", "process_payment:1", "ship_order:1"]
+        assert 'id="actions"' not in page  # read-only unless --allow-actions
+    finally:
+        dashboard.stop()
