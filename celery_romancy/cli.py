@@ -477,6 +477,12 @@ def dashboard(
     mode = "actions allowed" if allow_actions else "read-only"
     url = f"http://{address}:{server.server_port}/"
     click.echo(f"Romancy dashboard on {url} ({mode}; Ctrl-C stops it)")
+    if not (basic_auth or token) and address not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"warning: anyone who reaches {address}:{server.server_port} sees the workflows' "
+            "inputs and outputs: give --basic-auth or --token",
+            err=True,
+        )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -203,6 +203,16 @@ def test_the_pages_and_the_api_show_every_kind_of_saga(harness: Harness) -> None
     assert re.search(r'<li class="undo state-failed" data-step-id="book_flight:1"', page)
     assert '<details id="undo-traceback">' in page
     assert "flight API unreachable" in page
+    assert "2 failed attempts" in page  # cancel_flight tried three times: two retried
+    (undo,) = [
+        c
+        for c in client.get(f"/api/instances/{ids['parked']}").get_json()["compensations"]
+        if c["status"] == "failed"
+    ]
+    assert (undo["name"], undo["state"], undo["attempts"]) == ("cancel_flight", "failed", 3)
+    # The retried attempts; the last one's error is the compensation's own.
+    assert [a["attempt"] for a in undo["failed_attempts"]] == [1, 2]
+    assert undo["task_id"] and f'href="{FLOWER}/task/{undo["task_id"]}"' in page
     assert 'id="auto-refresh"' not in page  # it ended
     assert 'id="actions"' not in page  # no authorize: no one may act
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..status import instance_status
 from .listing import COUNT_CAP, Page, Row
-from .timeline import InstanceRecord, timeline
+from .timeline import InstanceRecord, timeline, undo_path
 
 
 def page_json(page: Page) -> dict[str, Any]:
@@ -35,7 +35,8 @@ def row_json(row: Row) -> dict[str, Any]:
 def instance_json(record: InstanceRecord) -> dict[str, Any]:
     """``GET /api/instances/<id>``: the instance (its input, output and error with the
     traceback), business keys, ``steps`` (the timeline: a gather's ``branches`` inside
-    it, operator actions in their place), compensations newest first, child workflows,
+    it, operator actions in their place), ``compensations`` (the undo path, newest
+    first, with ``state``, ``task_id`` and ``failed_attempts``), child workflows,
     outbox events and operator actions."""
     instance = record.instance
     return {
@@ -47,9 +48,7 @@ def instance_json(record: InstanceRecord) -> dict[str, Any]:
         },
         "search": record.search,
         "steps": [entry.to_json() for entry in timeline(record)],
-        "compensations": [
-            {**dataclasses.asdict(c), "undoes": c.step_id} for c in record.compensations
-        ],
+        "compensations": [undo.to_json() for undo in undo_path(record)],
         "children": [instance_status(c) for c in record.children],
         "more_children": record.more_children,
         "outbox": [dataclasses.asdict(o) for o in record.outbox],

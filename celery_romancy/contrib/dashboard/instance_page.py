@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ...storage import CompensationRecord, OutboxRecord, WorkflowInstance
+from ...storage import AttemptRecord, OutboxRecord, WorkflowInstance
 from ..status import duration
 from .html import badge, esc, live, page, pretty_json, seconds, short_json, when
 from .http import Request
-from .timeline import Entry, InstanceRecord, timeline
+from .timeline import Entry, InstanceRecord, Undo, timeline, undo_path
 
 STATE_LABELS = {
+    "registered": "not run",
     "completed": "done",
     "failed": "failed",
     "open": "in progress",
@@ -24,7 +25,7 @@ STATE_LABELS = {
     "waiting": "waiting",
     "parked": "parked: needs an operator",
     "not_sent": "not sent",
-    "done": "operator",
+    "done": "done",
 }
 
 
@@ -54,7 +55,7 @@ def render_instance(
         '<section aria-labelledby="timeline-title"><h2 id="timeline-title">Steps</h2>'
         + _timeline(request, timeline(record), flower_url)
         + "</section>",
-        _undo_path(record.compensations),
+        _undo_path(request, undo_path(record), flower_url),
         _children(request, record),
         _outbox(record.outbox),
         '<section aria-labelledby="data-title"><h2 id="data-title">Input and output</h2>'
@@ -176,15 +177,11 @@ def _entry(request: Request, entry: Entry, flower_url: str | None) -> str:
     if entry.worker:
         facts.append(("worker", esc(entry.worker)))
     if entry.task_id:
-        task = esc(entry.task_id)
-        if flower_url:
-            target = esc(f"{flower_url.rstrip('/')}/task/{entry.task_id}")
-            task = f'<a class="flower" href="{target}">{task}</a>'
-        facts.append(("task", task))
+        facts.append(("task", _task(entry.task_id, flower_url)))
     if entry.child_id:
         link = esc(request.instance_url(entry.child_id))
         facts.append(("child", f'<a class="child" href="{link}">{esc(entry.child_id)}</a>'))
-    body = '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
+    body = _facts(facts)
     if entry.kind == "gather":
         branches = "".join(f"<li>{_branch(request, b, flower_url)}</li>" for b in entry.branches)
         body += f'<ul class="branches" aria-label="Parallel branches">{branches}</ul>'
@@ -192,20 +189,38 @@ def _entry(request: Request, entry: Entry, flower_url: str | None) -> str:
         body += _error_block(entry.error)
     elif entry.state in ("completed",) and entry.result is not None:
         body += f"<details><summary>Result</summary>{pretty_json(entry.result)}</details>"
-    if entry.attempts:
-        failed = "".join(
-            f"<li>attempt {a.attempt}, {when(a.created_at)}"
-            + (f" on {esc(a.worker_id)}" if a.worker_id else "")
-            + (f", retry in {a.retry_in:g} s" if a.retry_in is not None else "")
-            + _error_block(a.error)
-            + "</li>"
-            for a in entry.attempts
-        )
-        body += (
-            f'<details class="attempts"><summary>{len(entry.attempts)} failed attempt'
-            f"{'s' if len(entry.attempts) > 1 else ''}</summary><ol>{failed}</ol></details>"
-        )
+    body += _failed_attempts(entry.attempts)
     return f"<li {attributes}>{head}{body}</li>"
+
+
+def _facts(facts: Sequence[tuple[str, str]]) -> str:
+    return '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
+
+
+def _task(task_id: str, flower_url: str | None) -> str:
+    """A step's Celery task id, linked to the task's page in Flower when it is known."""
+    if not flower_url:
+        return esc(task_id)
+    target = esc(f"{flower_url.rstrip('/')}/task/{task_id}")
+    return f'<a class="flower" href="{target}">{esc(task_id)}</a>'
+
+
+def _failed_attempts(attempts: Sequence[AttemptRecord]) -> str:
+    if not attempts:
+        return ""
+    failed = "".join(
+        f"<li>attempt {a.attempt}, {when(a.created_at)}"
+        + (f" on {esc(a.worker_id)}" if a.worker_id else "")
+        + (f", retry in {a.retry_in:g} s" if a.retry_in is not None else "")
+        + _error_block(a.error)
+        + "</li>"
+        for a in attempts
+    )
+    plural = "s" if len(attempts) > 1 else ""
+    return (
+        f'<details class="attempts"><summary>{len(attempts)} failed attempt{plural}</summary>'
+        f"<ol>{failed}</ol></details>"
+    )
 
 
 def _branch(request: Request, entry: Entry, flower_url: str | None) -> str:
@@ -214,25 +229,37 @@ def _branch(request: Request, entry: Entry, flower_url: str | None) -> str:
     return f'<ol class="branch">{inner}</ol>'
 
 
-def _undo_path(compensations: Sequence[CompensationRecord]) -> str:
-    if not compensations:
+def _undo_path(request: Request, path: Sequence[Undo], flower_url: str | None) -> str:
+    if not path:
         return ""
-    items = "".join(
-        f'<li class="undo state-{esc(c.status)}" data-step-id="{esc(c.step_id)}" '
-        f'data-status="{esc(c.status)}"><span class="what"><span class="kind">'
-        f"{'undo child' if c.kind == 'child' else 'compensation'}</span> "
-        f"<strong>{esc(c.name)}</strong> undoes {esc(c.step_id)}</span> "
-        f'<span class="state">{esc(c.status)}</span>'
-        f'<dl class="facts"><dt>attempts</dt><dd>{c.attempts}</dd>'
-        f"<dt>ended</dt><dd>{when(c.finished_at)}</dd></dl>"
-        + (_error_block(c.error) if c.error else "")
-        + "</li>"
-        for c in compensations
-    )
+    items = "".join(_undo(request, undo, flower_url) for undo in path)
     return (
         '<section aria-labelledby="undo-title"><h2 id="undo-title">Undo path</h2>'
         "<p>Compensations in the order a rollback runs them: newest step first.</p>"
         f'<ol id="compensations" class="undo-path">{items}</ol></section>'
+    )
+
+
+def _undo(request: Request, undo: Undo, flower_url: str | None) -> str:
+    c = undo.compensation
+    facts = [("attempts", str(c.attempts)), ("ended", when(c.finished_at))]
+    if undo.worker:
+        facts.append(("worker", esc(undo.worker)))
+    if undo.task_id:
+        facts.append(("task", _task(undo.task_id, flower_url)))
+    if undo.child_id:
+        link = esc(request.instance_url(undo.child_id))
+        facts.append(("child", f'<a class="child" href="{link}">{esc(undo.child_id)}</a>'))
+    return (
+        f'<li class="undo state-{esc(undo.state)}" data-step-id="{esc(c.step_id)}" '
+        f'data-status="{esc(c.status)}"><span class="what"><span class="kind">'
+        f"{'undo child' if c.kind == 'child' else 'compensation'}</span> "
+        f"<strong>{esc(c.name)}</strong> undoes {esc(c.step_id)}</span> "
+        f'<span class="state">{esc(STATE_LABELS.get(undo.state, undo.state))}</span>'
+        + _facts(facts)
+        + (_error_block(c.error) if c.error else "")
+        + _failed_attempts(undo.attempts)
+        + "</li>"
     )
 
 

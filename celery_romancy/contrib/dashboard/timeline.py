@@ -246,6 +246,66 @@ def _action(action: OperatorAction) -> Entry:
     )
 
 
+@dataclass(frozen=True)
+class Undo:
+    """A compensation on the undo path. ``state``: its record's status (registered, done,
+    failed), or while it is registered and its step in flight, that step's state
+    (running, sent, retrying, waiting)."""
+
+    compensation: CompensationRecord
+    state: str
+    task_id: str | None = None
+    worker: str | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    child_id: str | None = None  # a completed child workflow being undone
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.compensation
+        return {
+            "name": c.name,
+            "undoes": c.step_id,
+            "kind": c.kind,
+            "status": c.status,
+            "state": self.state,
+            "arguments": c.arguments,
+            "attempts": c.attempts,
+            "error": c.error,
+            "created_at": _iso(c.created_at),
+            "finished_at": _iso(c.finished_at),
+            "task_id": self.task_id,
+            "worker": self.worker,
+            "failed_attempts": [
+                {"attempt": a.attempt, "error": a.error, "failed_at": _iso(a.created_at)}
+                for a in self.attempts
+            ],
+            "child_id": self.child_id,
+        }
+
+
+def undo_path(record: InstanceRecord, now: datetime | None = None) -> list[Undo]:
+    """The compensations, newest first (the order a rollback runs them in), each with
+    its task in flight and its failed attempts."""
+    now = now or datetime.now(UTC)
+    undoing = (StepKind.COMPENSATION, StepKind.UNDO_CHILD)
+    in_flight = {s.command.step_id: s for s in record.steps if s.kind in undoing}
+    path = []
+    for c in record.compensations:
+        step = in_flight.get(c.step_id)
+        runs = step is not None and step.kind.runs_as_task
+        child = c.arguments.get("instance_id") if c.kind == "child" else None
+        path.append(
+            Undo(
+                compensation=c,
+                state=c.status if step is None or c.status != "registered" else _state(step, now),
+                task_id=step.token if runs and step is not None else None,
+                worker=step.lease_owner if runs and step is not None else None,
+                attempts=[a for a in record.attempts if a.step_id == f"{c.name}:undo:{c.step_id}"],
+                child_id=child if isinstance(child, str) else None,
+            )
+        )
+    return path
+
+
 def _state(step: StepRecord, now: datetime) -> str:
     if step.kind in (StepKind.TIMER, StepKind.WAIT_EVENT, StepKind.CHILD, StepKind.UNDO_CHILD):
         return "waiting"
