@@ -592,6 +592,22 @@ def test_the_celery_command_serves_the_dashboard(
     ]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_command_allows_actions_only_behind_a_login(harness: Harness) -> None:
+    context = CLIContext(app=harness.app, no_color=True, workdir=None)
+
+    def run(*args: str) -> tuple[int, str]:
+        done = CliRunner().invoke(romancy_command, ["dashboard", *args], obj=context)
+        return done.exit_code, done.output
+
+    code, output = run("--allow-actions")
+    assert code == 2 and "--allow-actions needs --basic-auth USER:PASSWORD or --token T" in output
+    code, output = run("--allow-actions", "--read-only", "--token", "t")
+    assert code == 2 and "exclude each other" in output
+    code, output = run("--basic-auth", "ann", "--allow-actions")
+    assert code == 2 and "--basic-auth takes user:password" in output
+
+
 def test_the_example_project_s_dashboard_serves_its_sagas(
     pg_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
