@@ -49,8 +49,8 @@ def render_instance(
     details = [
         f'<h1>Instance <span class="id">{esc(instance.instance_id)}</span> '
         f"{badge(instance.status, 'status')}</h1>",
-        actions,
         _summary(request, record),
+        actions,
         _error(instance),
         '<section aria-labelledby="timeline-title"><h2 id="timeline-title">Steps</h2>'
         + _timeline(request, timeline(record), flower_url)

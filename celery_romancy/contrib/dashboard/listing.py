@@ -179,7 +179,9 @@ def _matches(instance: WorkflowInstance, filters: Filters) -> bool:
 def _describe(step: StepRecord) -> str:
     name = step.command.name
     if step.kind is StepKind.TIMER:
-        return f"timer until {_iso(step.dispatch_at)}" if step.dispatch_at else "timer"
+        if step.dispatch_at is None:
+            return "timer"
+        return f"timer until {step.dispatch_at:%Y-%m-%d %H:%M:%S} UTC"
     if step.kind is StepKind.WAIT_EVENT:
         return f"waiting for event {name}"
     if step.kind in (StepKind.CHILD, StepKind.UNDO_CHILD):

@@ -216,8 +216,13 @@ def timeline(record: InstanceRecord, now: datetime | None = None) -> list[Entry]
                 entry.branches.append(pending(in_flight.pop(position)))
             else:  # after a failure, or beyond max_concurrency: not sent yet
                 entry.branches.append(Entry(kind="activity", state="not_sent", name=str(name)))
+        # The gather spans its branches: from when they were sent to the last one's end.
+        entry.started_at, entry.finished_at = event.created_at, None
         if any(b.state != "completed" for b in entry.branches):
             entry.state = "failed" if any(b.state == "failed" for b in entry.branches) else "open"
+        else:
+            ends = [b.finished_at for b in entry.branches if b.finished_at is not None]
+            entry.finished_at = max(ends, default=None)
     entries.extend(pending(in_flight[seq]) for seq in sorted(in_flight))
     return _with_actions(entries, record.operator_actions)
 
