@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from .app import Romancy
 from .contrib.status import duration, instance_status
 from .errors import RomancyError, UnknownInstanceError
+from .inspection import CHILDREN_SHOWN, read_instance
 from .settings import masked_url
 from .states import ACTIVE, HistoryKind, StepKind
 from .storage import STATUSES, AttemptRecord, HistoryEvent, StepRecord, WorkflowInstance
@@ -34,8 +35,6 @@ from .storage.migrate import current_revision
 LIST_LIMIT = 50
 # list --root reads a whole tree at once; a larger one is walked with list --parent.
 TREE_LIMIT = 10_000
-# show lists this many child workflows at most; list --parent --limit N lists more.
-CHILDREN_SHOWN = 200
 
 
 def romancy_of(app: Any) -> Romancy:
@@ -220,18 +219,13 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
     attempts, compensations, child workflows and the traceback of its failure."""
     with reported():
         engine = _romancy(ctx)
-        instance = engine.get_instance(instance_id)
-        history = engine.storage.get_history(instance_id)
-        attempts = engine.storage.get_attempts(instance_id)
-        compensations = engine.storage.get_compensations(instance_id)
-        steps = engine.storage.get_steps(instance_id)
-        children = engine.find_instances(parent=instance_id, limit=CHILDREN_SHOWN + 1)
-        search = engine.storage.get_search_attributes(instance_id)
-        actions = engine.storage.get_operator_actions(instance_id)
+        record = read_instance(engine, instance_id)  # what the dashboard shows too
         dispatch_timeout = timedelta(seconds=engine.settings.dispatch_timeout)
-    more_children = len(children) > CHILDREN_SHOWN
-    # Storage gives the newest; shown oldest first, like the steps that started them.
-    children = sorted(children[:CHILDREN_SHOWN], key=_created_order)
+    instance, history, attempts = record.instance, record.history, record.attempts
+    compensations, steps, search = record.compensations, record.steps, record.search
+    actions, more_children = record.operator_actions, record.more_children
+    # Oldest first, like the steps that started them (a gather's: by their counter).
+    children = sorted(record.children, key=_created_order)
     if as_json:
         document = {
             "instance": dataclasses.asdict(instance),

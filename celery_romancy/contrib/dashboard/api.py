@@ -7,9 +7,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ...inspection import InstanceRecord
 from ..status import instance_status
 from .listing import COUNT_CAP, Page, Row
-from .timeline import InstanceRecord, timeline, undo_path
+from .timeline import timeline, undo_path
 
 
 def page_json(page: Page) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from ...errors import InvalidArgumentsError, RomancyError, UnknownInstanceError
+from ...inspection import read_instance
 from . import api
 from .actions import ACTIONS, NOTICES, Authorize, BadActionError, perform, render_forms
 from .csrf import CsrfProtection, SignedDoubleSubmit
@@ -27,7 +28,6 @@ from .http import Request, Response, as_json, error, html, redirect
 from .instance_page import render_instance
 from .list_page import render_list
 from .listing import BadFilterError, Filters, Page, read_counts, read_page
-from .timeline import read_instance
 from .wsgi import request_of
 
 if TYPE_CHECKING:

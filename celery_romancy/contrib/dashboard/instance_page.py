@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ...inspection import InstanceRecord
 from ...storage import AttemptRecord, OutboxRecord, WorkflowInstance
 from ..status import duration
 from .html import badge, esc, live, page, pretty_json, seconds, short_json, when
 from .http import Request
-from .timeline import Entry, InstanceRecord, Undo, timeline, undo_path
+from .timeline import Entry, Undo, timeline, undo_path
 
 STATE_LABELS = {
     "registered": "not run",

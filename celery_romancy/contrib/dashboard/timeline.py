@@ -1,5 +1,6 @@
-"""An instance as its page draws it: everything it recorded, read once
-(``read_instance``), and its steps in order as a timeline (``timeline``, pure).
+"""An instance as its page draws it: its steps in order as a timeline (``timeline``)
+and its compensations as the undo path (``undo_path``), both pure, from what
+``inspection.read_instance`` read.
 
 The timeline follows the history: each recorded step, a gather's branches side by
 side under it (recorded, in flight, or not sent yet), then the steps in flight; the
@@ -12,60 +13,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...commands import derived_child_id
+from ...inspection import InstanceRecord
 from ...states import HistoryKind, StepKind
 from ...storage import (
     AttemptRecord,
     CompensationRecord,
     HistoryEvent,
     OperatorAction,
-    OutboxRecord,
     StepRecord,
-    WorkflowInstance,
 )
 from ..status import NOT_STEPS, duration
-
-if TYPE_CHECKING:
-    from ...app import Romancy
-
-CHILDREN_SHOWN = 200
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    """Everything the instance page shows, as storage returns it."""
-
-    instance: WorkflowInstance
-    search: dict[str, str]
-    history: list[HistoryEvent]
-    steps: list[StepRecord]
-    attempts: list[AttemptRecord]
-    compensations: list[CompensationRecord]
-    children: list[WorkflowInstance]
-    more_children: bool
-    outbox: list[OutboxRecord]
-    operator_actions: list[OperatorAction]
-
-
-def read_instance(romancy: Romancy, instance_id: str) -> InstanceRecord:
-    """``UnknownInstanceError`` for an id no instance has."""
-    instance = romancy.get_instance(instance_id)
-    storage = romancy.storage
-    children = romancy.find_instances(parent=instance_id, limit=CHILDREN_SHOWN + 1)
-    return InstanceRecord(
-        instance=instance,
-        search=storage.get_search_attributes(instance_id),
-        history=storage.get_history(instance_id),
-        steps=storage.get_steps(instance_id),
-        attempts=storage.get_attempts(instance_id),
-        compensations=storage.get_compensations(instance_id),
-        children=sorted(children[:CHILDREN_SHOWN], key=lambda c: c.created_at),
-        more_children=len(children) > CHILDREN_SHOWN,
-        outbox=storage.get_outbox(instance_id),
-        operator_actions=storage.get_operator_actions(instance_id),
-    )
 
 
 @dataclass
