@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from flask import Flask
 from werkzeug.test import Client, TestResponse
 
-from celery_romancy import InstanceStateError, InvalidArgumentsError
+from celery_romancy import ConfigurationError, InstanceStateError, InvalidArgumentsError
 from celery_romancy.cli import romancy as romancy_command
 from celery_romancy.contrib.dashboard import Dashboard, Request
 from celery_romancy.contrib.flask import dashboard_blueprint
@@ -225,6 +225,10 @@ def test_the_pages_and_the_api_show_every_kind_of_saga(harness: Harness) -> None
     assert client.get("/api/instances/no-such-id").get_json() == {
         "error": "no workflow instance 'no-such-id'"
     }
+    with pytest.raises(ConfigurationError, match="flower_url must be an http"):
+        Dashboard(harness.romancy, flower_url="javascript:alert(1)")
+    head = client.head("/")
+    assert head.status_code == 200 and head.get_data() == b""
     css = client.get("/static/dashboard.css")
     assert css.status_code == 200 and css.headers["Content-Type"].startswith("text/css")
     assert client.get("/static/../app.py").status_code == 404

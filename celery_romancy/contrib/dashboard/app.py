@@ -17,9 +17,14 @@ import logging
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
-from ...errors import InvalidArgumentsError, RomancyError, UnknownInstanceError
+from ...errors import (
+    ConfigurationError,
+    InvalidArgumentsError,
+    RomancyError,
+    UnknownInstanceError,
+)
 from ...inspection import read_instance
 from . import api
 from .actions import ACTIONS, NOTICES, Authorize, BadActionError, perform, render_forms
@@ -62,6 +67,10 @@ class Dashboard:
         csrf: CsrfProtection | None = None,
         secret: bytes | None = None,
     ) -> None:
+        if flower_url is not None and urlsplit(flower_url).scheme not in ("http", "https"):
+            raise ConfigurationError(f"flower_url must be an http(s) address, not {flower_url!r}")
+        if authorize is not None and not callable(authorize):
+            raise ConfigurationError("authorize must be a callable: request -> actor name or None")
         self.romancy = romancy
         self.flower_url = flower_url.rstrip("/") if flower_url else None
         self.read_only = read_only
@@ -76,7 +85,7 @@ class Dashboard:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         response = self.handle(request_of(environ))
         start_response(response.status_line, response.all_headers())
-        return [response.body]
+        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [response.body]
 
     def handle(self, request: Request) -> Response:
         try:
