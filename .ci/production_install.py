@@ -116,6 +116,8 @@ PACKAGE_DATA = (
     "storage/migrations/script.py.mako",
     "contrib/django/templates/celery_romancy/admin/workflowinstance_list.html",
     "contrib/django/templates/celery_romancy/admin/workflowinstance_detail.html",
+    "contrib/dashboard/static/dashboard.css",
+    "contrib/dashboard/static/dashboard.js",
 )
 
 

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from celery import Celery
@@ -28,8 +29,9 @@ from .retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from .runner import StepRunner
 from .settings import RomancySettings
 from .states import Status
-from .storage import HistoryEvent, Store, WorkflowInstance, open_store
+from .storage import HistoryEvent, OperatorAction, Store, WorkflowInstance, open_store
 from .validation import (
+    MAX_NAME_LENGTH,
     check_identifier,
     check_payload_size,
     check_text,
@@ -273,13 +275,18 @@ class Romancy:
         root: str | None = None,
         search: Mapping[str, str] | None = None,
         version: str | None = None,
+        after: tuple[datetime, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[WorkflowInstance]:
         """Instances, newest first. ``parent``: the children of that instance; ``root``:
         every instance of the tree a workflow started on its own (pass that workflow's
         id), the root included; ``search``: the instances having all these business keys
         (``{"order_id": "ORD-4"}``, set at the start or by ``ctx.set_search_attributes``);
         ``version``: the instances started under that code version
-        (``@romancy.workflow(name, version=...)``)."""
+        (``@romancy.workflow(name, version=...)``); ``created_after`` (included) and
+        ``created_before`` (excluded): when it started; ``after``: the next page, after
+        the last instance of this one (``(instance.created_at, instance.instance_id)``)."""
         keys = None if search is None else checked_search(search)
         return self.storage.find_instances(
             status=status,
@@ -289,6 +296,9 @@ class Romancy:
             root=root,
             search=keys,
             version=version,
+            after=after,
+            created_after=created_after,
+            created_before=created_before,
         )
 
     def search_attributes(self, instance_id: str) -> dict[str, str]:
@@ -320,11 +330,16 @@ class Romancy:
 
     # -- operators ---------------------------------------------------------------------------
 
-    def cancel(self, instance_id: str, reason: str = "cancelled") -> bool:
+    def cancel(self, instance_id: str, reason: str = "cancelled", *, by: str | None = None) -> bool:
         """Cancel at the next step boundary, compensating succeeded steps; see
-        ``operations.cancel``. A finished instance raises ``InstanceStateError``."""
+        ``operations.cancel``. A finished instance raises ``InstanceStateError``.
+        ``by``: who asked, kept with the instance's operator actions (with the reason)."""
         check_text(reason, "reason")
-        return operations.cancel(self, instance_id, reason)
+        _check_actor(by)
+        requested = operations.cancel(self, instance_id, reason)
+        if requested:
+            self._record(instance_id, "cancel", by, {"reason": reason})
+        return requested
 
     def send_event(
         self,
@@ -334,16 +349,23 @@ class Romancy:
         correlation_id: str | None = None,
         *,
         data_type: Any = None,
+        by: str | None = None,
     ) -> bool:
         """Send an event to one instance, or to whichever waits with ``correlation_id``.
 
         Callable from any process (a view, a script): it is kept until a matching
         ``ctx.wait_event`` takes it, and wakes a waiting instance at once. With
         ``data_type``, ``data`` must fit it (``InvalidArgumentsError`` otherwise).
+        ``by``: who sent it, kept with the instance's operator actions (for an event
+        sent to an instance id).
         """
-        return events.send_event(
+        _check_actor(by)
+        sent = events.send_event(
             self, event_type, data, instance_id, correlation_id, data_type=data_type
         )
+        if sent and instance_id is not None:
+            self._record(instance_id, "send_event", by, {"event_type": event_type})
+        return sent
 
     def fire_due(self) -> int:
         """Fire due timers and event timeouts now (beat does it every
@@ -354,14 +376,32 @@ class Romancy:
         """Publish pending outbox rows now (beat does it every ``romancy_outbox_interval``)."""
         return outbox.relay(self)
 
-    def resume(self, instance_id: str) -> None:
+    def resume(self, instance_id: str, *, by: str | None = None) -> None:
         """Push an instance on: re-send its pending step, or replay a parked one
-        (nondeterminism or a poison step) after the cause was fixed."""
+        (nondeterminism or a poison step) after the cause was fixed. ``by``: who did it,
+        kept with the instance's operator actions."""
+        _check_actor(by)
         operations.resume(self, instance_id)
+        self._record(instance_id, "resume", by)
 
-    def retry_compensation(self, instance_id: str) -> None:
-        """Resume a rollback parked in ``compensation_failed``."""
+    def retry_compensation(self, instance_id: str, *, by: str | None = None) -> None:
+        """Resume a rollback parked in ``compensation_failed``. ``by``: who did it, kept
+        with the instance's operator actions."""
+        _check_actor(by)
         operations.retry_compensation(self, instance_id)
+        self._record(instance_id, "retry_compensation", by)
+
+    def operator_actions(self, instance_id: str) -> list[OperatorAction]:
+        """What operators did to the instance (through ``cancel``, ``resume``,
+        ``retry_compensation`` and ``send_event`` to its id), oldest first."""
+        self.get_instance(instance_id)
+        return self.storage.get_operator_actions(instance_id)
+
+    def _record(
+        self, instance_id: str, action: str, by: str | None, detail: dict[str, Any] | None = None
+    ) -> None:
+        # After the action succeeded: an action refused leaves no trace.
+        self.storage.record_operator_action(instance_id, action, by, detail)
 
     def result(self, instance_id: str, timeout: float = 30.0) -> Any:
         """Wait, then return the output as the workflow's declared return type."""
@@ -387,6 +427,11 @@ class PreparedStart:
 def _canonical(data: Any) -> str:
     """One spelling per JSON value, to compare stored input with a new start's."""
     return json.dumps(data, sort_keys=True)
+
+
+def _check_actor(by: Any) -> None:
+    if by is not None:
+        check_identifier(by, "by", MAX_NAME_LENGTH)  # the width of operator_actions.actor
 
 
 def _check_name(name: Any) -> None:

@@ -11,6 +11,7 @@ instance id that does not exist. Errors go to stderr.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from .app import Romancy
 from .continuation import next_run_id
 from .contrib.status import duration, instance_status
 from .errors import RomancyError, UnknownInstanceError
+from .inspection import CHILDREN_SHOWN, read_instance
 from .settings import masked_url
 from .states import ACTIVE, HistoryKind, Status, StepKind
 from .storage import STATUSES, AttemptRecord, HistoryEvent, StepRecord, WorkflowInstance
@@ -36,8 +38,6 @@ from .ticks import describe
 LIST_LIMIT = 50
 # list --root reads a whole tree at once; a larger one is walked with list --parent.
 TREE_LIMIT = 10_000
-# show lists this many child workflows at most; list --parent --limit N lists more.
-CHILDREN_SHOWN = 200
 
 
 def romancy_of(app: Any) -> Romancy:
@@ -86,7 +86,7 @@ def reported(instance_param: str = "INSTANCE_ID") -> Iterator[None]:
 @click.pass_context
 def romancy(ctx: click.Context) -> None:
     """Durable workflows: list, show, cancel, resume, retry-compensation, send-event, migrate,
-    schedules."""
+    schedules, dashboard."""
     if ctx.obj is None or not hasattr(ctx.obj, "app"):
         raise click.UsageError("run it as a Celery subcommand: celery -A proj romancy ...")
 
@@ -247,17 +247,13 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
     attempts, compensations, child workflows and the traceback of its failure."""
     with reported():
         engine = _romancy(ctx)
-        instance = engine.get_instance(instance_id)
-        history = engine.storage.get_history(instance_id)
-        attempts = engine.storage.get_attempts(instance_id)
-        compensations = engine.storage.get_compensations(instance_id)
-        steps = engine.storage.get_steps(instance_id)
-        children = engine.find_instances(parent=instance_id, limit=CHILDREN_SHOWN + 1)
-        search = engine.storage.get_search_attributes(instance_id)
+        record = read_instance(engine, instance_id)  # what the dashboard shows too
         dispatch_timeout = timedelta(seconds=engine.settings.dispatch_timeout)
-    more_children = len(children) > CHILDREN_SHOWN
-    # Storage gives the newest; shown oldest first, like the steps that started them.
-    children = sorted(children[:CHILDREN_SHOWN], key=_created_order)
+    instance, history, attempts = record.instance, record.history, record.attempts
+    compensations, steps, search = record.compensations, record.steps, record.search
+    actions, more_children = record.operator_actions, record.more_children
+    # Oldest first, like the steps that started them (a gather's: by their counter).
+    children = sorted(record.children, key=_created_order)
     if as_json:
         document = {
             "instance": dataclasses.asdict(instance),
@@ -278,6 +274,7 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
             ],
             "attempts": [dataclasses.asdict(a) for a in attempts],
             "compensations": [dataclasses.asdict(c) for c in compensations],
+            "operator_actions": [dataclasses.asdict(a) for a in actions],
         }
         click.echo(json.dumps(document, indent=2, default=_json_default))
         return
@@ -366,6 +363,16 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
                 f"  ... only the newest {CHILDREN_SHOWN} shown: "
                 f"list --parent {instance_id} --limit N lists more"
             )
+    if actions:
+        click.echo(f"\noperator actions ({len(actions)})")
+        _table(
+            ("WHEN", "ACTION", "BY", "DETAIL"),
+            [
+                (_clock(a.created_at, day), a.action, a.actor or "-", _json(a.detail))
+                for a in actions
+            ],
+            indent="  ",
+        )
     for title, text in _tracebacks(instance, attempts):
         click.echo(f"\n{title}")
         for line in text.rstrip("\n").splitlines():
@@ -379,7 +386,7 @@ def show(ctx: click.Context, instance_id: str, as_json: bool) -> None:
 def cancel(ctx: click.Context, instance_id: str, reason: str) -> None:
     """Cancel at the next step boundary; succeeded steps are compensated."""
     with reported():
-        requested = _romancy(ctx).cancel(instance_id, reason)
+        requested = _romancy(ctx).cancel(instance_id, reason, by=_operator())
     if requested:
         click.echo(f"cancellation of {instance_id} requested")
     else:
@@ -392,7 +399,7 @@ def cancel(ctx: click.Context, instance_id: str, reason: str) -> None:
 def resume(ctx: click.Context, instance_id: str) -> None:
     """Send a stuck instance's next step again, or replay a parked one."""
     with reported():
-        _romancy(ctx).resume(instance_id)
+        _romancy(ctx).resume(instance_id, by=_operator())
     click.echo(f"resumed {instance_id}")
 
 
@@ -402,7 +409,7 @@ def resume(ctx: click.Context, instance_id: str) -> None:
 def retry_compensation(ctx: click.Context, instance_id: str) -> None:
     """Resume a rollback parked in compensation_failed, from the failed compensation."""
     with reported():
-        _romancy(ctx).retry_compensation(instance_id)
+        _romancy(ctx).retry_compensation(instance_id, by=_operator())
     click.echo(f"retrying the compensation of {instance_id}")
 
 
@@ -428,10 +435,85 @@ def send_event(
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
     with reported("--instance-id"):
         _romancy(ctx).send_event(
-            event_type, data, instance_id=instance_id, correlation_id=correlation_id
+            event_type,
+            data,
+            instance_id=instance_id,
+            correlation_id=correlation_id,
+            by=_operator(),
         )
     target = f"instance {instance_id}" if instance_id else f"correlation id {correlation_id}"
     click.echo(f"event {event_type} sent to {target}")
+
+
+@romancy.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=5557, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--flower-url", help="Flower's address: each step links to its Celery task there.")
+@click.option("--read-only", is_flag=True, help="No actions, whoever signs in.")
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="Let the signed-in user cancel, resume, retry compensations and send events "
+    "(needs --basic-auth or --token).",
+)
+@click.option("--basic-auth", metavar="USER:PASSWORD", help="Every page asks for this user.")
+@click.option("--token", help="Every page asks for this token (as the basic-auth password).")
+@click.pass_context
+def dashboard(
+    ctx: click.Context,
+    port: int,
+    address: str,
+    flower_url: str | None,
+    read_only: bool,
+    allow_actions: bool,
+    basic_auth: str | None,
+    token: str | None,
+) -> None:
+    """Serve the web dashboard of the workflow instances (Ctrl-C stops it)."""
+    from .contrib.dashboard import Dashboard
+    from .contrib.dashboard.standalone import (
+        Login,
+        make_dashboard_server,
+        remote_user,
+        signed_in,
+    )
+
+    if allow_actions and read_only:
+        raise click.UsageError("--allow-actions and --read-only exclude each other")
+    if basic_auth and token:
+        raise click.UsageError("give --basic-auth or --token, not both")
+    if allow_actions and not (basic_auth or token):
+        raise click.UsageError("--allow-actions needs --basic-auth USER:PASSWORD or --token T")
+    app: Any = Dashboard(
+        _romancy(ctx),
+        flower_url=flower_url,
+        read_only=not allow_actions,
+        authorize=remote_user if allow_actions else None,
+    )
+    if basic_auth or token:
+        try:
+            app = signed_in(app, Login(basic_auth=basic_auth, token=token))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--basic-auth") from None
+    try:
+        server = make_dashboard_server(app, address, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {address}:{port}: {exc}") from None
+    mode = "actions allowed" if allow_actions else "read-only"
+    url = f"http://{address}:{server.server_port}/"
+    click.echo(f"Romancy dashboard on {url} ({mode}; Ctrl-C stops it)")
+    if not (basic_auth or token) and address not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"warning: anyone who reaches {address}:{server.server_port} sees the workflows' "
+            "inputs and outputs: give --basic-auth or --token",
+            err=True,
+        )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @romancy.command()
@@ -485,6 +567,14 @@ def list_schedules(ctx: click.Context, as_json: bool) -> None:
         for each in listed
     ]
     _table(header, rows)
+
+
+def _operator() -> str | None:
+    """Who runs the command, recorded with the instance's operator actions."""
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):  # no user name in this environment
+        return None
 
 
 # -- formatting ---------------------------------------------------------------------------

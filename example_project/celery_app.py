@@ -4,6 +4,7 @@
     celery -A example_project.celery_app beat -l INFO
     celery -A example_project.celery_app flower
     celery -A example_project.celery_app romancy list
+    celery -A example_project.celery_app romancy dashboard   # http://127.0.0.1:5557/
 
 Configured from the environment, the same in every process (see docker-compose.yml):
 CELERY_BROKER_URL, ROMANCY_DATABASE_URL, and optionally ORDERS_QUEUE. The order saga

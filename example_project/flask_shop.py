@@ -1,5 +1,7 @@
-"""The Flask shop: POST /orders starts the order saga, GET /orders/<id> shows it, and
-GET /sagas/<instance id> is the ready-made status endpoint (steps, timings, compensations).
+"""The Flask shop: POST /orders starts the order saga, GET /orders/<id> shows it,
+GET /sagas/<instance id> is the ready-made status endpoint (steps, timings, compensations),
+and /romancy/ is the dashboard of every saga, for the shop's operators only (HTTP basic
+auth with SHOP_OPERATOR_TOKEN as the password).
 
     flask --app example_project.flask_shop:create_app run
 
@@ -9,19 +11,43 @@ The instance id is derived from the order id, so a client that retries its POST
 
 from __future__ import annotations
 
+import hmac
+import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from celery_romancy import UnknownInstanceError
-from celery_romancy.contrib.flask import FlaskRomancy, current_romancy, status_blueprint
+from celery_romancy.contrib.dashboard import Request as DashboardRequest
+from celery_romancy.contrib.flask import (
+    FlaskRomancy,
+    current_romancy,
+    dashboard_blueprint,
+    status_blueprint,
+)
 from celery_romancy.contrib.status import instance_status
 from example_project.celery_app import romancy
 from example_project.orders import order_processing
 from example_project.shop import BadOrderError, order_from_json
 
 romancy_ext = FlaskRomancy(romancy)
+
+
+def operators_only() -> Response | None:
+    """The dashboard shows every saga's data and acts on them: only the shop's operators
+    get in (HTTP basic auth, any user name, SHOP_OPERATOR_TOKEN as the password)."""
+    token = os.environ.get("SHOP_OPERATOR_TOKEN", "")
+    given = request.authorization.password if request.authorization else None
+    if token and given and hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    return Response("operators only", 401, {"WWW-Authenticate": 'Basic realm="sagas"'})
+
+
+def operator(dashboard_request: DashboardRequest) -> str | None:
+    """Who acts (recorded with each action): the operator ``operators_only`` let in."""
+    signed_in = dashboard_request.native.authorization  # Flask's request
+    return signed_in.username if signed_in and signed_in.username else None
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -31,6 +57,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     romancy_ext.init_app(app)
     app.register_blueprint(status_blueprint(), url_prefix="/sagas")  # GET /sagas/<id>
+    dashboard = dashboard_blueprint(authorize=operator, flower_url=os.environ.get("FLOWER_URL"))
+    dashboard.before_request(operators_only)  # every page and every action
+    app.register_blueprint(dashboard, url_prefix="/romancy")  # the dashboard: /romancy/
 
     @app.post("/orders")
     def checkout() -> tuple[dict[str, Any], int]:

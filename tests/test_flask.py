@@ -239,6 +239,30 @@ def test_the_readme_flask_layout_records_where_its_worker_reads(
 # -- the status blueprint -------------------------------------------------------------------
 
 
+def test_the_shop_shows_its_sagas_on_the_dashboard_to_its_operators_only(
+    shop: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_OPERATOR_TOKEN", "op-token")
+    client = shop.create_app({"TESTING": True}).test_client()
+    order_id = f"ORD-{uuid.uuid4().hex[:8]}"
+    instance_id = client.post("/orders", json=order(order_id)).get_json()["instance_id"]
+    assert shop.romancy.wait(instance_id, timeout=60).status == "completed"
+
+    assert client.get("/romancy/").status_code == 401
+    assert client.get("/romancy/", auth=("ann", "guess")).status_code == 401
+    assert client.get(f"/romancy/api/instances/{instance_id}").status_code == 401
+    listed = client.get("/romancy/", query_string={"id": instance_id}, auth=("ann", "op-token"))
+    assert listed.status_code == 200
+    assert f'data-instance-id="{instance_id}" data-status="completed"' in listed.get_data(
+        as_text=True
+    )
+    shown = client.get(f"/romancy/api/instances/{instance_id}", auth=("ann", "op-token"))
+    assert shown.get_json()["instance"]["status"] == "completed"
+    # An action without the page's CSRF token is refused even to an operator.
+    refused = client.post(f"/romancy/actions/cancel/{instance_id}", auth=("ann", "op-token"))
+    assert refused.status_code == 403
+
+
 def test_the_status_blueprint_answers_json_and_404(shop: ModuleType) -> None:
     app = shop.create_app({"TESTING": True})  # registers status_blueprint() at /sagas
     assert "romancy_status" in app.blueprints

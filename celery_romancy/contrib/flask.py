@@ -25,6 +25,11 @@ that calls ``create_app()`` in ``celery -A``, as the guide does.
 ``contrib.status.status_of`` JSON of that instance, or 404::
 
     app.register_blueprint(status_blueprint(), url_prefix="/sagas")
+
+``dashboard_blueprint(romancy, authorize=...)`` serves the dashboard
+(``contrib.dashboard``) under its ``url_prefix``::
+
+    app.register_blueprint(dashboard_blueprint(romancy, authorize=who), url_prefix="/romancy")
 """
 
 from __future__ import annotations
@@ -33,14 +38,22 @@ import dataclasses
 from typing import Any
 
 from celery import Task, signals
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask, Response, current_app, request
 
 from ..app import Romancy
 from ..errors import ConfigurationError, UnknownInstanceError
 from ..settings import RomancySettings
+from .dashboard import Authorize, Dashboard
+from .dashboard import Request as DashboardRequest
 from .status import status_of
 
-__all__ = ["EXTENSION_KEY", "FlaskRomancy", "current_romancy", "status_blueprint"]
+__all__ = [
+    "EXTENSION_KEY",
+    "FlaskRomancy",
+    "current_romancy",
+    "dashboard_blueprint",
+    "status_blueprint",
+]
 
 EXTENSION_KEY = "celery_romancy"
 KNOWN_KEYS = frozenset(f"ROMANCY_{f.name.upper()}" for f in dataclasses.fields(RomancySettings))
@@ -131,5 +144,62 @@ def status_blueprint(romancy: Romancy | None = None, name: str = "romancy_status
             return status_of(romancy or current_romancy(), instance_id), 200
         except UnknownInstanceError as exc:
             return {"error": str(exc)}, 404
+
+    return blueprint
+
+
+def dashboard_blueprint(
+    romancy: Romancy | None = None,
+    *,
+    flower_url: str | None = None,
+    read_only: bool = False,
+    authorize: Authorize | None = None,
+    secret: bytes | None = None,
+    name: str = "romancy_dashboard",
+) -> Blueprint:
+    """The dashboard as a blueprint: register it with a ``url_prefix``. ``romancy``:
+    default, the current app's (``current_romancy()``). Actions need ``authorize``
+    (given the dashboard's ``Request``, whose ``native`` is Flask's request: return who
+    acts, or None); POSTs carry the dashboard's own CSRF token (``secret``: give the
+    same to every process). It shows workflows' data to whoever reaches it: register
+    it behind your own authentication."""
+    blueprint = Blueprint(name, __name__)
+    built: list[Dashboard] = []
+
+    def dashboard() -> Dashboard:
+        if not built:
+            built.append(
+                Dashboard(
+                    romancy or current_romancy(),
+                    flower_url=flower_url,
+                    read_only=read_only,
+                    authorize=authorize,
+                    secret=secret,
+                )
+            )
+        return built[0]
+
+    @blueprint.route("/", defaults={"rest": ""}, methods=["GET", "POST"])
+    @blueprint.route("/<path:rest>", methods=["GET", "POST"])
+    def serve(rest: str) -> Response:
+        path = request.path
+        base = path[: len(path) - len(rest)] if rest and path.endswith(rest) else path
+        answer = dashboard().handle(
+            DashboardRequest(
+                method=request.method,
+                path="/" + rest,
+                base=(request.script_root + base).rstrip("/"),
+                query=request.args.to_dict(flat=True),
+                form=request.form.to_dict(flat=True),
+                headers={k.lower(): v for k, v in request.headers.items()},
+                cookies=request.cookies.to_dict(flat=True),
+                native=request,
+            )
+        )
+        response = Response(answer.body, status=answer.status, content_type=answer.content_type)
+        for header, value in answer.all_headers():
+            if header.lower() not in ("content-type", "content-length"):
+                response.headers.add(header, value)
+        return response
 
     return blueprint

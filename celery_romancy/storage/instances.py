@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from . import schema
 from .base import StoreBase
 from .records import (
+    STATUSES,
     AttemptRecord,
     ChildIdTakenError,
     CompensationRecord,
@@ -114,13 +115,84 @@ class InstanceQueries(StoreBase):
         root: str | None = None,
         search: Mapping[str, str] | None = None,
         version: str | None = None,
+        after: tuple[datetime, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[WorkflowInstance]:
         """Newest first. ``parent``: that instance's children; ``root``: every instance
         of the tree whose root (a workflow started on its own) has that id, the root
         included; ``search``: instances with every one of these business keys;
-        ``version``: those started under that code version."""
+        ``version``: those started under that code version; ``created_after`` (included)
+        and ``created_before`` (excluded): a time range.
+
+        ``after``: the page after the instance with this ``(created_at, instance_id)``,
+        the last of the previous page (keyset paging: as fast on the thousandth page as
+        on the first, through the ``created`` indexes)."""
         t = schema.instances
         stmt = sa.select(t).order_by(t.c.created_at.desc(), t.c.instance_id).limit(limit)
+        stmt = self._filtered(
+            stmt, status, workflow, parent, root, search, version, created_after, created_before
+        )
+        if after is not None:
+            created, instance_id = after
+            # "<=" first: the bound the index scan starts from; the tie on created_at is
+            # broken by instance_id ascending, as the order is.
+            stmt = stmt.where(
+                t.c.created_at <= created,
+                sa.or_(t.c.created_at < created, t.c.instance_id > instance_id),
+            )
+        with self.engine.connect() as conn:
+            return [instance_of(r._mapping) for r in conn.execute(stmt)]
+
+    def count_by_status(
+        self,
+        workflow: str | None = None,
+        *,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cap: int | None = None,
+    ) -> dict[str, int]:
+        """How many instances are in each status (statuses with none left out). With
+        ``cap``, each count stops at ``cap``: one index range per status read no further,
+        so a million instances cost no more than ``cap`` each; a count equal to ``cap``
+        means "at least"."""
+        t = schema.instances
+        counts: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for status in sorted(STATUSES):
+                matching = self._filtered(
+                    sa.select(t.c.instance_id),
+                    status,
+                    workflow,
+                    created_after=created_after,
+                    created_before=created_before,
+                )
+                if cap is not None:
+                    matching = matching.limit(cap)
+                    if created_after is not None or created_before is not None:
+                        # Through the (status, created_at) index: the range read from
+                        # its start, not found by scanning past rows the time leaves out.
+                        matching = matching.order_by(t.c.created_at.desc())
+                count = conn.execute(sa.select(sa.func.count()).select_from(matching.subquery()))
+                found = int(count.scalar_one())
+                if found:
+                    counts[status] = found
+        return counts
+
+    @staticmethod
+    def _filtered(
+        stmt: sa.Select[Any],
+        status: str | Sequence[str] | None = None,
+        workflow: str | None = None,
+        parent: str | None = None,
+        root: str | None = None,
+        search: Mapping[str, str] | None = None,
+        version: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> sa.Select[Any]:
+        """``stmt`` on the instances table, narrowed by ``find_instances``' filters."""
+        t = schema.instances
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             stmt = stmt.where(t.c.status.in_(statuses))
@@ -132,13 +204,16 @@ class InstanceQueries(StoreBase):
             stmt = stmt.where(t.c.parent_instance_id == parent)
         if root is not None:
             stmt = stmt.where(sa.or_(t.c.root_instance_id == root, t.c.instance_id == root))
+        if created_after is not None:
+            stmt = stmt.where(t.c.created_at >= created_after)
+        if created_before is not None:
+            stmt = stmt.where(t.c.created_at < created_before)
         for key, value in (search or {}).items():
             # Each pair through the (key, value) index, whatever the table's size.
             k = schema.search
             matching = sa.select(k.c.instance_id).where(k.c.key == key, k.c.value == value)
             stmt = stmt.where(t.c.instance_id.in_(matching))
-        with self.engine.connect() as conn:
-            return [instance_of(r._mapping) for r in conn.execute(stmt)]
+        return stmt
 
     def get_search_attributes(self, instance_id: str) -> dict[str, str]:
         """The instance's business keys and their values, by key."""
@@ -170,6 +245,22 @@ class InstanceQueries(StoreBase):
         """The instance's steps in flight (or parked), oldest first."""
         with self.engine.connect() as conn:
             return self._get_steps(conn, instance_id)
+
+    def get_steps_of(self, instance_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        """The steps in flight of several instances (a page of a list), by instance."""
+        s = schema.steps
+        found: dict[str, list[StepRecord]] = {i: [] for i in instance_ids}
+        if not instance_ids:
+            return found
+        stmt = (
+            sa.select(s)
+            .where(s.c.instance_id.in_(list(instance_ids)))
+            .order_by(s.c.created_at, s.c.step_id)
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                found[row.instance_id].append(step_of(row._mapping))
+        return found
 
     def _get_steps(self, conn: Connection, instance_id: str) -> list[StepRecord]:
         s = schema.steps

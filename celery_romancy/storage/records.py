@@ -140,6 +140,18 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class OperatorAction:
+    """Something an operator did to an instance: ``action`` (cancel, resume,
+    retry_compensation, send_event), who (``actor``; None if not told) and its
+    ``detail`` (JSON: a cancel's reason, an event's type)."""
+
+    action: str
+    actor: str | None
+    detail: Any
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class Claim:
     """A worker's exclusive right to run one step, fenced by the step's ``epoch``; with
     the instance as it was when claimed."""

@@ -9,6 +9,7 @@
 - ``events.py``: events kept for waits; ``outbox.py``: the transactional outbox;
 - ``sweeps.py``: what the beat jobs look for (lost steps, due timers, missed events);
 - ``chains.py``: the runs of one chain (``ctx.continue_as_new``), followed forward.
+- ``operators.py``: what operators did to an instance, and who.
 
 Dialect differences (engine options, "insert or ignore", row locks, PostgreSQL's
 one-statement hot path) live in the thin subclasses in ``sqlite.py`` and
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 from .chains import ChainQueries
 from .events import EventQueries
+from .operators import OperatorQueries
 from .outbox import OutboxQueries
 from .steps import StepProtocol
 from .sweeps import SweepQueries
 
 
-class Store(StepProtocol, EventQueries, OutboxQueries, SweepQueries, ChainQueries):
+class Store(StepProtocol, EventQueries, OutboxQueries, SweepQueries, ChainQueries, OperatorQueries):
     """History storage. Subclasses set the dialect details; the SQL is in the mixins."""

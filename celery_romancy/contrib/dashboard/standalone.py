@@ -1,0 +1,96 @@
+"""The dashboard as its own web server: ``celery -A proj romancy dashboard``.
+
+wsgiref's server, one thread per request: enough for the few operators who look at
+it. With ``--basic-auth user:password`` or ``--token T`` every page asks for HTTP
+basic auth (for a token: any user name, the token as password), as ``celery flower
+--basic_auth`` does; with ``--allow-actions`` too, the signed-in user may act, and
+the name they signed in with is recorded with each action.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from .http import Request
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class Login:
+    """Who may sign in: one user with a password, or anyone with the token."""
+
+    def __init__(self, *, basic_auth: str | None = None, token: str | None = None) -> None:
+        if basic_auth is not None:
+            user, colon, password = basic_auth.partition(":")
+            if not colon or not user or not password:
+                raise ValueError("--basic-auth takes user:password")
+            self.user: str | None = user
+            self.password = password
+        elif token:
+            self.user, self.password = None, token
+        else:
+            raise ValueError("give --basic-auth user:password or --token")
+
+    def check(self, header: str) -> str | None:
+        """The user named by an ``Authorization: Basic`` header, if its password fits."""
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        if not hmac.compare_digest(password.encode(), self.password.encode()):
+            return None
+        if self.user is not None and not hmac.compare_digest(user.encode(), self.user.encode()):
+            return None
+        return user or "token"
+
+
+def signed_in(app: WSGIApp, login: Login) -> WSGIApp:
+    """``app`` behind HTTP basic auth; the user is passed on as ``REMOTE_USER``."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        user = login.check(str(environ.get("HTTP_AUTHORIZATION", "")))
+        if user is None:
+            start_response(
+                "401 Unauthorized",
+                [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("WWW-Authenticate", 'Basic realm="Romancy dashboard", charset="UTF-8"'),
+                ],
+            )
+            return [b"sign in to see the dashboard"]
+        environ["REMOTE_USER"] = user
+        return app(environ, start_response)
+
+    return guarded
+
+
+def remote_user(request: Request) -> str | None:
+    """``authorize`` for a dashboard behind ``signed_in``: the signed-in user."""
+    environ = request.native if isinstance(request.native, dict) else {}
+    user = environ.get("REMOTE_USER")
+    return str(user) if user else None
+
+
+class ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    """wsgiref's line per request on stderr, except for the style sheet and script."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if "/static/" not in str(args[:1]):
+            super().log_message(format, *args)
+
+
+def make_dashboard_server(app: WSGIApp, address: str, port: int) -> WSGIServer:
+    return make_server(address, port, app, ThreadingServer, QuietHandler)
