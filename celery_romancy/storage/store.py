@@ -7,7 +7,8 @@
 - ``steps.py``: the step protocol: ``claim``, ``commit`` (fenced by the instance's
   version and the step's lease), ``renew_lease``, ``release``;
 - ``events.py``: events kept for waits; ``outbox.py``: the transactional outbox;
-- ``sweeps.py``: what the beat jobs look for (lost steps, due timers, missed events).
+- ``sweeps.py``: what the beat jobs look for (lost steps, due timers, missed events);
+- ``purge.py``: retention, finished workflow trees deleted a batch at a time.
 
 Dialect differences (engine options, "insert or ignore", row locks, PostgreSQL's
 one-statement hot path) live in the thin subclasses in ``sqlite.py`` and
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 from .events import EventQueries
 from .outbox import OutboxQueries
+from .purge import PurgeQueries
 from .steps import StepProtocol
 from .sweeps import SweepQueries
 
 
-class Store(StepProtocol, EventQueries, OutboxQueries, SweepQueries):
+class Store(StepProtocol, EventQueries, OutboxQueries, SweepQueries, PurgeQueries):
     """History storage. Subclasses set the dialect details; the SQL is in the mixins."""

@@ -1,0 +1,207 @@
+"""Retention: the SQL that deletes finished workflow trees, a short transaction at a time.
+
+The unit is a tree: a workflow started on its own (a root) with every child workflow
+below it (``root_instance_id``). A tree goes only whole, and only once its root and
+every member have finished in a purgeable status (``PURGEABLE``) before the cutoff and
+none has an outbox row still to relay. So a finished child whose parent still runs is
+kept (the parent's rollback may yet undo it: its ``kind="child"`` compensation names
+the child), and so is everything of a tree holding a ``compensation_failed`` or live
+member.
+
+Each batch deletes the rows of its trees table by table, children first, by the
+``instance_id``-first index every owned table has: set-based deletes, rather than
+the foreign keys' ON DELETE CASCADE firing row by row. Consumed events and relayed
+outbox rows are found by columns no index leads with (``consumed_by``, the outbox's
+``instance_id``), so they are not deleted per batch (a full scan per batch): one pass
+over each table, in id order, takes the rows whose instance is gone (``orphans``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..states import Status
+from . import schema
+from .base import StoreBase
+
+# Statuses an instance ends in for good. Never ``compensation_failed`` (it waits for an
+# operator), never a live one.
+PURGEABLE = frozenset(
+    {
+        Status.COMPLETED,
+        Status.FAILED,
+        Status.CANCELLED,
+        Status.COMPENSATED,
+        Status.CONTINUED,
+    }
+)
+# Ids per IN list: well below SQLite's bound-parameter limit.
+CHUNK = 500
+
+
+@dataclass
+class PurgeCounts:
+    """Instances by status and rows by table, deleted (or, in a dry run, to delete)."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    rows: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class RootKey:
+    """Where a batch stopped in a status's roots, ordered by (updated_at, instance_id)."""
+
+    updated_at: datetime
+    instance_id: str
+
+
+def owned_tables() -> list[sa.Table]:
+    """Every table whose rows belong to an instance (a foreign key to it), in the order
+    their rows are deleted; read from the schema so a new owned table is not missed."""
+    owner = schema.instances.c.instance_id
+    return [
+        table
+        for table in reversed(schema.metadata.sorted_tables)
+        if any(fk.column is owner for fk in table.foreign_keys)
+    ]
+
+
+def purgeable_roots(cutoff: datetime, statuses: Collection[str]) -> sa.Select[Any]:
+    """Roots of trees that may go: the root in one of ``statuses`` and every member in a
+    purgeable status, all ended before ``cutoff``, no outbox row left to relay."""
+    r = schema.instances.alias("r")
+    m = schema.instances.alias("m")
+    o = schema.outbox
+    # Members of r's tree (r itself excepted) that keep the tree: live, parked,
+    # or ended too recently.
+    kept_member = sa.exists().where(
+        m.c.root_instance_id == r.c.instance_id,
+        sa.or_(m.c.status.not_in(sorted(PURGEABLE)), m.c.updated_at >= cutoff),
+    )
+    tree = sa.select(m.c.instance_id).where(m.c.root_instance_id == r.c.instance_id)
+    # Found through the (status, available_at) index: rows still to relay are few.
+    unrelayed = sa.exists().where(
+        o.c.status.in_(["pending", "in_progress"]),
+        sa.or_(o.c.instance_id == r.c.instance_id, o.c.instance_id.in_(tree.scalar_subquery())),
+    )
+    return sa.select(r.c.instance_id, r.c.status, r.c.updated_at).where(
+        r.c.status.in_(sorted(statuses)),
+        r.c.updated_at < cutoff,
+        r.c.parent_instance_id.is_(None),
+        ~kept_member,
+        ~unrelayed,
+    )
+
+
+class PurgeQueries(StoreBase):
+    def purge_batch(
+        self, cutoff: datetime, status: str, limit: int, after: RootKey | None
+    ) -> tuple[PurgeCounts, RootKey | None, int]:
+        """Delete up to ``limit`` trees whose root has ``status``, after ``after`` in
+        (updated_at, instance_id) order, in one transaction. Returns what it deleted,
+        where to go on from, and how many roots it looked at (fewer than ``limit``:
+        the status is done). Roots another purge holds are skipped (SKIP LOCKED)."""
+        stmt = purgeable_roots(cutoff, [status])
+        r = stmt.selected_columns
+        if after is not None:
+            stmt = stmt.where(
+                r.updated_at >= after.updated_at,
+                sa.or_(r.updated_at > after.updated_at, r.instance_id > after.instance_id),
+            )
+        stmt = stmt.order_by(r.updated_at, r.instance_id).limit(limit)
+        counts = PurgeCounts()
+        with self.transaction() as conn:
+            roots = conn.execute(self.lock_for_update(stmt)).all()
+            if not roots:
+                return counts, after, 0
+            members = _members(conn, [row.instance_id for row in roots])
+            for row in roots:
+                members[row.instance_id] = row.status
+            counts.statuses.update(members.values())
+            ids = list(members)
+            for table in [*owned_tables(), schema.instances]:
+                for chunk in _chunks(ids):
+                    deleted = conn.execute(sa.delete(table).where(table.c.instance_id.in_(chunk)))
+                    counts.rows[table.name] += deleted.rowcount
+        last = roots[-1]
+        return counts, RootKey(last.updated_at, last.instance_id), len(roots)
+
+    def purge_orphans(self, table_name: str, limit: int, after_id: int) -> tuple[int, int]:
+        """Delete up to ``limit`` consumed events or relayed outbox rows whose instance is
+        gone, with ids above ``after_id``; returns (deleted, last id looked at, or 0
+        when the table is done)."""
+        table, owner, condition = _orphan_columns(table_name)
+        i = schema.instances
+        gone = ~sa.exists().where(i.c.instance_id == owner)
+        stmt = (
+            sa.select(table.c.id)
+            .where(table.c.id > after_id, condition, gone)
+            .order_by(table.c.id)
+            .limit(limit)
+        )
+        with self.transaction() as conn:
+            ids = list(conn.execute(stmt).scalars())
+            if not ids:
+                return 0, 0
+            deleted = conn.execute(sa.delete(table).where(table.c.id.in_(ids), gone))
+            return int(deleted.rowcount), ids[-1] if len(ids) == limit else 0
+
+    def count_purgeable(self, cutoff: datetime, statuses: Collection[str]) -> PurgeCounts:
+        """What a purge with these arguments would delete now, counted, nothing written."""
+        roots = purgeable_roots(cutoff, statuses).cte("roots")
+        m = schema.instances.alias("members_of")
+        members = sa.union_all(
+            sa.select(roots.c.instance_id),
+            sa.select(m.c.instance_id).join(roots, m.c.root_instance_id == roots.c.instance_id),
+        ).cte("members")
+        member_ids = sa.select(members.c.instance_id)
+        i = schema.instances
+        counts = PurgeCounts()
+        by_status = (
+            sa.select(i.c.status, sa.func.count())
+            .where(i.c.instance_id.in_(member_ids))
+            .group_by(i.c.status)
+        )
+        tables = {
+            t.name: sa.select(sa.func.count()).where(t.c.instance_id.in_(member_ids))
+            for t in [*owned_tables(), i]
+        }
+        for name in ("romancy_events", "romancy_outbox"):
+            _, owner, condition = _orphan_columns(name)
+            tables[name] = sa.select(sa.func.count()).where(condition, owner.in_(member_ids))
+        with self.engine.connect() as conn:
+            for status, n in conn.execute(by_status):
+                counts.statuses[status] = n
+            for name, stmt in tables.items():
+                counts.rows[name] = int(conn.execute(stmt).scalar_one())
+        return counts
+
+
+def _members(conn: Connection, root_ids: Sequence[str]) -> dict[str, str]:
+    """The children, at any depth, of these roots: instance id -> status."""
+    i = schema.instances
+    found: dict[str, str] = {}
+    for chunk in _chunks(root_ids):
+        stmt = sa.select(i.c.instance_id, i.c.status).where(i.c.root_instance_id.in_(chunk))
+        found.update((row.instance_id, row.status) for row in conn.execute(stmt))
+    return found
+
+
+def _orphan_columns(table_name: str) -> tuple[sa.Table, sa.ColumnElement[Any], Any]:
+    """The table, the column naming its instance, and which of its rows a purge takes."""
+    if table_name == "romancy_events":
+        e = schema.events
+        return e, e.c.consumed_by, e.c.consumed_by.is_not(None)
+    o = schema.outbox
+    return o, o.c.instance_id, o.c.status == "published"
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[n : n + CHUNK] for n in range(0, len(ids), CHUNK)]
