@@ -416,7 +416,7 @@ def send_event(
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(sorted(PURGEABLE)),
+    type=click.Choice(sorted(str(s) for s in PURGEABLE)),
     help="Only instances that ended in this status (repeatable; default: all of them).",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")

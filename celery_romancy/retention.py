@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InvalidArgumentsError
 from .states import Status
-from .storage.purge import PURGEABLE, PurgeCounts, RootKey
+from .storage.purge import PURGEABLE, PurgeCounts, RootKey, owned_tables
 from .storage.schema import utcnow
 
 if TYPE_CHECKING:
@@ -81,13 +81,17 @@ def purge(
         if counts.rows["romancy_instances"]:
             for table in ("romancy_events", "romancy_outbox"):
                 counts.rows[table] += _purge_orphans(romancy, table)
+    tables = [t.name for t in owned_tables()]
+    tables += ["romancy_instances", "romancy_events", "romancy_outbox"]
     report = PurgeReport(
         cutoff,
         dry_run,
         {s: n for s, n in sorted(counts.statuses.items()) if n},
-        {t: counts.rows[t] for t in sorted(counts.rows)},
+        {t: counts.rows[t] for t in sorted(tables)},
     )
-    logger.info(
+    # One line per run; a run that found nothing stays quiet, like the other jobs.
+    logger.log(
+        logging.INFO if report.instances or dry_run else logging.DEBUG,
         "celery_romancy: %s %d finished instances that ended before %s (%s); rows: %s",
         "would purge" if dry_run else "purged",
         report.instances,

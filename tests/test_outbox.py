@@ -337,6 +337,7 @@ def test_a_real_worker_running_idle_maintenance_logs_nothing_about_it(
         romancy_recovery_interval=1,
         romancy_timer_interval=1,
         romancy_outbox_interval=1,
+        romancy_purge_interval=1,
     )
     try:
         process = h.worker_process().start()  # logs at INFO

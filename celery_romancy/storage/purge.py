@@ -121,15 +121,21 @@ class PurgeQueries(StoreBase):
             roots = conn.execute(self.lock_for_update(stmt)).all()
             if not roots:
                 return counts, after, 0
-            members = _members(conn, [row.instance_id for row in roots])
-            for row in roots:
-                members[row.instance_id] = row.status
-            counts.statuses.update(members.values())
-            ids = list(members)
-            for table in [*owned_tables(), schema.instances]:
+            ids = [row.instance_id for row in roots]
+            ids += _members(conn, ids)
+            for table in owned_tables():
                 for chunk in _chunks(ids):
                     deleted = conn.execute(sa.delete(table).where(table.c.instance_id.in_(chunk)))
                     counts.rows[table.name] += deleted.rowcount
+            i = schema.instances
+            for chunk in _chunks(ids):
+                # Counted from what this transaction deleted: on SQLite, whose SELECT
+                # locks nothing, a racing purge may have taken a tree first.
+                gone = conn.execute(
+                    sa.delete(i).where(i.c.instance_id.in_(chunk)).returning(i.c.status)
+                )
+                counts.statuses.update(gone.scalars())
+            counts.rows[i.name] = counts.statuses.total()
         last = roots[-1]
         return counts, RootKey(last.updated_at, last.instance_id), len(roots)
 
@@ -184,13 +190,13 @@ class PurgeQueries(StoreBase):
         return counts
 
 
-def _members(conn: Connection, root_ids: Sequence[str]) -> dict[str, str]:
-    """The children, at any depth, of these roots: instance id -> status."""
+def _members(conn: Connection, root_ids: Sequence[str]) -> list[str]:
+    """The ids of the children, at any depth, of these roots."""
     i = schema.instances
-    found: dict[str, str] = {}
+    found: list[str] = []
     for chunk in _chunks(root_ids):
-        stmt = sa.select(i.c.instance_id, i.c.status).where(i.c.root_instance_id.in_(chunk))
-        found.update((row.instance_id, row.status) for row in conn.execute(stmt))
+        stmt = sa.select(i.c.instance_id).where(i.c.root_instance_id.in_(chunk))
+        found += conn.execute(stmt).scalars()
     return found
 
 
