@@ -8,6 +8,7 @@ every other row as it was.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -28,6 +29,7 @@ from celery_romancy.storage.purge import owned_tables
 
 from .harness import Harness
 from .ledger import wait_for
+from .processes import ROOT, celery
 from .purge_flows import register_purge_flows
 
 OLD = timedelta(days=40)
@@ -321,6 +323,21 @@ def test_the_purge_command_counts_with_dry_run_and_then_deletes(harness: Harness
     assert rest.output.startswith("purged 1 instances"), rest.output
     assert (r.storage.get_instance(done), r.storage.get_instance(failed)) == (None, None)
     assert r.storage.get_instance(recent) is not None
+
+    # The ``celery`` program itself, as an operator types it.
+    age(r, [recent], timedelta(days=8))
+    typed = subprocess.run(
+        celery("tests.worker_app", "romancy", "purge", "--older-than", "7d"),
+        cwd=ROOT,
+        env=harness._env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert typed.returncode == 0, typed.stderr
+    assert typed.stdout.startswith("purged 1 instances")
+    assert r.storage.get_instance(recent) is None
 
 
 @pytest.mark.parametrize(
