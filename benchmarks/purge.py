@@ -32,7 +32,7 @@ import redis
 import sqlalchemy as sa
 
 from benchmarks.run import REDIS, ROOT, Bench, database, naive_utc, report, settle, worker
-from celery_romancy.storage.purge import purgeable_roots
+from celery_romancy.storage.purge import ended_roots
 
 STATUSES = ("completed", "failed", "cancelled", "continued")
 HALVES = (("completed", "failed"), ("cancelled", "continued"))
@@ -128,17 +128,31 @@ def purge_half(feeder: Feeder, statuses: tuple[str, ...], env: dict[str, str]) -
 
 
 def plan(bench: Bench) -> str:
-    """EXPLAIN ANALYZE of one batch's SELECT of roots (the deletes go by primary keys)."""
-    cutoff = datetime.now(UTC) - timedelta(days=30)
-    stmt = purgeable_roots(cutoff, ["completed"])
-    r = stmt.selected_columns
-    stmt = stmt.order_by(r.updated_at, r.instance_id).limit(1000).with_for_update(skip_locked=True)
-    engine = bench.poll
-    compiled = stmt.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
-    params = {k: naive_utc(v) if isinstance(v, datetime) else v for k, v in compiled.params.items()}
-    with engine.connect() as conn:
-        rows = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), params)
-        return "\n".join(row[0] for row in rows)
+    """EXPLAIN ANALYZE of a purge batch's reads: its roots, then their trees' members
+    and outbox rows (the deletes go by the instance_id-first indexes)."""
+    cutoff = naive_utc(datetime.now(UTC) - timedelta(days=30))
+    roots = ended_roots(datetime.now(UTC) - timedelta(days=30), "completed", 1000, None)
+    compiled = roots.with_for_update(skip_locked=True).compile(dialect=bench.poll.dialect)
+    params = {k: cutoff if isinstance(v, datetime) else v for k, v in compiled.params.items()}
+    explain = "EXPLAIN (ANALYZE, BUFFERS) "
+    lines: list[str] = []
+    # A connection with a transaction, rolled back: the DELETE explained deletes nothing.
+    with bench.romancy.storage.engine.connect() as conn:
+        lines += [row[0] for row in conn.exec_driver_sql(explain + str(compiled), params)]
+        ids = [row[0] for row in conn.exec_driver_sql(str(compiled), params)]
+        members = (
+            "SELECT instance_id, root_instance_id, status, updated_at FROM romancy_instances"
+            " WHERE root_instance_id = ANY(%(ids)s)"
+        )
+        outbox = (
+            "SELECT instance_id FROM romancy_outbox WHERE status IN ('pending', 'in_progress')"
+            " AND instance_id = ANY(%(ids)s)"
+        )
+        history = "DELETE FROM romancy_history WHERE instance_id = ANY(%(ids)s)"
+        for sql in (members, outbox, history):
+            lines += [row[0] for row in conn.exec_driver_sql(explain + sql, {"ids": ids})]
+        conn.rollback()
+    return "\n".join(lines)
 
 
 def main() -> int:

@@ -75,7 +75,8 @@ def owned_tables() -> list[sa.Table]:
 
 def purgeable_roots(cutoff: datetime, statuses: Collection[str]) -> sa.Select[Any]:
     """Roots of trees that may go: the root in one of ``statuses`` and every member in a
-    purgeable status, all ended before ``cutoff``, no outbox row left to relay."""
+    purgeable status, all ended before ``cutoff``, no outbox row left to relay. In one
+    statement, for counting them all (a batch checks the same in ``_purgeable_trees``)."""
     r = schema.instances.alias("r")
     m = schema.instances.alias("m")
     o = schema.outbox
@@ -100,34 +101,46 @@ def purgeable_roots(cutoff: datetime, statuses: Collection[str]) -> sa.Select[An
     )
 
 
+def ended_roots(cutoff: datetime, status: str, limit: int, after: RootKey | None) -> sa.Select[Any]:
+    """The next ``limit`` roots that ended in ``status`` before ``cutoff``, after
+    ``after``: a range of the (status, updated_at) index."""
+    i = schema.instances
+    stmt = sa.select(i.c.instance_id, i.c.updated_at).where(
+        i.c.status == status, i.c.updated_at < cutoff, i.c.parent_instance_id.is_(None)
+    )
+    if after is not None:
+        stmt = stmt.where(
+            i.c.updated_at >= after.updated_at,
+            sa.or_(i.c.updated_at > after.updated_at, i.c.instance_id > after.instance_id),
+        )
+    return stmt.order_by(i.c.updated_at, i.c.instance_id).limit(limit)
+
+
 class PurgeQueries(StoreBase):
     def purge_batch(
         self, cutoff: datetime, status: str, limit: int, after: RootKey | None
     ) -> tuple[PurgeCounts, RootKey | None, int]:
-        """Delete up to ``limit`` trees whose root has ``status``, after ``after`` in
-        (updated_at, instance_id) order, in one transaction. Returns what it deleted,
-        where to go on from, and how many roots it looked at (fewer than ``limit``:
-        the status is done). Roots another purge holds are skipped (SKIP LOCKED)."""
-        stmt = purgeable_roots(cutoff, [status])
-        r = stmt.selected_columns
-        if after is not None:
-            stmt = stmt.where(
-                r.updated_at >= after.updated_at,
-                sa.or_(r.updated_at > after.updated_at, r.instance_id > after.instance_id),
-            )
-        stmt = stmt.order_by(r.updated_at, r.instance_id).limit(limit)
+        """Delete the purgeable trees among the next ``limit`` roots with ``status`` that
+        ended before ``cutoff``, after ``after`` in (updated_at, instance_id) order, in
+        one transaction. Returns what it deleted, where to go on from, and how many roots
+        it looked at (fewer than ``limit``: the status is done). Roots another purge
+        holds are skipped (SKIP LOCKED).
+
+        The same rule as ``purgeable_roots``, in three indexed reads rather than one
+        statement: PostgreSQL plans that one's anti-joins for a batch as a nested loop
+        over every live or recent instance, repeated for each root."""
+        i = schema.instances
         counts = PurgeCounts()
         with self.transaction() as conn:
-            roots = conn.execute(self.lock_for_update(stmt)).all()
+            stmt = self.lock_for_update(ended_roots(cutoff, status, limit, after))
+            roots = conn.execute(stmt).all()
             if not roots:
                 return counts, after, 0
-            ids = [row.instance_id for row in roots]
-            ids += _members(conn, ids)
+            ids = _purgeable_trees(conn, cutoff, [row.instance_id for row in roots])
             for table in owned_tables():
                 for chunk in _chunks(ids):
                     deleted = conn.execute(sa.delete(table).where(table.c.instance_id.in_(chunk)))
                     counts.rows[table.name] += deleted.rowcount
-            i = schema.instances
             for chunk in _chunks(ids):
                 # Counted from what this transaction deleted: on SQLite, whose SELECT
                 # locks nothing, a racing purge may have taken a tree first.
@@ -190,14 +203,25 @@ class PurgeQueries(StoreBase):
         return counts
 
 
-def _members(conn: Connection, root_ids: Sequence[str]) -> list[str]:
-    """The ids of the children, at any depth, of these roots."""
-    i = schema.instances
-    found: list[str] = []
+def _purgeable_trees(conn: Connection, cutoff: datetime, root_ids: Sequence[str]) -> list[str]:
+    """The instance ids of the trees of these (finished, old) roots that may go: no
+    member live, parked or ended after ``cutoff``, no outbox row still to relay."""
+    i, o = schema.instances, schema.outbox
+    root_of = {root: root for root in root_ids}
+    kept: set[str] = set()
     for chunk in _chunks(root_ids):
-        stmt = sa.select(i.c.instance_id).where(i.c.root_instance_id.in_(chunk))
-        found += conn.execute(stmt).scalars()
-    return found
+        members = sa.select(i.c.instance_id, i.c.root_instance_id, i.c.status, i.c.updated_at)
+        for m in conn.execute(members.where(i.c.root_instance_id.in_(chunk))):
+            root_of[m.instance_id] = m.root_instance_id
+            if m.status not in PURGEABLE or m.updated_at >= cutoff:
+                kept.add(m.root_instance_id)
+    ids = list(root_of)
+    for chunk in _chunks(ids):
+        unrelayed = sa.select(o.c.instance_id).where(
+            o.c.status.in_(["pending", "in_progress"]), o.c.instance_id.in_(chunk)
+        )
+        kept.update(root_of[instance_id] for instance_id in conn.execute(unrelayed).scalars())
+    return [instance_id for instance_id, root in root_of.items() if root not in kept]
 
 
 def _orphan_columns(table_name: str) -> tuple[sa.Table, sa.ColumnElement[Any], Any]:
