@@ -31,7 +31,17 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from benchmarks.run import REDIS, ROOT, Bench, database, naive_utc, report, settle, worker
+from benchmarks.run import (
+    REDIS,
+    ROOT,
+    Bench,
+    database,
+    naive_utc,
+    report,
+    settle,
+    wait_until,
+    worker,
+)
 from celery_romancy.storage.purge import ended_roots
 
 STATUSES = ("completed", "failed", "cancelled", "continued")
@@ -175,6 +185,7 @@ def main() -> int:
             bench.workflows(50, "warm")
             feeder = Feeder(bench)
             feeder.thread.start()
+            wait_until(lambda: bench.completed(feeder.since) >= IN_FLIGHT, 300, "a warm feeder")
             alone = [rate(feeder, args.seconds)]
             purges = []
             for statuses in HALVES:
