@@ -162,7 +162,7 @@ def plan(bench: Bench) -> str:
         for sql in (members, outbox, history):
             lines += [row[0] for row in conn.exec_driver_sql(explain + sql, {"ids": ids})]
         conn.rollback()
-    return "\n".join(lines)
+    return "\n".join(line if len(line) < 160 else line[:150] + " ...}" for line in lines)
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ every other row as it was.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import threading
 from collections import Counter
@@ -197,6 +198,15 @@ def test_purge_takes_exactly_the_finished_old_trees_and_all_their_rows(harness: 
     assert {case for case in kept if r.storage.get_instance(ids[case]) is not None} == kept
 
 
+class Heard(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_a_status_filter_and_the_retention_setting_choose_what_goes(tmp_path: Path) -> None:
     h = Harness(f"sqlite:///{tmp_path / 'history.db'}", tmp_path, romancy_retention=3600)
     try:
@@ -209,7 +219,22 @@ def test_a_status_filter_and_the_retention_setting_choose_what_goes(tmp_path: Pa
                 r.wait(instance_id, timeout=60)
         age(r, [done, failed], timedelta(hours=2))
         assert r.purge(timedelta(hours=3)).instances == 0  # not old enough for that
-        only_failed = r.purge(status="failed")  # older than romancy_retention, 1 h
+        # On the logger itself: the worker set up logging its own way, without caplog.
+        heard, logger = Heard(), logging.getLogger("celery_romancy.retention")
+        logger.addHandler(heard)
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        try:
+            only_failed = r.purge(status="failed")  # older than romancy_retention, 1 h
+        finally:
+            logger.removeHandler(heard)
+            logger.setLevel(level)
+        (line,) = [rec.getMessage() for rec in heard.records if rec.levelno == logging.INFO]
+        assert line.startswith("celery_romancy: purged 1 finished instances that ended before")
+        assert line.endswith(
+            "(failed 1); rows: romancy_attempts 1, romancy_compensations 1, "
+            "romancy_history 2, romancy_instances 1"
+        )
         assert (only_failed.statuses, only_failed.cutoff < schema.utcnow()) == ({"failed": 1}, True)
         assert r.storage.get_instance(failed) is None
         assert r.storage.get_instance(done) is not None

@@ -8,12 +8,16 @@ kept (the parent's rollback may yet undo it: its ``kind="child"`` compensation n
 the child), and so is everything of a tree holding a ``compensation_failed`` or live
 member.
 
-Each batch deletes the rows of its trees table by table, children first, by the
-``instance_id``-first index every owned table has: set-based deletes, rather than
-the foreign keys' ON DELETE CASCADE firing row by row. Consumed events and relayed
-outbox rows are found by columns no index leads with (``consumed_by``, the outbox's
-``instance_id``), so they are not deleted per batch (a full scan per batch): one pass
-over each table, in id order, takes the rows whose instance is gone (``orphans``).
+Each batch takes up to ``limit`` roots by the (status, updated_at) index, locked with
+SKIP LOCKED on PostgreSQL so that two purges share the work, reads their trees and
+unrelayed outbox rows by index, and deletes in one short transaction, table by table
+by the ``instance_id``-first index every owned table has, the instances last. One
+set-based DELETE per table, rather than ON DELETE CASCADE (which SQLite enforces here
+too, ``PRAGMA foreign_keys=ON``), gives the counts, and the cascade's checks then find
+nothing. Consumed events and relayed outbox rows are found by columns no index leads
+with (``consumed_by``, the outbox's ``instance_id``): deleting them per batch would
+scan those tables once per batch, so one pass over each, in id order, takes the rows
+whose instance is gone (``purge_orphans``) after the batches.
 """
 
 from __future__ import annotations
