@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
-from celery_romancy import InvalidArgumentsError, Romancy
+from celery_romancy import ConfigurationError, InvalidArgumentsError, Romancy
 from celery_romancy import retention as retention_module
 from celery_romancy.cli import romancy as romancy_command
 from celery_romancy.maintenance import beat_schedule
@@ -240,6 +241,14 @@ def test_a_status_filter_and_the_retention_setting_choose_what_goes(tmp_path: Pa
         assert r.storage.get_instance(done) is not None
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("setting", ["romancy_retention", "romancy_purge_interval"])
+def test_the_retention_settings_must_be_positive_numbers(setting: str) -> None:
+    app = Celery("t")
+    app.conf[setting] = 0
+    with pytest.raises(ConfigurationError, match=f"{setting} must be a positive number"):
+        Romancy(app).settings  # noqa: B018
 
 
 @pytest.mark.parametrize(
