@@ -7,12 +7,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from celery import Celery
 
-from . import events, maintenance, operations, outbox, schedules, tasks, transition
+from . import events, maintenance, operations, outbox, retention, schedules, tasks, transition
 from .definitions import ActivityDefinition, CompensationDefinition, WorkflowDefinition
 from .errors import (
     RomancyError,
@@ -375,6 +375,18 @@ class Romancy:
     def relay_outbox(self) -> int:
         """Publish pending outbox rows now (beat does it every ``romancy_outbox_interval``)."""
         return outbox.relay(self)
+
+    def purge(
+        self,
+        older_than: timedelta | float | None = None,
+        status: str | Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> retention.PurgeReport:
+        """Delete finished instances that ended more than ``older_than`` ago (default
+        ``romancy_retention``; a timedelta or seconds) with all their rows; only those
+        in ``status`` if given. A child workflow goes only with its whole tree. With
+        ``dry_run`` count, delete nothing. Beat runs it every ``romancy_purge_interval``."""
+        return retention.purge(self, older_than, status, dry_run)
 
     def resume(self, instance_id: str, *, by: str | None = None) -> None:
         """Push an instance on: re-send its pending step, or replay a parked one

@@ -33,6 +33,7 @@ from .settings import masked_url
 from .states import ACTIVE, HistoryKind, Status, StepKind
 from .storage import STATUSES, AttemptRecord, HistoryEvent, StepRecord, WorkflowInstance
 from .storage.migrate import current_revision
+from .storage.purge import PURGEABLE
 from .ticks import describe
 
 LIST_LIMIT = 50
@@ -85,8 +86,8 @@ def reported(instance_param: str = "INSTANCE_ID") -> Iterator[None]:
 @click.group(name="romancy")
 @click.pass_context
 def romancy(ctx: click.Context) -> None:
-    """Durable workflows: list, show, cancel, resume, retry-compensation, send-event, migrate,
-    schedules, dashboard."""
+    """Durable workflows: list, show, cancel, resume, retry-compensation, send-event, purge,
+    migrate, schedules, dashboard."""
     if ctx.obj is None or not hasattr(ctx.obj, "app"):
         raise click.UsageError("run it as a Celery subcommand: celery -A proj romancy ...")
 
@@ -514,6 +515,56 @@ def dashboard(
         pass
     finally:
         server.server_close()
+
+
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="DURATION",
+    help="Instances that ended longer ago than this: 7d, 12h, 30m, 90s, 1d12h "
+    "(default: romancy_retention).",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(sorted(str(s) for s in PURGEABLE)),
+    help="Only instances that ended in this status (repeatable; default: all of them).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@click.pass_context
+def purge(
+    ctx: click.Context, older_than: str | None, statuses: tuple[str, ...], dry_run: bool
+) -> None:
+    """Delete finished instances, and all their rows, that ended long enough ago."""
+    age = None if older_than is None else parse_duration(older_than, "--older-than")
+    with reported():
+        report = _romancy(ctx).purge(age, list(statuses) or None, dry_run=dry_run)
+    verb = "would purge" if dry_run else "purged"
+    click.echo(
+        f"{verb} {report.instances} instances that ended before "
+        f"{report.cutoff.isoformat(timespec='seconds')}"
+    )
+    _table(("status", "instances"), [(s, str(n)) for s, n in report.statuses.items()], "  ")
+    _table(("table", "rows"), [(t, str(n)) for t, n in report.rows.items()], "  ")
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    """``7d``, ``12h``, ``30m``, ``90s`` or a sum of them (``1d12h``), more than zero."""
+    parts = _DURATION_PART.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise click.BadParameter(
+            f"{text!r} is no duration: use a number and a unit, d h m or s (7d, 12h, 1d12h)",
+            param_hint=option,
+        )
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise click.BadParameter(f"{text!r} must be more than zero", param_hint=option)
+    return timedelta(seconds=seconds)
 
 
 @romancy.command()

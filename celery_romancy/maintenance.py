@@ -23,6 +23,7 @@ from .dispatch import Dispatch, publish
 from .errors import EventTimeoutError
 from .events import deliver_kept_event
 from .failures import describe_error
+from .retention import PURGE_TASK
 from .states import HistoryKind, RunOutcome, StepKind
 from .storage import HistoryEvent
 from .storage.schema import utcnow
@@ -38,7 +39,7 @@ FIRE_TASK = "romancy.fire_timers"
 RELAY_TASK = "romancy.relay_outbox"
 # The jobs beat sends; ``romancy.wake`` is not one of them: it is a timer step's own
 # message, sent on its workflow's queue.
-MAINTENANCE_TASKS = frozenset({RECOVER_TASK, FIRE_TASK, RELAY_TASK})
+MAINTENANCE_TASKS = frozenset({RECOVER_TASK, FIRE_TASK, RELAY_TASK, PURGE_TASK})
 BATCH = 500
 
 
@@ -168,6 +169,7 @@ def beat_schedule(settings: RomancySettings) -> dict[str, dict[str, Any]]:
         RECOVER_TASK: settings.recovery_interval,
         FIRE_TASK: settings.timer_interval,
         RELAY_TASK: settings.outbox_interval,
+        PURGE_TASK: settings.purge_interval,
     }
     options = {"queue": settings.maintenance_queue} if settings.maintenance_queue else {}
     return {

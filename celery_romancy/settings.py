@@ -56,6 +56,11 @@ class RomancySettings:
     # Events older than this (seconds) are purged, consumed or not: an event nobody
     # waits for is not kept forever. Also how long a CloudEvent's redelivery is a duplicate.
     event_retention: float = 7 * 24 * 3600.0
+    # Finished instances (completed, failed, cancelled, compensated, continued) that
+    # ended longer ago than this (seconds) are purged with all their rows, by the beat
+    # job romancy.purge that runs every purge_interval seconds (see retention.py).
+    retention: float = 30 * 24 * 3600.0
+    purge_interval: float = 24 * 3600.0
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never with the database password.
@@ -88,6 +93,8 @@ class RomancySettings:
             "outbox_interval",
             "max_payload_bytes",
             "event_retention",
+            "retention",
+            "purge_interval",
         )
         for name in numbers:
             value = getattr(self, name)

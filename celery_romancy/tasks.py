@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from celery import Task, bootsteps, signals
 from celery.exceptions import Retry, TaskPredicate
 
-from . import maintenance, outbox, scheduled_runs, schedules
+from . import maintenance, outbox, retention, scheduled_runs, schedules
 from .dispatch import WAKE_TASK
 from .errors import ActivityError, ConfigurationError, LeaseHeldError
 from .runner import FailedAttempt
@@ -209,6 +209,9 @@ def register_maintenance_tasks(romancy: Romancy) -> None:
     def relay_outbox() -> int:
         return outbox.relay(romancy)
 
+    def purge() -> dict[str, int]:
+        return retention.purge(romancy).counts()
+
     def wake(task: Task, instance_id: str, token: str) -> str:
         # A timer's countdown message; beat's fire_timers is the fallback.
         result = maintenance.fire(romancy, instance_id, token)
@@ -221,4 +224,5 @@ def register_maintenance_tasks(romancy: Romancy) -> None:
     register(name=maintenance.RECOVER_TASK, **options)(recover)
     register(name=maintenance.FIRE_TASK, **options)(fire_timers)
     register(name=maintenance.RELAY_TASK, **options)(relay_outbox)
+    register(name=retention.PURGE_TASK, **options)(purge)
     register(name=WAKE_TASK, bind=True, acks_late=True, **options)(wake)

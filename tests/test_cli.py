@@ -35,7 +35,16 @@ from .ledger import Gate, Ledger, wait_for
 from .processes import ROOT, ServiceProcess, celery, celery_worker
 from .services import REDIS_URL, create_pg_database, drop_pg_database, redis_client
 
-COMMANDS = ("list", "show", "cancel", "resume", "retry-compensation", "send-event", "migrate")
+COMMANDS = (
+    "list",
+    "show",
+    "cancel",
+    "resume",
+    "retry-compensation",
+    "send-event",
+    "purge",
+    "migrate",
+)
 
 
 @dataclass

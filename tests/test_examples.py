@@ -204,6 +204,20 @@ def test_watching_example_hears_the_signals_and_finds_the_order_by_its_key(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_retention_example_counts_then_purges_what_has_ended(tmp_path: Path) -> None:
+    # Its own checkout's package, wherever the shared install points.
+    done = run_example("retention.py", tmp_path, PYTHONPATH=str(ROOT))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "refund: ORD-2",
+        "would purge 0 instances {}, 0 history rows",
+        "would purge 2 instances {'completed': 1, 'failed': 1}, 4 history rows",
+        "purged 2 instances {'completed': 1, 'failed': 1}, 4 history rows",
+        "left: 0 instances",
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
     readme = (ROOT / "README.md").read_text()
     examples = sorted(
@@ -215,6 +229,7 @@ def test_every_readme_snippet_marked_as_running_is_in_its_example() -> None:
         "example_project/fan_out.py",
         "example_project/flask_shop.py",
         "example_project/loops.py",
+        "example_project/retention.py",
         "example_project/schedules.py",
         "example_project/upgrades_release_2.py",
         "example_project/watching.py",

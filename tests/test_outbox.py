@@ -337,6 +337,7 @@ def test_a_real_worker_running_idle_maintenance_logs_nothing_about_it(
         romancy_recovery_interval=1,
         romancy_timer_interval=1,
         romancy_outbox_interval=1,
+        romancy_purge_interval=1,
     )
     try:
         process = h.worker_process().start()  # logs at INFO
@@ -378,6 +379,7 @@ def test_maintenance_jobs_go_to_their_queue_which_every_worker_consumes(
         romancy_recovery_interval=1,
         romancy_timer_interval=1,
         romancy_outbox_interval=1,
+        romancy_purge_interval=1,
     )
     try:
         schedule = maintenance.beat_schedule(h.romancy.settings)

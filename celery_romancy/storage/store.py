@@ -10,6 +10,7 @@
 - ``sweeps.py``: what the beat jobs look for (lost steps, due timers, missed events);
 - ``chains.py``: the runs of one chain (``ctx.continue_as_new``), followed forward.
 - ``operators.py``: what operators did to an instance, and who.
+- ``purge.py``: retention, finished workflow trees deleted a batch at a time.
 
 Dialect differences (engine options, "insert or ignore", row locks, PostgreSQL's
 one-statement hot path) live in the thin subclasses in ``sqlite.py`` and
@@ -23,9 +24,18 @@ from .chains import ChainQueries
 from .events import EventQueries
 from .operators import OperatorQueries
 from .outbox import OutboxQueries
+from .purge import PurgeQueries
 from .steps import StepProtocol
 from .sweeps import SweepQueries
 
 
-class Store(StepProtocol, EventQueries, OutboxQueries, SweepQueries, ChainQueries, OperatorQueries):
+class Store(
+    StepProtocol,
+    EventQueries,
+    OutboxQueries,
+    SweepQueries,
+    ChainQueries,
+    OperatorQueries,
+    PurgeQueries,
+):
     """History storage. Subclasses set the dialect details; the SQL is in the mixins."""
