@@ -517,6 +517,7 @@ def dashboard(
         server.server_close()
 
 
+@romancy.command()
 @click.option(
     "--older-than",
     "older_than",
