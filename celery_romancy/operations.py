@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .errors import InstanceStateError, UnknownInstanceError
 from .events import current_run
 from .planning import Plan, dispatch_step, status_of, wind_down
-from .states import ACTIVE, Status, StepKind
+from .states import ACTIVE, PARKED_ERRORS, Status, StepKind
 from .storage import CommitResult, Snapshot, StepWrite
 from .storage.records import InstanceChange
 from .storage.rows import leased
@@ -82,10 +82,6 @@ def _cancel_run(romancy: Romancy, instance_id: str, reason: str) -> bool | None:
     return None if continued else True
 
 
-PARKED_ERRORS = (
-    "celery_romancy.errors.NonDeterminismError",
-    "celery_romancy.errors.PoisonStepError",
-)
 MOVING = (Status.PENDING, Status.RUNNING, Status.COMPENSATING)
 
 

@@ -4,9 +4,11 @@
 ended ``completed``, ``failed``, ``cancelled``, ``compensated`` or ``continued`` longer
 than ``romancy_retention`` ago, with their history, steps, attempts, compensations,
 business keys, operators' actions, consumed events and relayed outbox rows. Never a
-live instance, never one parked in ``compensation_failed`` (an operator still has to
-act on it), and never part of a tree: a child workflow goes with its root, once the
-whole tree has finished and is old (see ``storage/purge.py``).
+live instance, never one parked in ``compensation_failed``, nor one parked ``failed``
+by a nondeterminism or poison-step error, not rolled back (an operator still has to
+act on them: ``retry_compensation``, ``resume``), and never part of a tree: a child
+workflow goes with its root, once the whole tree has finished and is old (see
+``storage/purge.py``).
 
 It works in batches of ``BATCH`` trees, each deleted in one short transaction, so no
 lock is held for long and workflows run on meanwhile; two purges at once (beat sending

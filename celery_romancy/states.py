@@ -39,6 +39,12 @@ TERMINAL = frozenset(
 ACTIVE = frozenset(
     {Status.PENDING, Status.RUNNING, Status.WAITING_FOR_TIMER, Status.WAITING_FOR_EVENT}
 )
+# The errors (their ``error["type"]``) that park an instance as ``failed`` without a
+# rollback, for an operator to ``resume`` once the code or the cause is fixed.
+PARKED_ERRORS = (
+    "celery_romancy.errors.NonDeterminismError",
+    "celery_romancy.errors.PoisonStepError",
+)
 
 
 class StepKind(StrEnum):

@@ -251,6 +251,42 @@ def test_the_retention_settings_must_be_positive_numbers(setting: str) -> None:
         Romancy(app).settings  # noqa: B018
 
 
+def park(romancy: Romancy, instance_ids: list[str]) -> None:
+    """Make these look as a worker whose code cannot replay their history leaves them:
+    ``failed`` by a ``NonDeterminismError``, not rolled back, for an operator to resume."""
+    error = {"type": "celery_romancy.errors.NonDeterminismError", "message": "diverged"}
+    i = schema.instances
+    with romancy.storage.transaction() as conn:
+        conn.execute(sa.update(i).where(i.c.instance_id.in_(instance_ids)).values(error=error))
+
+
+def test_an_instance_parked_failed_for_an_operator_stays_with_its_tree(
+    harness: Harness,
+) -> None:
+    r = harness.romancy
+    register_purge_flows(r, harness.folder)
+    with harness.worker():
+        parked, failed = r.start_workflow("p_fails", "a"), r.start_workflow("p_fails", "b")
+        parent = r.start_workflow("p_parent", "c", "done")
+        for instance_id in (parked, failed, parent):
+            r.wait(instance_id, timeout=60)
+    (child,) = r.find_instances(parent=parent)
+    with r.storage.transaction() as conn:
+        i = schema.instances
+        conn.execute(
+            sa.update(i).where(i.c.instance_id == child.instance_id).values(status="failed")
+        )
+    park(r, [parked, child.instance_id])
+    age(r, [parked, failed, parent, child.instance_id], OLD)
+
+    dry = r.purge(RETENTION, dry_run=True)
+    report = r.purge(RETENTION)
+    assert dry.statuses == report.statuses == {"failed": 1}
+    assert r.storage.get_instance(failed) is None
+    for kept in (parked, parent, child.instance_id):
+        assert r.storage.get_instance(kept) is not None, kept
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

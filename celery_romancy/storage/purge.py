@@ -31,12 +31,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..states import Status
+from ..states import PARKED_ERRORS, Status
 from . import schema
 from .base import StoreBase
 
 # Statuses an instance ends in for good. Never ``compensation_failed`` (it waits for an
-# operator), never a live one.
+# operator), never a live one, and never a ``failed`` one that is ``parked``.
 PURGEABLE = frozenset(
     {
         Status.COMPLETED,
@@ -88,7 +88,7 @@ def purgeable_roots(cutoff: datetime, statuses: Collection[str]) -> sa.Select[An
     # or ended too recently.
     kept_member = sa.exists().where(
         m.c.root_instance_id == r.c.instance_id,
-        sa.or_(m.c.status.not_in(sorted(PURGEABLE)), m.c.updated_at >= cutoff),
+        sa.or_(m.c.status.not_in(sorted(PURGEABLE)), m.c.updated_at >= cutoff, parked(m)),
     )
     tree = sa.select(m.c.instance_id).where(m.c.root_instance_id == r.c.instance_id)
     # Found through the (status, available_at) index: rows still to relay are few.
@@ -100,9 +100,18 @@ def purgeable_roots(cutoff: datetime, statuses: Collection[str]) -> sa.Select[An
         r.c.status.in_(sorted(statuses)),
         r.c.updated_at < cutoff,
         r.c.parent_instance_id.is_(None),
+        ~parked(r),
         ~kept_member,
         ~unrelayed,
     )
+
+
+def parked(t: sa.FromClause) -> sa.ColumnElement[bool]:
+    """A ``failed`` instance parked for an operator (``PARKED_ERRORS``: history and code
+    disagree, or a poison step): not rolled back, it waits for ``resume`` once the code
+    is fixed, as ``compensation_failed`` waits for ``retry_compensation``."""
+    error_type = sa.func.coalesce(t.c.error["type"].as_string(), "")
+    return sa.and_(t.c.status == Status.FAILED, error_type.in_(PARKED_ERRORS))
 
 
 def ended_roots(cutoff: datetime, status: str, limit: int, after: RootKey | None) -> sa.Select[Any]:
@@ -110,7 +119,10 @@ def ended_roots(cutoff: datetime, status: str, limit: int, after: RootKey | None
     ``after``: a range of the (status, updated_at) index."""
     i = schema.instances
     stmt = sa.select(i.c.instance_id, i.c.updated_at).where(
-        i.c.status == status, i.c.updated_at < cutoff, i.c.parent_instance_id.is_(None)
+        i.c.status == status,
+        i.c.updated_at < cutoff,
+        i.c.parent_instance_id.is_(None),
+        ~parked(i),
     )
     if after is not None:
         stmt = stmt.where(
@@ -214,10 +226,16 @@ def _purgeable_trees(conn: Connection, cutoff: datetime, root_ids: Sequence[str]
     root_of = {root: root for root in root_ids}
     kept: set[str] = set()
     for chunk in _chunks(root_ids):
-        members = sa.select(i.c.instance_id, i.c.root_instance_id, i.c.status, i.c.updated_at)
+        members = sa.select(
+            i.c.instance_id,
+            i.c.root_instance_id,
+            i.c.status,
+            i.c.updated_at,
+            parked(i).label("parked"),
+        )
         for m in conn.execute(members.where(i.c.root_instance_id.in_(chunk))):
             root_of[m.instance_id] = m.root_instance_id
-            if m.status not in PURGEABLE or m.updated_at >= cutoff:
+            if m.status not in PURGEABLE or m.updated_at >= cutoff or m.parked:
                 kept.add(m.root_instance_id)
     ids = list(root_of)
     for chunk in _chunks(ids):

@@ -10,8 +10,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ...operations import PARKED_ERRORS
-from ...states import ACTIVE, Status
+from ...states import ACTIVE, PARKED_ERRORS, Status
 from ...storage import WorkflowInstance
 from .html import esc
 from .http import Request

@@ -37,8 +37,8 @@ from django.utils import timezone
 
 from ...app import Romancy
 from ...errors import RomancyError, UnknownInstanceError
-from ...operations import MOVING, PARKED_ERRORS
-from ...states import ACTIVE, Status
+from ...operations import MOVING
+from ...states import ACTIVE, PARKED_ERRORS, Status
 from ...storage import WorkflowInstance as StoredInstance
 from ...storage import schema
 from ...storage.rows import instance_of
