@@ -565,7 +565,10 @@ def parse_duration(text: str, option: str) -> timedelta:
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise click.BadParameter(f"{text!r} must be more than zero", param_hint=option)
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise click.BadParameter(f"{text!r} is too long", param_hint=option) from None
 
 
 @romancy.command()

@@ -18,6 +18,7 @@ it twice) skip each other's batches on PostgreSQL.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -66,7 +67,7 @@ def purge(
     ``romancy_retention``), only those in ``status`` if given. See the module docstring."""
     age = _age(romancy.settings.retention if older_than is None else older_than)
     statuses = _statuses(status)
-    cutoff = utcnow() - age
+    cutoff = _cutoff(age)
     storage = romancy.storage
     if dry_run:
         counts = storage.count_purgeable(cutoff, statuses)
@@ -116,8 +117,12 @@ def _purge_orphans(romancy: Romancy, table: str) -> int:
 def _age(older_than: object) -> timedelta:
     if isinstance(older_than, timedelta):
         age = older_than
-    elif isinstance(older_than, int | float) and not isinstance(older_than, bool):
-        age = timedelta(seconds=older_than)
+    elif (
+        isinstance(older_than, int | float)
+        and not isinstance(older_than, bool)
+        and math.isfinite(older_than)
+    ):
+        age = _seconds(older_than)
     else:
         raise InvalidArgumentsError(
             f"older_than takes a timedelta or a number of seconds, not {older_than!r}"
@@ -125,6 +130,22 @@ def _age(older_than: object) -> timedelta:
     if age <= timedelta(0):
         raise InvalidArgumentsError(f"older_than must be more than zero, not {older_than!r}")
     return age
+
+
+def _seconds(seconds: float) -> timedelta:
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise InvalidArgumentsError(f"older_than is too long: {seconds!r} s") from None
+
+
+def _cutoff(age: timedelta) -> datetime:
+    """When the instances to purge ended at the latest; a clear error, not an
+    ``OverflowError``, for an age that reaches before the year 1."""
+    try:
+        return utcnow() - age
+    except OverflowError:
+        raise InvalidArgumentsError(f"older_than reaches back before the year 1: {age}") from None
 
 
 def _statuses(status: str | Sequence[str] | None) -> list[str]:

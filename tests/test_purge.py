@@ -297,6 +297,10 @@ def test_an_instance_parked_failed_for_an_operator_stays_with_its_tree(
         ({"older_than": -5}, "older_than must be more than zero"),
         ({"older_than": "7d"}, "older_than takes a timedelta or a number of seconds"),
         ({"older_than": True}, "older_than takes a timedelta"),
+        ({"older_than": float("inf")}, "older_than takes a timedelta or a number of seconds"),
+        ({"older_than": float("nan")}, "older_than takes a timedelta or a number of seconds"),
+        ({"older_than": 1e300}, "older_than is too long"),
+        ({"older_than": timedelta(days=999_999)}, "older_than reaches back before the year 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_is_deleted(
@@ -416,6 +420,7 @@ def test_the_purge_command_counts_with_dry_run_and_then_deletes(harness: Harness
         (["--older-than", "7"], "'7' is no duration"),
         (["--older-than", "7w"], "'7w' is no duration"),
         (["--older-than", "0d"], "'0d' must be more than zero"),
+        (["--older-than", "99999999999d"], "'99999999999d' is too long"),
         (["--status", "running"], "'running' is not one of"),
         (["--status", "compensation_failed"], "'compensation_failed' is not one of"),
     ],
