@@ -473,7 +473,9 @@ def dashboard(
     """Serve the web dashboard of the workflow instances (Ctrl-C stops it)."""
     from .contrib.dashboard import Dashboard
     from .contrib.dashboard.standalone import (
+        LOOPBACK,
         Login,
+        loopback_only,
         make_dashboard_server,
         remote_user,
         signed_in,
@@ -496,6 +498,8 @@ def dashboard(
             app = signed_in(app, Login(basic_auth=basic_auth, token=token))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--basic-auth") from None
+    elif address in LOOPBACK:
+        app = loopback_only(app)
     try:
         server = make_dashboard_server(app, address, port)
     except OSError as exc:
@@ -503,7 +507,7 @@ def dashboard(
     mode = "actions allowed" if allow_actions else "read-only"
     url = f"http://{address}:{server.server_port}/"
     click.echo(f"Romancy dashboard on {url} ({mode}; Ctrl-C stops it)")
-    if not (basic_auth or token) and address not in ("127.0.0.1", "localhost", "::1"):
+    if not (basic_auth or token) and address not in LOOPBACK:
         click.echo(
             f"warning: anyone who reaches {address}:{server.server_port} sees the workflows' "
             "inputs and outputs: give --basic-auth or --token",

@@ -546,9 +546,15 @@ def dashboard_process(harness: Harness) -> Iterator[tuple[str, ServiceProcess]]:
 
 
 def fetch(
-    url: str, auth: str | None = None, data: dict[str, str] | None = None, cookie: str = ""
+    url: str,
+    auth: str | None = None,
+    data: dict[str, str] | None = None,
+    cookie: str = "",
+    host: str | None = None,
 ) -> tuple[int, str, Any]:
     headers = {"Cookie": cookie} if cookie else {}
+    if host is not None:
+        headers["Host"] = host
     if auth is not None:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     body = None if data is None else urllib.parse.urlencode(data).encode()
@@ -641,3 +647,21 @@ def test_the_example_project_s_dashboard_serves_its_sagas(
         assert 'id="actions"' not in page  # read-only unless --allow-actions
     finally:
         dashboard.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_without_a_login_the_command_answers_only_to_a_loopback_host(harness: Harness) -> None:
+    argv = celery("tests.worker_app", "romancy", "dashboard", "--port", "0")
+    process = ServiceProcess("open-dashboard", argv, harness._env(), harness.folder)
+    process.start(log_says("Romancy dashboard on http://"), timeout=60)
+    try:
+        found = re.search(r"Romancy dashboard on (http://\S+/)", process.log())
+        assert found is not None
+        url, port = found.group(1), urllib.parse.urlsplit(found.group(1)).port
+        assert fetch(f"{url}api/instances")[0] == 200
+        assert fetch(f"{url}api/instances", host=f"localhost:{port}")[0] == 200
+        # A page whose name was pointed at 127.0.0.1 (DNS rebinding) sends its own name.
+        status, body, _ = fetch(f"{url}api/instances", host=f"rebound.example:{port}")
+        assert status == 403 and "loopback address only" in body
+    finally:
+        process.stop()

@@ -15,6 +15,7 @@ import hmac
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .http import Request
@@ -71,6 +72,25 @@ def signed_in(app: WSGIApp, login: Login) -> WSGIApp:
         return app(environ, start_response)
 
     return guarded
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def loopback_only(app: WSGIApp) -> WSGIApp:
+    """``app`` answering only requests that name this host as a loopback address. Without
+    a login, listening on 127.0.0.1 is what keeps the pages private; a web page whose
+    name an attacker points at 127.0.0.1 (DNS rebinding) would read them otherwise,
+    and its requests carry its own name as ``Host``."""
+
+    def checked(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        host = urlsplit(f"//{environ.get('HTTP_HOST', '')}").hostname
+        if host not in LOOPBACK:
+            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"this dashboard answers to its loopback address only (127.0.0.1)"]
+        return app(environ, start_response)
+
+    return checked
 
 
 def remote_user(request: Request) -> str | None:
