@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -47,11 +48,17 @@ class Login:
             user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        if not hmac.compare_digest(password.encode(), self.password.encode()):
-            return None
-        if self.user is not None and not hmac.compare_digest(user.encode(), self.user.encode()):
+        # Digests compared, both always: compare_digest on texts of different lengths
+        # returns at once, which would tell the password's length.
+        password_fits = hmac.compare_digest(_digest(password), _digest(self.password))
+        user_fits = self.user is None or hmac.compare_digest(_digest(user), _digest(self.user))
+        if not (password_fits and user_fits):
             return None
         return user or "token"
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
 
 
 def signed_in(app: WSGIApp, login: Login) -> WSGIApp:
