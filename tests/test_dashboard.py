@@ -665,3 +665,11 @@ def test_without_a_login_the_command_answers_only_to_a_loopback_host(harness: Ha
         assert status == 403 and "loopback address only" in body
     finally:
         process.stop()
+
+
+def test_static_files_are_served_by_their_own_name_only(harness: Harness) -> None:
+    dashboard = Dashboard(harness.romancy)
+    assert dashboard.handle(Request("GET", "/static/dashboard.css")).status == 200
+    # The path arrives decoded: a name still encoded once more names no file (not a 500).
+    for name in ("dashboard%2Ecss", "..%2Fapp.py", "app.py", "nothing.css"):
+        assert dashboard.handle(Request("GET", f"/static/{name}")).status == 404, name

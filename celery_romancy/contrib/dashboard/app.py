@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from ...errors import (
     ConfigurationError,
@@ -207,7 +207,9 @@ class Dashboard:
 
 
 def _static(name: str) -> Response:
-    content_type = STATIC.get(unquote(name))
+    # ``name`` is decoded already (PATH_INFO): decoding it again would let a name such
+    # as ``dashboard%2Ecss`` pass this check and then miss the file (a 500).
+    content_type = STATIC.get(name)
     if content_type is None:
         return error(404, "no such file")
     body = resources.files(__package__).joinpath("static", name).read_bytes()
