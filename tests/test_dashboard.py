@@ -673,3 +673,10 @@ def test_static_files_are_served_by_their_own_name_only(harness: Harness) -> Non
     # The path arrives decoded: a name still encoded once more names no file (not a 500).
     for name in ("dashboard%2Ecss", "..%2Fapp.py", "app.py", "nothing.css"):
         assert dashboard.handle(Request("GET", f"/static/{name}")).status == 404, name
+
+
+def test_a_csrf_secret_that_is_no_bytes_or_empty_is_refused_at_the_call(harness: Harness) -> None:
+    for secret in ("text", b""):
+        with pytest.raises(ConfigurationError, match="secret must be bytes, not empty"):
+            Dashboard(harness.romancy, secret=secret)  # type: ignore[arg-type]
+    Dashboard(harness.romancy, secret=b"shared by every process")

@@ -71,6 +71,9 @@ class Dashboard:
             raise ConfigurationError(f"flower_url must be an http(s) address, not {flower_url!r}")
         if authorize is not None and not callable(authorize):
             raise ConfigurationError("authorize must be a callable: request -> actor name or None")
+        if secret is not None and not (isinstance(secret, bytes) and secret):
+            # b"" would fall back to a random secret, unlike the other processes'.
+            raise ConfigurationError(f"secret must be bytes, not empty: {type(secret).__name__}")
         self.romancy = romancy
         self.flower_url = flower_url.rstrip("/") if flower_url else None
         self.read_only = read_only
