@@ -7,6 +7,7 @@ counts it reads through; the operator actions recorded with who did them; and th
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import urllib.error
@@ -680,3 +681,23 @@ def test_a_csrf_secret_that_is_no_bytes_or_empty_is_refused_at_the_call(harness:
         with pytest.raises(ConfigurationError, match="secret must be bytes, not empty"):
             Dashboard(harness.romancy, secret=secret)  # type: ignore[arg-type]
     Dashboard(harness.romancy, secret=b"shared by every process")
+
+
+def test_an_instance_asked_for_by_id_passes_the_other_filters_too(harness: Harness) -> None:
+    r = harness.romancy
+    instance_id = r.start_workflow("instant", 1, search={"order_id": "ORD-1"})
+    created = r.get_instance(instance_id).created_at
+    dashboard = Dashboard(r)
+
+    def listed(**query: str) -> list[str]:
+        asked = Request("GET", "/api/instances", query={"id": instance_id, **query})
+        answer = dashboard.handle(asked)
+        assert answer.status == 200, answer.body
+        return [i["instance_id"] for i in json.loads(answer.body)["instances"]]
+
+    later = (created + timedelta(seconds=1)).isoformat()
+    assert listed() == [instance_id]
+    assert listed(search="order_id=ORD-1", created_before=later) == [instance_id]
+    assert listed(search="order_id=ORD-2") == []
+    assert listed(created_after=later) == []
+    assert listed(created_before=created.isoformat()) == []

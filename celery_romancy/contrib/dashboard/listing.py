@@ -135,7 +135,8 @@ def read_page(romancy: Romancy, filters: Filters, with_counts: bool = True) -> P
             if is_possible_identifier(filters.instance_id)
             else None
         )
-        instances = [found] if found is not None and _matches(found, filters) else []
+        matches = found is not None and _matches(romancy, found, filters)
+        instances = [found] if found is not None and matches else []
         more = False
     else:
         try:
@@ -169,11 +170,22 @@ def read_counts(romancy: Romancy, filters: Filters) -> dict[str, int]:
     )
 
 
-def _matches(instance: WorkflowInstance, filters: Filters) -> bool:
-    """The instance asked for by id, unless another filter leaves it out."""
-    return (filters.status in (None, instance.status)) and (
-        filters.workflow in (None, instance.workflow_name)
-    )
+def _matches(romancy: Romancy, instance: WorkflowInstance, filters: Filters) -> bool:
+    """The instance asked for by id, unless another filter leaves it out (the same
+    filters as ``find_instances``: the time range includes its start, not its end)."""
+    if filters.status not in (None, instance.status):
+        return False
+    if filters.workflow not in (None, instance.workflow_name):
+        return False
+    created = instance.created_at
+    if filters.created_after is not None and created < filters.created_after:
+        return False
+    if filters.created_before is not None and created >= filters.created_before:
+        return False
+    if filters.search is None:
+        return True
+    key, value = filters.search
+    return romancy.storage.get_search_attributes(instance.instance_id).get(key) == value
 
 
 def _describe(step: StepRecord) -> str:
