@@ -701,3 +701,10 @@ def test_an_instance_asked_for_by_id_passes_the_other_filters_too(harness: Harne
     assert listed(search="order_id=ORD-2") == []
     assert listed(created_after=later) == []
     assert listed(created_before=created.isoformat()) == []
+
+
+def test_a_step_s_flower_link_keeps_its_task_id_in_one_path_segment() -> None:
+    from celery_romancy.contrib.dashboard.instance_page import _task
+
+    link = _task("a/../../x?y#z", "http://flower:5555/")
+    assert 'href="http://flower:5555/task/a%2F..%2F..%2Fx%3Fy%23z"' in link

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from ...inspection import InstanceRecord
 from ...storage import AttemptRecord, OutboxRecord, WorkflowInstance
@@ -175,13 +176,7 @@ def _entry(request: Request, entry: Entry, flower_url: str | None) -> str:
         facts.append(("until", when(entry.until)))
     if entry.detail is not None:
         facts.append(("correlation id", esc(entry.detail)))
-    if entry.worker:
-        facts.append(("worker", esc(entry.worker)))
-    if entry.task_id:
-        facts.append(("task", _task(entry.task_id, flower_url)))
-    if entry.child_id:
-        link = esc(request.instance_url(entry.child_id))
-        facts.append(("child", f'<a class="child" href="{link}">{esc(entry.child_id)}</a>'))
+    facts += _where_it_ran(request, entry.worker, entry.task_id, entry.child_id, flower_url)
     body = _facts(facts)
     if entry.kind == "gather":
         branches = "".join(f"<li>{_branch(request, b, flower_url)}</li>" for b in entry.branches)
@@ -198,11 +193,31 @@ def _facts(facts: Sequence[tuple[str, str]]) -> str:
     return '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
 
 
+def _where_it_ran(
+    request: Request,
+    worker: str | None,
+    task_id: str | None,
+    child_id: str | None,
+    flower_url: str | None,
+) -> list[tuple[str, str]]:
+    """A step's or a compensation's worker, Celery task and child workflow, as facts."""
+    facts = []
+    if worker:
+        facts.append(("worker", esc(worker)))
+    if task_id:
+        facts.append(("task", _task(task_id, flower_url)))
+    if child_id:
+        link = esc(request.instance_url(child_id))
+        facts.append(("child", f'<a class="child" href="{link}">{esc(child_id)}</a>'))
+    return facts
+
+
 def _task(task_id: str, flower_url: str | None) -> str:
     """A step's Celery task id, linked to the task's page in Flower when it is known."""
     if not flower_url:
         return esc(task_id)
-    target = esc(f"{flower_url.rstrip('/')}/task/{task_id}")
+    # One path segment, whatever the id holds ("/", "?", "#"): Flower's page of this task.
+    target = esc(f"{flower_url.rstrip('/')}/task/{quote(task_id, safe='')}")
     return f'<a class="flower" href="{target}">{esc(task_id)}</a>'
 
 
@@ -244,13 +259,7 @@ def _undo_path(request: Request, path: Sequence[Undo], flower_url: str | None) -
 def _undo(request: Request, undo: Undo, flower_url: str | None) -> str:
     c = undo.compensation
     facts = [("attempts", str(c.attempts)), ("ended", when(c.finished_at))]
-    if undo.worker:
-        facts.append(("worker", esc(undo.worker)))
-    if undo.task_id:
-        facts.append(("task", _task(undo.task_id, flower_url)))
-    if undo.child_id:
-        link = esc(request.instance_url(undo.child_id))
-        facts.append(("child", f'<a class="child" href="{link}">{esc(undo.child_id)}</a>'))
+    facts += _where_it_ran(request, undo.worker, undo.task_id, undo.child_id, flower_url)
     return (
         f'<li class="undo state-{esc(undo.state)}" data-step-id="{esc(c.step_id)}" '
         f'data-status="{esc(c.status)}"><span class="what"><span class="kind">'
