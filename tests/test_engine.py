@@ -17,10 +17,10 @@ from celery_romancy import (
 )
 from celery_romancy.replay import Completed, replay
 
+from .chaos_services import RedisServer
 from .flows import Currency, Customer, Item, Order, Receipt
 from .harness import Harness
 from .ledger import wait_for
-from .services import REDIS_URL
 
 
 def step_ids(h: Harness, instance_id: str) -> list[str]:
@@ -192,8 +192,10 @@ def test_a_redis_result_backend_gets_no_subscription_per_started_workflow(
     # Celery makes a publisher outside a worker SUBSCRIBE to the result channel of each
     # task it sends (and UNSUBSCRIBE when the AsyncResult is collected) unless the send
     # says the result is ignored. Steps store no result: a web process starting
-    # workflows must not pay two pub/sub commands per start for nothing.
-    h = Harness(database_url, tmp_path, result_backend=REDIS_URL)
+    # workflows must not pay two pub/sub commands per start for nothing. The Redis
+    # server is this test's own: its SUBSCRIBE count is no other process's.
+    server = RedisServer(tmp_path).start()
+    h = Harness(database_url, tmp_path, broker_url=server.url, result_backend=server.url)
     try:
 
         def subscribes() -> int:
@@ -216,6 +218,7 @@ def test_a_redis_result_backend_gets_no_subscription_per_started_workflow(
     finally:
         h.app.backend.result_consumer.stop()
         h.close()
+        server.stop()
 
 
 def test_bad_input_fails_at_the_call_and_writes_nothing(harness: Harness) -> None:
