@@ -8,7 +8,10 @@ live instance, never one parked in ``compensation_failed``, nor one parked ``fai
 by a nondeterminism or poison-step error, not rolled back (an operator still has to
 act on them: ``retry_compensation``, ``resume``), and never part of a tree: a child
 workflow goes with its root, once the whole tree has finished and is old (see
-``storage/purge.py``).
+``storage/purge.py``). A chain of runs (``continue_as_new``) keeps its first run, the
+id callers hold, until its last run has ended and is old: then the whole chain goes
+together (``status`` picks a chain by its last run's status); an old middle run goes
+on its own, the chain linked past it (``storage/purge_chains.py``).
 
 It works in batches of ``BATCH`` trees, each deleted in one short transaction, so no
 lock is held for long and workflows run on meanwhile; two purges at once (beat sending

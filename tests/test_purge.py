@@ -29,8 +29,10 @@ from celery_romancy.retention import PURGE_TASK, PurgeReport
 from celery_romancy.storage import schema
 from celery_romancy.storage.purge import owned_tables
 
+from .conftest import empty_database
 from .harness import Harness
 from .ledger import wait_for
+from .loop_flows import Tally
 from .processes import ROOT, celery
 from .purge_flows import register_purge_flows
 
@@ -362,6 +364,226 @@ def test_two_purges_at_once_delete_each_tree_once(
     }
     assert total["romancy_instances"] == 12
     assert rows_by_instance(r)["romancy_instances"] == Counter()
+
+
+# -- chains of runs (continue_as_new) --------------------------------------------------------
+#
+# ``l_counter`` waits for a ``tick`` each round and continues as new until its last round.
+# The first run's id is the chain's address: it goes only with the whole chain.
+
+
+def run_id(first: str, n: int) -> str:
+    return first if n == 0 else f"{first}~{n}"
+
+
+def runs(first: str, *numbers: int) -> list[str]:
+    return [run_id(first, n) for n in numbers]
+
+
+def current_waits(romancy: Romancy, first: str, n: int) -> bool:
+    run = romancy.get_instance(romancy.storage.last_run(first))
+    return run.instance_id == run_id(first, n) and run.status == WAITING
+
+
+def advance(romancy: Romancy, first: str, to: int) -> None:
+    """Tick ``first``'s chain (addressed by its first id) until its run ``to`` waits."""
+    wait_for(lambda: current_waits(romancy, first, 0), 60, f"{first} to wait")
+    for n in range(1, to + 1):
+        romancy.send_event("tick", n, instance_id=first)
+        wait_for(lambda n=n: current_waits(romancy, first, n), 60, f"{run_id(first, n)}")
+
+
+def finish(romancy: Romancy, first: str, rounds: int) -> Tally:
+    """Run a chain of ``rounds`` runs to its end: every tick sent to the first id at once."""
+    for tick in range(1, rounds + 1):
+        romancy.send_event("tick", tick, instance_id=first)
+    result: Tally = romancy.result(first, timeout=60)
+    return result
+
+
+def purged_alike(romancy: Romancy) -> PurgeReport:
+    """Purge with the default statuses, after a dry run that must count the same."""
+    dry = romancy.purge(RETENTION, dry_run=True)
+    report = romancy.purge(RETENTION)
+    assert (dry.rows, dry.statuses) == (report.rows, report.statuses)
+    return report
+
+
+def test_a_live_chain_loses_its_old_middle_runs_and_keeps_its_address(harness: Harness) -> None:
+    r = harness.romancy
+    first = r.start_workflow("l_counter", Tally(0, 0), 6, instance_id="live-chain")
+    with harness.worker():
+        advance(r, first, 4)  # runs 0-3 continued, run 4 waits for its tick
+    age(r, runs(first, 0, 1, 2, 3), OLD)
+    before = rows_by_instance(r)
+    middle = set(runs(first, 1, 2, 3))
+
+    report = purged_alike(r)
+
+    # Three middle runs in one batch: each re-pointed past, the live run now continues
+    # the first run, which stays (the chain's address), as does the live run.
+    assert report.statuses == {"continued": 3}
+    assert report.rows == deleted_counts(before, middle)
+    assert deleted_counts(before, middle)["romancy_history"] == 6
+    assert rows_by_instance(r) == without(before, middle)
+    assert r.get_instance(run_id(first, 4)).continued_from == first
+    assert r.get_instance(first).status == "continued"
+    with harness.worker():
+        assert r.send_event("tick", 5, instance_id=first)
+        wait_for(lambda: current_waits(r, first, 5), 60, "the run after the purge to wait")
+        assert r.send_event("tick", 6, instance_id=first)
+        assert r.result(first, timeout=60) == Tally(6, 21)
+    assert r.wait(first).instance_id == run_id(first, 5)
+
+
+def test_a_finished_old_chain_goes_whole_by_its_last_runs_status(harness: Harness) -> None:
+    r = harness.romancy
+    first = r.start_workflow("l_counter", Tally(0, 0), 3, instance_id="done-chain")
+    with harness.worker():
+        assert finish(r, first, 3) == Tally(3, 6)
+    chain = runs(first, 0, 1, 2)
+    age(r, chain, OLD)
+    before = rows_by_instance(r)
+    rows = deleted_counts(before, set(chain))
+    assert [rows[t] for t in ("romancy_history", "romancy_compensations", "romancy_events")] == [
+        6,
+        3,
+        3,
+    ]
+
+    # The chain's status is its last run's, as a tree's is its root's: purging the
+    # completed takes the whole chain, its continued runs with it.
+    dry = r.purge(RETENTION, status="completed", dry_run=True)
+    report = r.purge(RETENTION, status="completed")
+
+    assert report.statuses == {"completed": 1, "continued": 2}
+    assert report.rows == deleted_counts(before, set(chain))
+    assert (dry.rows, dry.statuses) == (report.rows, report.statuses)
+    assert rows_by_instance(r) == without(before, set(chain))
+    assert all(not counts for counts in rows_by_instance(r).values())
+
+
+def test_a_finished_chain_whose_last_run_is_recent_keeps_its_first_run(
+    harness: Harness,
+) -> None:
+    r = harness.romancy
+    first = r.start_workflow("l_counter", Tally(0, 0), 4, instance_id="recent-chain")
+    with harness.worker():
+        assert finish(r, first, 4) == Tally(4, 10)
+    age(r, runs(first, 0, 1, 2), OLD)
+
+    report = purged_alike(r)
+
+    assert report.statuses == {"continued": 2}
+    assert [r.storage.get_instance(i) is not None for i in runs(first, 0, 1, 2, 3)] == [
+        True,
+        False,
+        False,
+        True,
+    ]
+    assert r.get_instance(run_id(first, 3)).continued_from == first
+    assert r.result(first) == Tally(4, 10)
+    assert r.wait(first).instance_id == run_id(first, 3)
+    # Once its last run is old too, what is left of the chain goes, whole.
+    age(r, [run_id(first, 3)], OLD)
+    assert purged_alike(r).statuses == {"completed": 1, "continued": 1}
+    assert r.find_instances(workflow="l_counter") == []
+
+
+def test_a_dry_run_counts_what_a_purge_of_chains_and_trees_deletes(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = harness.romancy
+    ids = {
+        "live": r.start_workflow("l_counter", Tally(0, 0), 9, instance_id="c-live"),
+        "done": r.start_workflow("l_counter", Tally(0, 0), 3, instance_id="c-done"),
+        "recent": r.start_workflow("l_counter", Tally(0, 0), 3, instance_id="c-recent"),
+        "parked": r.start_workflow("l_counter", Tally(0, 0), 9, instance_id="c-parked"),
+        # Trees whose child workflow continues as new: its runs are no roots.
+        "done_tree": r.start_workflow("l_parent", 2),
+        "live_tree": r.start_workflow("l_parent", -1),
+    }
+    child = f"{ids['live_tree']}/child:l_child_loop:1"
+    with harness.worker():
+        advance(r, ids["live"], 3)
+        advance(r, ids["parked"], 2)
+        finish(r, ids["done"], 3)
+        finish(r, ids["recent"], 3)
+        assert r.result(ids["done_tree"], timeout=60) == 2
+        wait_for(lambda: r.storage.instance_exists(child), 60, "the endless child")
+        for n in (1, 2):
+            r.send_event("tick", instance_id=child)
+            wait_for(lambda n=n: current_waits(r, child, n), 60, f"{child}~{n}")
+    # The parked chain's last run failed, parked for an operator to resume.
+    parked_run = run_id(ids["parked"], 2)
+    with r.storage.transaction() as conn:
+        i = schema.instances
+        conn.execute(sa.update(i).where(i.c.instance_id == parked_run).values(status="failed"))
+    park(r, [parked_run])
+    everything = [i.instance_id for i in r.find_instances(limit=1000)]
+    age(r, [i for i in everything if i != run_id(ids["recent"], 2)], OLD)
+    done_tree = {i.instance_id for i in r.find_instances(root=ids["done_tree"], limit=1000)}
+    assert len(done_tree) == 4  # the parent and its child's three runs
+    gone = {
+        *runs(ids["live"], 1, 2),
+        *runs(ids["done"], 0, 1, 2),
+        *runs(ids["recent"], 1),
+        *runs(ids["parked"], 1),
+        *done_tree,
+    }
+    before = rows_by_instance(r)
+    monkeypatch.setattr(retention_module, "BATCH", 2)  # chains across batches
+
+    report = purged_alike(r)
+
+    assert report.rows == deleted_counts(before, gone)
+    assert rows_by_instance(r) == without(before, gone)
+    assert report.statuses == {"completed": 3, "continued": 8}
+    for first in (ids["live"], ids["recent"], ids["parked"]):
+        assert r.storage.last_run(first) != first  # still the chain's address
+    assert r.storage.last_run(child) == run_id(child, 2)
+
+
+def test_runs_another_transaction_holds_wait_for_a_later_purge(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """On PostgreSQL, as two purges at once (or a purge and a worker's commit) meet: a
+    middle run whose next run is held elsewhere stays, and so does a chain one of whose
+    runs is held, rather than a purge re-pointing around a run another one deletes."""
+    h = Harness(empty_database("postgresql", request, tmp_path), tmp_path)
+    request.addfinalizer(h.close)
+    r = h.romancy
+    # Rows as continuations leave them: a live chain "a" and a finished chain "b".
+    for first, last_status, length in (("a", WAITING, 4), ("b", "completed", 3)):
+        for n in range(length):
+            values = {
+                "instance_id": run_id(first, n),
+                "workflow_name": "l_counter",
+                "input_data": {},
+                "status": last_status if n == length - 1 else "continued",
+                "continued_from": run_id(first, n - 1) if n else None,
+            }
+            r.storage.create_instance(values)
+    age(r, [*runs("a", 0, 1, 2), *runs("b", 0, 1, 2)], OLD)
+    i = schema.instances
+    with r.storage.engine.connect() as other:
+        held = sa.select(i.c.instance_id).where(i.c.instance_id.in_(["a~3", "b~1"]))
+        assert len(other.execute(held.with_for_update()).all()) == 2
+
+        report = r.purge(RETENTION)
+
+        other.rollback()
+    # a~1 went (its next run, a~2, was this purge's too); a~2 stayed (a~3 held), as did
+    # all of chain b (b~1 held).
+    assert report.statuses == {"continued": 1}
+    left = {x.instance_id: x.continued_from for x in r.find_instances(limit=100)}
+    assert left == {"a": None, "a~2": "a", "a~3": "a~2", "b": None, "b~1": "b", "b~2": "b~1"}
+    again = r.purge(RETENTION)
+    assert again.statuses == {"completed": 1, "continued": 3}
+    assert {x.instance_id: x.continued_from for x in r.find_instances(limit=100)} == {
+        "a": None,
+        "a~3": "a",
+    }
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -6,7 +6,9 @@ every member have finished in a purgeable status (``PURGEABLE``) before the cuto
 none has an outbox row still to relay. So a finished child whose parent still runs is
 kept (the parent's rollback may yet undo it: its ``kind="child"`` compensation names
 the child), and so is everything of a tree holding a ``compensation_failed`` or live
-member.
+member. The runs of a top-level chain (``continue_as_new``) are roots each, but its
+first and last runs go only together, with the whole chain; a middle run goes alone
+(``purge_chains``).
 
 Each batch takes up to ``limit`` roots by the (status, updated_at) index, locked with
 SKIP LOCKED on PostgreSQL so that two purges share the work, reads their trees and
@@ -32,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..states import PARKED_ERRORS, Status
-from . import schema
+from . import purge_chains, schema
 from .base import StoreBase
 
 # Statuses an instance ends in for good. Never ``compensation_failed`` (it waits for an
@@ -46,8 +48,7 @@ PURGEABLE = frozenset(
         Status.CONTINUED,
     }
 )
-# Ids per IN list: well below SQLite's bound-parameter limit.
-CHUNK = 500
+CHUNK = purge_chains.CHUNK
 
 
 @dataclass
@@ -80,7 +81,8 @@ def owned_tables() -> list[sa.Table]:
 def purgeable_roots(cutoff: datetime, statuses: Collection[str]) -> sa.Select[Any]:
     """Roots of trees that may go: the root in one of ``statuses`` and every member in a
     purgeable status, all ended before ``cutoff``, no outbox row left to relay. In one
-    statement, for counting them all (a batch checks the same in ``_purgeable_trees``)."""
+    statement, for counting them all (a batch checks the same in ``_purgeable_trees``);
+    which of them a purge takes, chains considered, is ``purge_chains.taken_roots``."""
     r = schema.instances.alias("r")
     m = schema.instances.alias("m")
     o = schema.outbox
@@ -96,7 +98,7 @@ def purgeable_roots(cutoff: datetime, statuses: Collection[str]) -> sa.Select[An
         o.c.status.in_(["pending", "in_progress"]),
         sa.or_(o.c.instance_id == r.c.instance_id, o.c.instance_id.in_(tree.scalar_subquery())),
     )
-    return sa.select(r.c.instance_id, r.c.status, r.c.updated_at).where(
+    return sa.select(r.c.instance_id, r.c.status, r.c.updated_at, r.c.continued_from).where(
         r.c.status.in_(sorted(statuses)),
         r.c.updated_at < cutoff,
         r.c.parent_instance_id.is_(None),
@@ -114,16 +116,30 @@ def parked(t: sa.FromClause) -> sa.ColumnElement[bool]:
     return sa.and_(t.c.status == Status.FAILED, error_type.in_(PARKED_ERRORS))
 
 
+def ended_for_good(cutoff: datetime) -> sa.ColumnElement[bool]:
+    """A root (of ``schema.instances``) that ended purgeable and unparked before ``cutoff``."""
+    i = schema.instances
+    return sa.and_(
+        i.c.status.in_(sorted(PURGEABLE)),
+        i.c.updated_at < cutoff,
+        i.c.parent_instance_id.is_(None),
+        ~parked(i),
+    )
+
+
 def ended_roots(cutoff: datetime, status: str, limit: int, after: RootKey | None) -> sa.Select[Any]:
     """The next ``limit`` roots that ended in ``status`` before ``cutoff``, after
-    ``after``: a range of the (status, updated_at) index."""
+    ``after``: a range of the (status, updated_at) index. Of ``continued`` ones, the
+    middle runs of chains only: a chain's first run goes with its last run."""
     i = schema.instances
-    stmt = sa.select(i.c.instance_id, i.c.updated_at).where(
+    stmt = sa.select(i.c.instance_id, i.c.updated_at, i.c.continued_from).where(
         i.c.status == status,
         i.c.updated_at < cutoff,
         i.c.parent_instance_id.is_(None),
         ~parked(i),
     )
+    if status == Status.CONTINUED:
+        stmt = stmt.where(i.c.continued_from.is_not(None))
     if after is not None:
         stmt = stmt.where(
             i.c.updated_at >= after.updated_at,
@@ -140,7 +156,9 @@ class PurgeQueries(StoreBase):
         ended before ``cutoff``, after ``after`` in (updated_at, instance_id) order, in
         one transaction. Returns what it deleted, where to go on from, and how many roots
         it looked at (fewer than ``limit``: the status is done). Roots another purge
-        holds are skipped (SKIP LOCKED).
+        holds are skipped (SKIP LOCKED). A root that is the last run of a chain goes with
+        every run of its chain or not at all; a middle run goes alone, bridged over
+        (``purge_chains``).
 
         The same rule as ``purgeable_roots``, in three indexed reads rather than one
         statement: PostgreSQL plans that one's anti-joins for a batch as a nested loop
@@ -152,7 +170,13 @@ class PurgeQueries(StoreBase):
             roots = conn.execute(stmt).all()
             if not roots:
                 return counts, after, 0
-            ids = _purgeable_trees(conn, cutoff, [row.instance_id for row in roots])
+            units = _units(conn, self.lock_for_update, cutoff, status, roots)
+            trees = _purgeable_trees(conn, cutoff, [run for runs in units for run in runs])
+            units = [runs for runs in units if all(run in trees for run in runs)]
+            ids = [member for runs in units for run in runs for member in trees[run]]
+            if status == Status.CONTINUED:
+                for (middle,) in units:
+                    purge_chains.bridge_over(conn, middle)
             for table in owned_tables():
                 for chunk in _chunks(ids):
                     deleted = conn.execute(sa.delete(table).where(table.c.instance_id.in_(chunk)))
@@ -190,7 +214,8 @@ class PurgeQueries(StoreBase):
 
     def count_purgeable(self, cutoff: datetime, statuses: Collection[str]) -> PurgeCounts:
         """What a purge with these arguments would delete now, counted, nothing written."""
-        roots = purgeable_roots(cutoff, statuses).cte("roots")
+        may_go = purgeable_roots(cutoff, PURGEABLE).cte("may_go")
+        roots = purge_chains.taken_roots(may_go, statuses).cte("roots")
         m = schema.instances.alias("members_of")
         members = sa.union_all(
             sa.select(roots.c.instance_id),
@@ -219,9 +244,27 @@ class PurgeQueries(StoreBase):
         return counts
 
 
-def _purgeable_trees(conn: Connection, cutoff: datetime, root_ids: Sequence[str]) -> list[str]:
-    """The instance ids of the trees of these (finished, old) roots that may go: no
-    member live, parked or ended after ``cutoff``, no outbox row still to relay."""
+def _units(
+    conn: Connection, lock: purge_chains.Lock, cutoff: datetime, status: str, roots: Sequence[Any]
+) -> list[list[str]]:
+    """What goes together, of these locked roots: each standalone root or middle run
+    alone, each chain's last run with every other run of its chain (those whose runs are
+    all locked here and ended for good; a root's tree is checked after)."""
+    if status == Status.CONTINUED:
+        middles = [row.instance_id for row in roots]
+        return [[middle] for middle in purge_chains.free_middle_runs(conn, lock, middles)]
+    alone = [[row.instance_id] for row in roots if row.continued_from is None]
+    ends = [row.instance_id for row in roots if row.continued_from is not None]
+    chains = purge_chains.whole_chains(conn, lock, ended_for_good(cutoff), ends)
+    return alone + list(chains.values())
+
+
+def _purgeable_trees(
+    conn: Connection, cutoff: datetime, root_ids: Sequence[str]
+) -> dict[str, list[str]]:
+    """The instance ids of the trees of these (finished, old) roots that may go, by
+    root: no member live, parked or ended after ``cutoff``, no outbox row still to
+    relay."""
     i, o = schema.instances, schema.outbox
     root_of = {root: root for root in root_ids}
     kept: set[str] = set()
@@ -243,7 +286,11 @@ def _purgeable_trees(conn: Connection, cutoff: datetime, root_ids: Sequence[str]
             o.c.status.in_(["pending", "in_progress"]), o.c.instance_id.in_(chunk)
         )
         kept.update(root_of[instance_id] for instance_id in conn.execute(unrelayed).scalars())
-    return [instance_id for instance_id, root in root_of.items() if root not in kept]
+    trees: dict[str, list[str]] = {}
+    for instance_id, root in root_of.items():
+        if root not in kept:
+            trees.setdefault(root, []).append(instance_id)
+    return trees
 
 
 def _orphan_columns(table_name: str) -> tuple[sa.Table, sa.ColumnElement[Any], Any]:
