@@ -122,11 +122,11 @@ class PreparedStatement:
             try:
                 rows = run(connection, cursor, params)
             except _StalePlanError as stale:
-                error = stale.__cause__
-                connection.invalidate(error)  # type: ignore[arg-type]
+                connection.invalidate(stale.error)
                 engine.pool.dispose()  # the others prepared it before the change too
                 if stale_retried:
-                    raise _wrapped(engine, connection, cursor, error, self, params) from error
+                    refused = stale.error
+                    raise _wrapped(engine, connection, cursor, refused, self, params) from refused
                 raise
             except dbapi_error as error:
                 raise _wrapped(engine, connection, cursor, error, self, params) from error
@@ -171,7 +171,7 @@ class PreparedStatement:
                 raise
             # As above; but psycopg 3 offers no way to forget one statement it prepared,
             # so the connection goes, and the statement runs again on another.
-            raise _StalePlanError from error
+            raise _StalePlanError(error) from error
         return _fetched(cursor)
 
 
@@ -180,6 +180,10 @@ Runner = Callable[[PoolProxiedConnection, Any, Any], list[Any]]
 
 class _StalePlanError(Exception):
     """psycopg 3 ran a statement prepared before a migration (nothing ran)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _fetched(cursor: Any) -> list[Any]:
