@@ -26,8 +26,7 @@ from sqlalchemy.dialects.postgresql import psycopg2
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
-# $1, $2 ...: the placeholders PREPARE takes. A name used twice keeps one number.
-_DOLLAR = psycopg2.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+_PSYCOPG2 = psycopg2.dialect()  # type: ignore[no-untyped-call]
 # A connection forgets its statements past this many (a workflow whose steps record
 # ever more rows has a statement shape per row count).
 MAX_PER_CONNECTION = 200
@@ -44,9 +43,11 @@ class _Rendered:
     values go in and rows come out."""
 
     def __init__(self, statement: Statement, dialect: Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
+        # $1, $2 ...: PREPARE's placeholders, and the ones psycopg 3 passes on unparsed.
+        dollar = type(dialect)(paramstyle="numeric_dollar")  # type: ignore[call-arg]
+        compiled = statement.compile(dialect=dollar)
         self.sql = compiled.string
-        names = list(compiled.positiontup or compiled.binds)
+        names = list(compiled.positiontup or ())
         binds = [compiled.binds[name] for name in names]
         self.names = names
         self.types = [dialect.type_compiler_instance.process(b.type) for b in binds]
@@ -79,13 +80,13 @@ class PreparedStatement:
         self.statement = statement
         self.columns = [str(c.key) for c in statement.exported_columns]
         # psycopg2: the PREPARE and EXECUTE texts, built now (the default driver).
-        self._hand = _Rendered(statement, _DOLLAR)
+        self._hand = _Rendered(statement, _PSYCOPG2)
         self.name = "romancy_" + hashlib.sha1(self._hand.sql.encode()).hexdigest()[:20]
         self.prepare_sql = (
             f"PREPARE {self.name} ({', '.join(self._hand.types)}) AS {self._hand.sql}"
         )
         self.execute_sql = f"EXECUTE {self.name} ({', '.join(['%s'] * len(self._hand.names))})"
-        # psycopg 3: rendered by the engine's own dialect on first use (``%(name)s``).
+        # psycopg 3: rendered by the engine's own dialect on first use.
         self._auto: _Rendered | None = None
 
     def execute(self, engine: Engine, values: Mapping[str, Any]) -> list[list[Any]]:
@@ -100,25 +101,33 @@ class PreparedStatement:
             return self._hand.rows(self._on_connection(engine, self._run_by_hand, params))
         if self._auto is None:
             self._auto = _Rendered(self.statement, engine.dialect)
+
         auto = self._auto
-        named = dict(zip(auto.names, auto.values(values), strict=True))
+        bound = auto.values(values)
         try:
-            rows = self._on_connection(engine, self._run_auto, named, stale_retried=False)
+            rows = self._on_connection(engine, self._run_auto, bound, stale_retried=False)
         except _StalePlanError:
             # The pool's connections had it prepared before the migration: they went.
-            rows = self._on_connection(engine, self._run_auto, named, stale_retried=True)
+            rows = self._on_connection(engine, self._run_auto, bound, stale_retried=True)
         return auto.rows(rows)
 
     def _on_connection(
         self, engine: Engine, run: Runner, params: Any, stale_retried: bool = True
     ) -> list[Any]:
         dbapi_error = engine.dialect.loaded_dbapi.Error
+        cursor: Any
         try:
             connection = engine.raw_connection()
         except dbapi_error as error:  # the server is down or refuses us
             raise _wrapped(engine, None, None, error, self, params) from error
         try:
-            cursor = connection.cursor()
+            if engine.dialect.driver == "psycopg":
+                # A raw cursor: the statement goes as written ($1 ...), not parsed for
+                # %s first (psycopg keeps no parse of a statement past 4 kB, as a
+                # commit's can be).
+                cursor = engine.dialect.loaded_dbapi.RawCursor(connection.dbapi_connection)
+            else:
+                cursor = connection.cursor()
             try:
                 rows = run(connection, cursor, params)
             except _StalePlanError as stale:
@@ -160,7 +169,7 @@ class PreparedStatement:
         return _fetched(cursor)
 
     def _run_auto(
-        self, connection: PoolProxiedConnection, cursor: Any, params: dict[str, Any]
+        self, connection: PoolProxiedConnection, cursor: Any, params: list[Any]
     ) -> list[Any]:
         """psycopg 3: the connection prepares it on first use (its ``prepare_threshold``)."""
         assert self._auto is not None
@@ -172,7 +181,9 @@ class PreparedStatement:
             # As above; but psycopg 3 offers no way to forget one statement it prepared,
             # so the connection goes, and the statement runs again on another.
             raise _StalePlanError(error) from error
-        return _fetched(cursor)
+        # Every hot statement returns rows; psycopg 3 builds ``description`` anew on
+        # each read (an object per column: a fifth of its time here).
+        return list(cursor.fetchall())
 
 
 Runner = Callable[[PoolProxiedConnection, Any, Any], list[Any]]
