@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import sqlalchemy as sa  # noqa: E402
+
 from tests.processes import ServiceProcess, log_says  # noqa: E402 - after the path is set
 from tests.services import (  # noqa: E402
     REDIS_URL,
@@ -39,6 +41,8 @@ from tests.services import (  # noqa: E402
 
 # The README's production install line, e.g. pip install "celery-romancy[postgres,redis]".
 INSTALL_LINE = re.compile(r'pip install "celery-romancy\[(?P<extras>[a-z0-9_,-]+)\]"')
+# ... and the history database URL it configures, e.g. postgresql+psycopg://: its driver.
+DATABASE_URL_LINE = re.compile(r'romancy_database_url = "(?P<scheme>postgresql(\+\w+)?)://')
 TIMEOUT = 120.0
 
 
@@ -50,6 +54,15 @@ def readme_extras(readme: Path) -> str:
     if found is None:
         raise SystemExit(f"no 'pip install \"celery-romancy[...]\"' line in {readme}'s section")
     return found["extras"]
+
+
+def readme_scheme(readme: Path) -> str:
+    """The URL scheme (dialect+driver) of the README's production history database."""
+    text = readme.read_text()
+    found = DATABASE_URL_LINE.search(text[text.index("## Running it for real") :])
+    if found is None:
+        raise SystemExit(f"no 'romancy_database_url = \"postgresql...' line in {readme}")
+    return found["scheme"]
 
 
 def copy_sources(source: Path, target: Path) -> None:
@@ -104,7 +117,7 @@ def main() -> None:
         app_dir = folder / "app"
         app_dir.mkdir()
         shutil.copy2(ROOT / ".ci" / "production_app.py", app_dir)
-        check_workflow(bin_dir, app_dir, folder, timings)
+        check_workflow(bin_dir, app_dir, folder, readme_scheme(source / "README.md"), timings)
     total = time.monotonic() - began
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
     print(f"production install check passed: [{extras}] in {total:.1f} s ({parts})")
@@ -130,15 +143,19 @@ def check_package_data(bin_dir: Path) -> None:
     run([str(bin_dir / "python"), "-c", probe])
 
 
-def check_workflow(bin_dir: Path, app_dir: Path, folder: Path, timings: dict[str, float]) -> None:
-    """A worker from the virtualenv runs one workflow against Redis and PostgreSQL."""
+def check_workflow(
+    bin_dir: Path, app_dir: Path, folder: Path, scheme: str, timings: dict[str, float]
+) -> None:
+    """A worker from the virtualenv runs one workflow against Redis and PostgreSQL, on
+    the driver of the README's URL (``scheme``), with only the README's extras."""
     database_url = create_pg_database()
+    on_driver = sa.make_url(database_url).set(drivername=scheme)
     queue = f"romancy-production-{uuid.uuid4().hex[:10]}"
     unrelated = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "DJANGO_SETTINGS_MODULE")
     env = {k: v for k, v in os.environ.items() if k not in unrelated}
     env.update(
         CELERY_BROKER_URL=REDIS_URL,
-        ROMANCY_DATABASE_URL=database_url,
+        ROMANCY_DATABASE_URL=on_driver.render_as_string(hide_password=False),
         PRODUCTION_CHECK_QUEUE=queue,
         CHECK_TIMEOUT=str(TIMEOUT),
     )
@@ -147,7 +164,7 @@ def check_workflow(bin_dir: Path, app_dir: Path, folder: Path, timings: dict[str
     try:
         began = time.monotonic()
         worker.start(log_says(" ready."), timeout=TIMEOUT)
-        if "celery_romancy: workflow history in postgresql://" not in worker.log():
+        if f"celery_romancy: workflow history in {scheme}://" not in worker.log():
             raise SystemExit(f"the worker did not name its history database:\n{worker.log()}")
         timings["worker start"] = time.monotonic() - began
         began = time.monotonic()

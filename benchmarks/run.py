@@ -3,6 +3,8 @@
     python -m benchmarks.run            # full run (about 12 minutes)
     python -m benchmarks.run --quick    # smaller numbers, for a smoke test
 
+    python -m benchmarks.run --drivers psycopg2,psycopg   # saga3 on each driver, alternating
+
 BENCH_SYNCHRONOUS_COMMIT=off sets PostgreSQL's ``synchronous_commit`` for the benchmark's
 database: commits stop waiting for their WAL flush. It measures what durability costs
 on this disk; the project's guarantees assume it is left on.
@@ -15,6 +17,7 @@ Prints one ``name value unit`` line per figure, then a short table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -364,19 +367,77 @@ def settle(db_url: str) -> None:
 
 
 def poll_engine(db_url: str) -> sa.Engine:
-    return sa.create_engine(
-        db_url.replace("postgresql://", "postgresql+psycopg2://"), isolation_level="AUTOCOMMIT"
-    )
+    # psycopg2, whatever driver the project runs on in the round measured.
+    url = sa.make_url(db_url).set(drivername="postgresql+psycopg2")
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT")
 
 
 def client_round(n: int, prefix: str) -> None:
     """``--client N PREFIX``: a warm-up, then one round of ``n`` workflows on $BENCH_DB,
-    from this fresh process; prints the summary as JSON."""
+    from this fresh process; prints the summary as JSON, with the CPU milliseconds per
+    workflow of each part if $BENCH_WORKER_PID names the worker."""
     bench = Bench(os.environ["BENCH_DB"], os.environ["BENCH_QUEUE"])
     bench.workflows(50, f"{prefix}-warm")
-    print(json.dumps(bench.workflows(n, prefix)))
+    worker_pid = int(os.environ.get("BENCH_WORKER_PID", "0"))
+    at_start = cpu_seconds(worker_pid)
+    result = bench.workflows(n, prefix)
+    used = cpu_between(at_start, cpu_seconds(worker_pid))
+    result.update({f"cpu_{part}": 1000 * seconds / n for part, seconds in used.items()})
+    print(json.dumps(result))
     bench.poll.dispose()
     bench.romancy.storage.dispose()
+
+
+def driver_rounds(n: int, rounds: int, drivers: list[str]) -> None:
+    """saga3 throughput and CPU per workflow on each PostgreSQL driver (``psycopg2``,
+    ``psycopg``: the URL's ``postgresql+<driver>://``), in alternating rounds with a
+    fresh worker and client each, on a database of its own each; medians."""
+    with contextlib.ExitStack() as stack:
+        urls = {d: stack.enter_context(database()) for d in drivers}
+        for url in urls.values():
+            store = open_store(url)
+            store.engine  # noqa: B018 - opening it applies the migrations
+            store.dispose()
+        results: dict[str, list[dict[str, float]]] = {d: [] for d in drivers}
+        for r in range(rounds):
+            order = drivers[r % len(drivers) :] + drivers[: r % len(drivers)]
+            for driver in order:  # each driver goes first in turn
+                url = urls[driver]
+                settle(url)
+                on_driver = sa.make_url(url).set(drivername=f"postgresql+{driver}")
+                queue = f"bench-{uuid.uuid4().hex[:6]}"
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": str(ROOT),
+                    "BENCH_DB": on_driver.render_as_string(hide_password=False),
+                    "BENCH_QUEUE": queue,
+                }
+                with worker(env, Path("/tmp") / f"{queue}-worker.log") as process:
+                    client = subprocess.run(
+                        [sys.executable, "-m", "benchmarks.run", "--client", str(n), f"d{r}"],
+                        cwd=ROOT,
+                        env={**env, "BENCH_WORKER_PID": str(process.pid)},
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                result = json.loads(client.stdout.splitlines()[-1])
+                result["cpu"] = sum(v for k, v in result.items() if k.startswith("cpu_"))
+                results[driver].append(result)
+                parts = ", ".join(
+                    f"{k[4:]} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("cpu_")
+                )
+                print(
+                    f"# driver round {r + 1} {driver}: {result['per_s']:.1f}/s, "
+                    f"p50 {result['p50'] * 1000:.1f} ms, cpu {result['cpu']:.2f} ms ({parts})",
+                    flush=True,
+                )
+    for driver, runs in results.items():
+        report(f"{driver}_saga3_workflows_per_s", statistics.median(r["per_s"] for r in runs), "/s")
+        report(f"{driver}_saga3_cpu_per_workflow", statistics.median(r["cpu"] for r in runs), "ms")
+        for part in sorted({k for run in runs for k in run if k.startswith("cpu_")}):
+            value = statistics.median(run.get(part, 0.0) for run in runs)
+            report(f"{driver}_saga3_{part}_per_workflow", value, "ms")
 
 
 def scale(n: int, seed_rows: int, rounds: int) -> tuple[float, float]:
@@ -497,11 +558,18 @@ def main() -> int:
     parser.add_argument(
         "--only-throughput", action="store_true", help="only saga3 against the chain, in rounds"
     )
+    parser.add_argument(
+        "--drivers",
+        help="only saga3 on each of these PostgreSQL drivers, alternating (psycopg2,psycopg)",
+    )
     args = parser.parse_args()
     if args.client:
         client_round(int(args.client[0]), args.client[1])
         return 0
     n = 200 if args.quick else 1000
+    if args.drivers:
+        driver_rounds(n, args.rounds, args.drivers.split(","))
+        return 0
     seed_rows = 100_000 if args.quick else 1_000_000
     # RSS after this many workflows of the memory phase, and after this many in all.
     memory_runs = (300, 3000) if args.quick else (1000, 10_000)

@@ -22,13 +22,20 @@ def pg_url() -> Iterator[str]:
     drop_pg_database(url)
 
 
+# A test marked with this runs on psycopg 3 (``postgresql+psycopg://``) too.
+EVERY_DRIVER = pytest.mark.parametrize(
+    "database_url", ["sqlite", "postgresql", "psycopg"], indirect=True
+)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return empty_database(request.param, request, tmp_path)
 
 
 def empty_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A history database with no rows in it: a new SQLite file, or a truncated PostgreSQL."""
+    """A history database with no rows in it: a new SQLite file, or a truncated PostgreSQL
+    (``postgresql``: on psycopg2; ``psycopg``: on psycopg 3)."""
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'history.db'}"
     url: str = request.getfixturevalue("pg_url")
@@ -39,6 +46,8 @@ def empty_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         if tables:
             conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} CASCADE"))
     engine.dispose()
+    if kind == "psycopg":
+        return sa.make_url(url).set(drivername="postgresql+psycopg").render_as_string(False)
     return url
 
 

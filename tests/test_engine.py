@@ -18,6 +18,7 @@ from celery_romancy import (
 from celery_romancy.replay import Completed, replay
 
 from .chaos_services import RedisServer
+from .conftest import EVERY_DRIVER
 from .flows import Currency, Customer, Item, Order, Receipt
 from .harness import Harness
 from .ledger import wait_for
@@ -27,6 +28,7 @@ def step_ids(h: Harness, instance_id: str) -> list[str]:
     return [e.step_id for e in h.romancy.get_history(instance_id)]
 
 
+@EVERY_DRIVER
 def test_three_step_workflow_completes_on_a_celery_worker_process(harness: Harness) -> None:
     instance_id = harness.romancy.start_workflow("order_saga", "A-1")
     harness.worker_process().start()
@@ -81,6 +83,7 @@ def test_recorded_steps_do_not_run_again_when_a_killed_workflow_resumes(harness:
     assert step_ids(harness, instance_id) == ["reserve:1", "held:1", "ship:1"]
 
 
+@EVERY_DRIVER
 def test_a_duplicate_delivery_is_neither_executed_nor_recorded_twice(harness: Harness) -> None:
     instance_id = harness.romancy.start_workflow("order_saga", "D-1")
     [step] = harness.romancy.storage.get_steps(instance_id)

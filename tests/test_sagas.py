@@ -6,6 +6,7 @@ import pytest
 
 from celery_romancy import InstanceStateError
 
+from .conftest import EVERY_DRIVER
 from .harness import Harness
 from .ledger import wait_for
 
@@ -15,6 +16,7 @@ def effects(h: Harness, trip_id: str) -> list[str]:
     return [e for e in h.ledger.events() if f":{trip_id}" in e]
 
 
+@EVERY_DRIVER
 def test_a_failed_step_undoes_the_succeeded_ones_newest_first(harness: Harness) -> None:
     instance_id = harness.romancy.start_workflow("trip", "T1", fail_car=True)
     with harness.worker():

@@ -35,15 +35,17 @@ from celery_romancy.storage import (
     schema,
 )
 from celery_romancy.storage.migrate import VERSION_TABLE, current_revision, head_revision
+from celery_romancy.storage.postgres import PostgresStore
 from celery_romancy.storage.records import InstanceChange
 
 from .conftest import empty_database
 from .services import PG_ADMIN_URL, create_pg_database, drop_pg_database, pg_engine
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "postgresql-unprepared"])
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-unprepared", "psycopg"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Every backend; PostgreSQL also as behind PgBouncer (no prepared statements)."""
+    """Every backend; PostgreSQL also as behind PgBouncer (no prepared statements), and
+    on psycopg 3 (``postgresql+psycopg://``)."""
     dialect, _, variant = request.param.partition("-")
     opened = open_store(
         empty_database(dialect, request, tmp_path), prepared_statements=variant != "unprepared"
@@ -821,11 +823,16 @@ def test_forked_child_gets_its_own_engine(store: Store) -> None:
 # -- PostgreSQL: losing the server ---------------------------------------------------------
 
 
-@pytest.fixture(params=[True, False], ids=["prepared", "unprepared"])
+@pytest.fixture(
+    params=[("postgresql", True), ("postgresql", False), ("psycopg", True), ("psycopg", False)],
+    ids=["prepared", "unprepared", "psycopg", "psycopg-unprepared"],
+)
 def pg_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, sa.Engine]]:
-    """A PostgreSQL store, and an admin engine that can cut its database off."""
-    url = empty_database("postgresql", request, tmp_path)
-    opened = open_store(url, prepared_statements=request.param)
+    """A PostgreSQL store (psycopg2, with and without prepared statements; psycopg 3), and
+    an admin engine that can cut its database off."""
+    driver, prepared = request.param
+    url = empty_database(driver, request, tmp_path)
+    opened = open_store(url, prepared_statements=prepared)
     admin = pg_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     yield opened, admin
     allow_connections(admin, opened, True)
@@ -934,11 +941,37 @@ def test_a_lost_server_is_a_sqlalchemy_error_and_the_store_reconnects(
     assert stored is not None and stored.status == "completed"
 
 
-def test_a_migration_under_prepared_statements_does_not_break_them() -> None:
+def test_the_hot_statements_are_prepared_on_the_server_unless_turned_off(
+    pg_store: tuple[Store, sa.Engine],
+) -> None:
+    store, _ = pg_store
+    new_instance(store, "hot")
+    claim = store.claim("hot", "t1", "worker-a", LONG_LEASE)
+    assert claim is not None
+    done = StepWrite(instance_changes=InstanceChange(status=Status.COMPLETED))
+    assert commit(store, claim, done) is CommitResult.COMMITTED
+    # One thread, one pooled connection: the one the start, claim and commit ran on.
+    assert isinstance(store, PostgresStore)
+    connection = store._autocommit_pool().raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [text for (text,) in cursor.fetchall()]
+    finally:
+        connection.close()
+    hot = [text for text in prepared if "romancy_" in text]
+    # The start (INSERT ... ON CONFLICT), the claim (UPDATE romancy_steps ...) and the
+    # commit (WITH fenced AS (UPDATE romancy_instances ...)).
+    assert len(hot) == (3 if store.prepared_statements else 0), prepared
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_a_migration_under_prepared_statements_does_not_break_them(driver: str) -> None:
     # A rolling deploy migrates while old workers hold statements prepared on the old
     # table: PostgreSQL refuses those ("cached plan must not change result type").
     url = create_pg_database()
-    store = open_store(url, prepared_statements=True)
+    on_driver = sa.make_url(url).set(drivername=f"postgresql+{driver}")
+    store = open_store(on_driver.render_as_string(False), prepared_statements=True)
     try:
         new_instance(store, "migrated")
         assert store.claim("migrated", "wrong-token", "worker-a", LONG_LEASE) is None

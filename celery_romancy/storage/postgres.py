@@ -54,14 +54,21 @@ class PostgresStore(Store):
         if url.drivername == "postgresql":
             # SQLAlchemy 2.1 would pick psycopg 3 for a bare URL; we ship psycopg2.
             url = url.set(drivername="postgresql+psycopg2")
+        # A process paused while holding a row lock (SIGSTOP, a debugger) must not
+        # block the worker taking its step over forever: fail, and retry the step.
+        connect_args: dict[str, Any] = {"options": "-c lock_timeout=30000"}
+        threshold = options.pop("prepare_threshold", None)
+        if url.get_driver_name() == "psycopg":
+            # psycopg 3 prepares a statement once a connection has run it this many
+            # times. Not on the generic path (as with psycopg2): a statement it prepared
+            # before a migration changed its table would fail there on every later run.
+            connect_args["prepare_threshold"] = threshold
         return sa.create_engine(
             url,
             pool_pre_ping=pool_pre_ping,
             pool_size=5,
             max_overflow=10,
-            # A process paused while holding a row lock (SIGSTOP, a debugger) must not
-            # block the worker taking its step over forever: fail, and retry the step.
-            connect_args={"options": "-c lock_timeout=30000"},
+            connect_args=connect_args,
             **options,
         )
 
@@ -87,7 +94,11 @@ class PostgresStore(Store):
                     # connection that dies mid-statement fails it, the pool is
                     # emptied, and the step task is retried.
                     self._autocommit_engine = self._create_engine(
-                        pool_pre_ping=False, isolation_level="AUTOCOMMIT"
+                        pool_pre_ping=False,
+                        isolation_level="AUTOCOMMIT",
+                        # psycopg 3: the hot statements, prepared on first use (see
+                        # ``prepared.py``; it handles a migration under them).
+                        prepare_threshold=0 if self.prepared_statements else None,
                     )
                     sa.event.listen(self._autocommit_engine, "checkout", _closed_by_server)
                     self._autocommit_pid = pid
@@ -100,7 +111,9 @@ class PostgresStore(Store):
         super().dispose()
 
     def insert_ignoring_conflict(self, table: sa.Table) -> Any:
-        return pg_insert(table).on_conflict_do_nothing()
+        # Its rowcount tells whether it inserted; SQLAlchemy reads an INSERT's only when
+        # asked to (psycopg 3 forgets it once the cursor is closed, psycopg2 does not).
+        return pg_insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
     def insert_replacing(
         self, table: sa.Table, conflict: tuple[str, ...], updated: tuple[str, ...]
@@ -115,8 +128,10 @@ class PostgresStore(Store):
 
     def _run(self, hot: PreparedStatement, values: dict[str, Any]) -> list[dict[str, Any]]:
         """Run a hot-path statement in its own transaction; its rows by column name."""
-        if self.prepared_statements:
-            rows = hot.execute(self._autocommit_pool(), values)
+        engine = self._autocommit_pool()
+        if self.prepared_statements or engine.dialect.driver == "psycopg":
+            # psycopg 3 prepares them or not as its connections are set up.
+            rows = hot.execute(engine, values)
         else:
             with self._autocommit() as conn:
                 rows = [list(row) for row in conn.execute(hot.statement, values)]
