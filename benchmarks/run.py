@@ -2,6 +2,11 @@
 
     python -m benchmarks.run            # full run (about 12 minutes)
     python -m benchmarks.run --quick    # smaller numbers, for a smoke test
+    python -m benchmarks.run --json results.json --chart docs/benchmark.png
+
+With ``dbos`` installed (the ``bench`` extra), DBOS's queued workflows run the same three
+steps on a database of their own, in the same alternating throughput rounds (see
+``benchmarks/dbos_peer.py``); without it the benchmark says that it skipped that peer.
 
     python -m benchmarks.run --drivers psycopg2,psycopg   # saga3 on each driver, alternating
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import statistics
@@ -26,20 +32,27 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import redis
 import sqlalchemy as sa
 
+from benchmarks.results import collect
 from celery_romancy.storage import open_store
+
+if TYPE_CHECKING:
+    from benchmarks.dbos_peer import DbosPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379"
 
 figures: list[tuple[str, float, str]] = []
+# Every round's raw numbers and the CPU per part, for --json and --chart.
+details: dict[str, dict[str, Any]] = {"rounds": {}, "cpu_ms_per_workflow": {}}
 
 
 def report(name: str, value: float, unit: str) -> None:
@@ -66,7 +79,7 @@ def summary(began: float, spans: list[tuple[float, float]]) -> dict[str, float]:
     ended = max(finished for _, finished in spans)
     return {
         "per_s": len(spans) / (ended - began),
-        **{f"p{q}": percentile(latencies, q) for q in (50, 95, 99)},
+        **{f"p{q}": percentile(latencies, q) for q in (50, 90, 95, 99)},
     }
 
 
@@ -159,9 +172,10 @@ def rss_mb(pid: int) -> float:
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(worker_pid: int) -> dict[tuple[str, int], float]:
+def cpu_seconds(worker_pid: int, peers: tuple[int, ...] = ()) -> dict[tuple[str, int], float]:
     """CPU seconds used so far by each process of a run, by part and pid: this client,
-    the worker's consumer, its pool processes, every PostgreSQL and Redis process."""
+    the worker's consumer, its pool processes, the DBOS peer's worker processes, every
+    PostgreSQL and Redis process."""
     used: dict[tuple[str, int], float] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -179,6 +193,8 @@ def cpu_seconds(worker_pid: int) -> dict[tuple[str, int], float]:
             part = "consumer"
         elif parent == worker_pid:
             part = "pool"
+        elif pid in peers:
+            part = "dbos_worker"
         elif name.startswith(("postgres", "redis-server")):
             part = name.split("-")[0]
         else:
@@ -205,6 +221,7 @@ def report_cpu(label: str, rounds: list[dict[str, float]], workflows: int) -> fl
         for part, seconds in used.items():
             per_workflow[part] = per_workflow.get(part, 0.0) + 1000 * seconds / workflows
     total = sum(per_workflow.values())
+    details["cpu_ms_per_workflow"][label] = {**per_workflow, "total": total}
     report(f"{label}_cpu_per_workflow", total, "ms")
     parts = ", ".join(f"{part} {ms:.2f}" for part, ms in sorted(per_workflow.items()))
     print(f"# {label} cpu ms per workflow: {parts}", flush=True)
@@ -280,7 +297,12 @@ class Bench:
                     ).apply_async(),
                 )
             )
-        return summary(began, [(start, result.get(timeout=600)[2]) for start, result in sent])
+        # Each result is read from its key once stored. result.get() waits on a pub/sub
+        # message instead, and on this Celery (5.7) it hung past a whole round's end in
+        # two runs out of three, results all stored: a message missed, probably.
+        for _, result in sent:
+            wait_until(result.ready, 600, "a chain's result", every=0.1)
+        return summary(began, [(start, result.get(timeout=1)[2]) for start, result in sent])
 
     def fan_out(self, branches: int, prefix: str) -> float:
         """Seconds from start to completion of one fan-out workflow of ``branches``."""
@@ -547,6 +569,80 @@ def fan_out_rounds(bench: Bench, rounds: int) -> None:
     report("fan_out_ratio_vs_chord", statistics.median(o / c for c, o in pairs), "x")
 
 
+def throughput_rounds(
+    bench: Bench, db_url: str, worker_pid: int, n: int, rounds: int, peer: DbosPeer | None
+) -> None:
+    """``n`` workflows at once, in rounds that alternate the chain, the project and DBOS
+    (when installed); the medians are reported: on a shared 2-core machine one round's
+    throughput varies by a tenth or more. The CPU of every process involved is read
+    around each system's round: where the time goes."""
+    bench.workflows(50, "warm")
+    bench.chains(50)
+    runs: dict[str, list[dict[str, float]]] = {}
+    cpu: dict[str, list[dict[str, float]]] = {}
+
+    def measure(
+        system: str, run: Callable[[], dict[str, float]], peers: tuple[int, ...] = ()
+    ) -> None:
+        at_start = cpu_seconds(worker_pid, peers)
+        runs.setdefault(system, []).append(run())
+        cpu.setdefault(system, []).append(cpu_between(at_start, cpu_seconds(worker_pid, peers)))
+
+    for r in range(rounds):
+        measure("chain", lambda: bench.chains(n))
+        measure("saga3", lambda r=r: bench.workflows(n, f"tp{r}"))
+        settle(db_url)  # not during the next round
+        if peer is not None:
+            # Fresh workers per round: their polling takes nothing from the other rounds.
+            with peer.workers(f"dbos-r{r}") as pids:
+                peer.workflows(50, f"dbos-warm{r}")
+                measure("dbos", lambda r=r: summary(*peer.workflows(n, f"dbos{r}")), tuple(pids))
+            peer.settle()
+    details["rounds"] = {system: list(values) for system, values in runs.items()}
+    for r in range(rounds):
+        line = ", ".join(f"{system} {runs[system][r]['per_s']:.1f}/s" for system in runs)
+        ratio = runs["saga3"][r]["per_s"] / runs["chain"][r]["per_s"]
+        print(f"# round {r + 1}: {line}, saga3/chain {ratio:.3f}", flush=True)
+    totals: dict[str, float] = {}
+    for system, unit in (("saga3", "workflows/s"), ("chain", "chains/s"), ("dbos", "workflows/s")):
+        if system not in runs:
+            continue
+        median = median_round(runs[system])
+        report(f"{system}_workflows_per_s", median["per_s"], unit)
+        if system == "saga3":
+            report("saga3_steps_per_s", median["per_s"] * 3, "steps/s")
+        for q in ("p50", "p90", "p95", "p99"):
+            report(f"{system}_latency_{q}", median[q] * 1000, "ms")
+        totals[system] = report_cpu(system, cpu[system], n * rounds)
+    report("cpu_ratio_vs_chain", totals["saga3"] / totals["chain"], "x")
+    report("throughput_ratio_vs_chain", median_ratio(runs["saga3"], runs["chain"]), "x")
+    if peer is None:
+        print('# dbos peer skipped: dbos is not installed (pip install -e ".[bench]")')
+        return
+    report("dbos_cpu_ratio_vs_chain", totals["dbos"] / totals["chain"], "x")
+    report("dbos_throughput_ratio_vs_chain", median_ratio(runs["dbos"], runs["chain"]), "x")
+    report("throughput_ratio_vs_dbos", median_ratio(runs["saga3"], runs["dbos"]), "x")
+
+
+def median_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> float:
+    """The median of the rounds' throughput ratios (each pair measured side by side)."""
+    return statistics.median(o["per_s"] / t["per_s"] for o, t in zip(ours, theirs, strict=True))
+
+
+def dbos_peer(stack: ExitStack) -> DbosPeer | None:
+    """The DBOS peer on a database of its own, or None when dbos is not installed."""
+    if importlib.util.find_spec("dbos") is None:
+        details["dbos"] = {"skipped": "dbos is not installed"}
+        return None
+    from benchmarks.dbos_peer import DbosPeer, settings
+
+    details["dbos"] = settings()
+
+    peer = DbosPeer(stack.enter_context(database()))
+    stack.callback(peer.close)
+    return peer
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -556,20 +652,44 @@ def main() -> int:
         "--only-fan-out", action="store_true", help="only the fan-out against a chord"
     )
     parser.add_argument(
-        "--only-throughput", action="store_true", help="only saga3 against the chain, in rounds"
+        "--only-throughput",
+        action="store_true",
+        help="only saga3 against the chain (and DBOS), in rounds",
     )
     parser.add_argument(
         "--drivers",
         help="only saga3 on each of these PostgreSQL drivers, alternating (psycopg2,psycopg)",
     )
+    parser.add_argument("--json", type=Path, help="write every figure and round to this file")
+    parser.add_argument("--chart", type=Path, help="draw the rounds and latencies to this PNG")
     args = parser.parse_args()
     if args.client:
         client_round(int(args.client[0]), args.client[1])
         return 0
+    started, load_at_start = datetime.now(UTC), os.getloadavg()
     n = 200 if args.quick else 1000
     if args.drivers:
         driver_rounds(n, args.rounds, args.drivers.split(","))
         return 0
+    with ExitStack() as stack:
+        measure(args, n, dbos_peer(stack))
+    print("\n| figure | value | unit |\n|---|---|---|")
+    for name, value, unit in figures:
+        print(f"| {name} | {value:.4g} | {unit} |")
+    results = collect(started, load_at_start, n, vars(args), figures, details)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"# wrote {args.json}")
+    if args.chart:
+        from benchmarks.chart import draw
+
+        draw(results, args.chart)
+        print(f"# wrote {args.chart}")
+    return 0
+
+
+def measure(args: argparse.Namespace, n: int, peer: DbosPeer | None) -> None:
+    """Every phase that ``args`` asks for, each figure through ``report``."""
     seed_rows = 100_000 if args.quick else 1_000_000
     # RSS after this many workflows of the memory phase, and after this many in all.
     memory_runs = (300, 3000) if args.quick else (1000, 10_000)
@@ -583,56 +703,19 @@ def main() -> int:
             if not args.only_throughput:
                 fan_out_rounds(bench, args.rounds)
             if args.only_fan_out:
-                return 0
-            bench.workflows(50, "warm")
-            bench.chains(50)
-            # Rounds alternate baseline and project, and the medians are reported: on a
-            # shared 2-core machine one round's throughput varies by a tenth or more.
-            rounds = []
-            # CPU of every process involved, per round: where the time goes.
-            chain_cpu: list[dict[str, float]] = []
-            ours_cpu: list[dict[str, float]] = []
-            for r in range(args.rounds):
-                at_start = cpu_seconds(process.pid)
-                chain_round = bench.chains(n)
-                at_switch = cpu_seconds(process.pid)
-                ours_round = bench.workflows(n, f"tp{r}")
-                at_end = cpu_seconds(process.pid)
-                rounds.append((chain_round, ours_round))
-                chain_cpu.append(cpu_between(at_start, at_switch))
-                ours_cpu.append(cpu_between(at_switch, at_end))
-                settle(db_url)  # not during the next round's chains
-            for r, (chain_round, ours_round) in enumerate(rounds):
-                print(
-                    f"# round {r + 1}: chain {chain_round['per_s']:.1f}/s, "
-                    f"saga3 {ours_round['per_s']:.1f}/s, "
-                    f"ratio {ours_round['per_s'] / chain_round['per_s']:.3f}",
-                    flush=True,
-                )
-            baseline = median_round([chain_round for chain_round, _ in rounds])
-            ours = median_round([ours_round for _, ours_round in rounds])
-            report("saga3_workflows_per_s", ours["per_s"], "workflows/s")
-            report("saga3_steps_per_s", ours["per_s"] * 3, "steps/s")
-            for q in ("p50", "p95", "p99"):
-                report(f"saga3_latency_{q}", ours[q] * 1000, "ms")
-            report("chain_workflows_per_s", baseline["per_s"], "chains/s")
-            for q in ("p50", "p95", "p99"):
-                report(f"chain_latency_{q}", baseline[q] * 1000, "ms")
-            chain_ms = report_cpu("chain", chain_cpu, n * args.rounds)
-            ours_ms = report_cpu("saga3", ours_cpu, n * args.rounds)
-            report("cpu_ratio_vs_chain", ours_ms / chain_ms, "x")
-            report(
-                "throughput_ratio_vs_chain",
-                statistics.median(o["per_s"] / c["per_s"] for c, o in rounds),
-                "x",
-            )
+                return
+            throughput_rounds(bench, db_url, process.pid, n, args.rounds, peer)
             if args.only_throughput:
-                return 0
+                return
 
             single, single_chain = bench.single_latencies(100, "single")
             report("single_latency_p50", single * 1000, "ms")
             report("single_chain_latency_p50", single_chain * 1000, "ms")
             report("single_latency_ratio_vs_chain", single / single_chain, "x")
+            if peer is not None:
+                with peer.workers("dbos-single"):
+                    peer.workflows(20, "dbos-single-warm")
+                    report("single_dbos_latency_p50", peer.single_latency(100) * 1000, "ms")
 
             bench.workflows(memory_runs[0], "mem1")
             rss_small = rss_mb(process.pid)
@@ -651,10 +734,6 @@ def main() -> int:
     report("throughput_empty_history", before, "workflows/s")
     report(f"throughput_after_{seed_rows}_history_rows", after, "workflows/s")
     report("throughput_ratio_after_seed", after / before, "x")
-    print("\n| figure | value | unit |\n|---|---|---|")
-    for name, value, unit in figures:
-        print(f"| {name} | {value:.4g} | {unit} |")
-    return 0
 
 
 if __name__ == "__main__":
