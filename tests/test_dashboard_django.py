@@ -43,6 +43,8 @@ def test_the_dashboard_in_django(tmp_path: Path) -> None:
                 "-m",
                 "pytest",
                 "-q",
+                "-n",  # one process: the checks share one Django database
+                "0",
                 f"--confcutdir={PROJECT}",
                 f"--junitxml={report}",
                 f"--basetemp={tmp_path / 'checks'}",

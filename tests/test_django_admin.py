@@ -78,6 +78,8 @@ def run_admin_checks(folder: Path, history_url: str | None = None) -> set[str]:
                 "-m",
                 "pytest",
                 "-q",
+                "-n",  # one process: the checks share one Django database
+                "0",
                 f"--confcutdir={PROJECT}",  # not this suite's conftest: none of its fixtures
                 f"--junitxml={report}",
                 f"--basetemp={folder / 'checks'}",
