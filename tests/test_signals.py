@@ -317,6 +317,9 @@ def test_a_receiver_that_raises_is_logged_and_breaks_nothing(
     def broken(sender: Any, **kwargs: Any) -> None:
         raise RuntimeError("metrics backend down")
 
+    def logged() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "metrics backend down" in r.getMessage()]
+
     for signal in (signals.step_recorded, signals.workflow_completed):
         signal.connect(broken, sender=harness.romancy, weak=False)
     try:
@@ -325,6 +328,9 @@ def test_a_receiver_that_raises_is_logged_and_breaks_nothing(
             with worker_logging_to(harness, caplog):
                 instance = harness.romancy.wait(instance_id, timeout=30)
                 wait_for(lambda: heard.of("workflow_completed", instance_id), 10, "completed")
+                # The broken receiver of workflow_completed runs after the one that
+                # heard it: wait for its log record before the capture ends.
+                wait_for(lambda: len(logged()) >= 3 + 1, 10, "the broken receivers' errors")
     finally:
         for signal in (signals.step_recorded, signals.workflow_completed):
             signal.disconnect(broken, sender=harness.romancy)
@@ -333,6 +339,6 @@ def test_a_receiver_that_raises_is_logged_and_breaks_nothing(
     assert harness.ledger.count("ship:B-1") == 1  # each step ran once, nothing redelivered
     # The other receivers got every signal all the same.
     assert len(heard.of("step_recorded", instance_id)) == 3
-    raised = [r for r in caplog.records if "metrics backend down" in r.getMessage()]
+    raised = logged()
     assert len(raised) == 3 + 1  # each step's step_recorded, the workflow_completed
     assert all(r.exc_info is not None for r in raised)
