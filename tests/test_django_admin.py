@@ -11,11 +11,6 @@ installed). Each run must pass every check by name.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +20,9 @@ from celery import Celery, current_app
 from celery_romancy import ConfigurationError
 from celery_romancy.contrib.django import project_romancy
 
-from .processes import ROOT
-from .services import REDIS_URL, create_pg_database, drop_pg_database, redis_client
+from .django_checks import run_django_checks
+from .services import create_pg_database, drop_pg_database
 
-PROJECT = ROOT / "tests" / "django_project"
 CHECKS = {
     "test_only_staff_with_permission_see_the_instances_and_only_change_acts",
     "test_the_list_filters_by_status_workflow_and_date",
@@ -53,64 +47,14 @@ def other_database() -> Iterator[str]:
     drop_pg_database(url)
 
 
-def run_admin_checks(folder: Path, history_url: str | None = None) -> set[str]:
-    """Run the admin's checks; return the names of those that passed."""
-    queue = f"romancy-admin-{uuid.uuid4().hex[:10]}"
-    flags = folder / "flags"
-    flags.mkdir()
-    env = {
-        **os.environ,
-        "SHOP_SQLITE_PATH": str(folder / "shop.sqlite3"),
-        "SHOP_BROKER_URL": REDIS_URL,
-        "SHOP_QUEUE": queue,
-        "SHOP_FLAGS_DIR": str(flags),
-        "DJANGO_SETTINGS_MODULE": "proj.settings",
-        "PYTHONPATH": f"{PROJECT}{os.pathsep}{ROOT}",
-    }
-    env.pop("SHOP_HISTORY_URL", None)
-    if history_url is not None:
-        env["SHOP_HISTORY_URL"] = history_url
-    report = folder / "admin-checks.xml"
-    try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-n",  # one process: the checks share one Django database
-                "0",
-                f"--confcutdir={PROJECT}",  # not this suite's conftest: none of its fixtures
-                f"--junitxml={report}",
-                f"--basetemp={folder / 'checks'}",
-                "admin_checks.py",
-            ],
-            cwd=PROJECT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=280,
-            check=False,
-        )
-    finally:
-        redis_client().delete(queue)
-    assert done.returncode == 0, done.stdout[-20000:] + done.stderr[-5000:]
-    cases = ET.parse(report).getroot().iter("testcase")
-    return {
-        case.get("name", "")
-        for case in cases
-        if not any(child.tag in ("failure", "error", "skipped") for child in case)
-    }
-
-
 def test_the_admin_with_the_history_in_djangos_own_sqlite_database(tmp_path: Path) -> None:
-    assert run_admin_checks(tmp_path) == CHECKS
+    assert run_django_checks("admin_checks.py", tmp_path) == CHECKS
 
 
 def test_the_admin_with_the_history_in_another_postgresql_database(
     tmp_path: Path, other_database: str
 ) -> None:
-    assert run_admin_checks(tmp_path, other_database) == CHECKS
+    assert run_django_checks("admin_checks.py", tmp_path, other_database) == CHECKS
 
 
 def test_the_admin_says_when_no_romancy_is_bound_to_the_project_app() -> None:
