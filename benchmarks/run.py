@@ -462,29 +462,36 @@ def driver_rounds(n: int, rounds: int, drivers: list[str]) -> None:
             report(f"{driver}_saga3_{part}_per_workflow", value, "ms")
 
 
-def scale(n: int, seed_rows: int, rounds: int) -> tuple[float, float]:
-    """Throughput (medians) on an empty history and on one of ``seed_rows`` rows.
+def scale(n: int, seed_sizes: tuple[int, ...], rounds: int) -> dict[int, dict[str, float]]:
+    """Throughput and the worker's resident memory (medians) on an empty history (size 0)
+    and on histories of each of ``seed_sizes`` rows.
 
-    Rounds alternate between the two databases, each with a fresh worker and client:
-    this machine's speed drifts by a fifth over minutes, which a before-and-after
-    comparison would report as the history's doing.
+    Rounds alternate between the databases, each with a fresh worker and client: this
+    machine's speed drifts by a fifth over minutes, which a before-and-after comparison
+    would report as the history's doing.
     """
-    with database() as empty, database() as seeded:
-        for url in (empty, seeded):
+    sizes = (0, *seed_sizes)
+    with contextlib.ExitStack() as stack:
+        urls = {size: stack.enter_context(database()) for size in sizes}
+        for size, url in urls.items():
             store = open_store(url)
             store.engine  # noqa: B018 - opening it applies the migrations
             store.dispose()
-        seeding = poll_engine(seeded)
-        seed_history(seeding, seed_rows)
-        seeding.dispose()
-        per_s: dict[str, list[float]] = {empty: [], seeded: []}
+            if size:
+                began = time.monotonic()
+                seeding = poll_engine(url)
+                seed_history(seeding, size)
+                seeding.dispose()
+                print(f"# seeded {size} history rows in {time.monotonic() - began:.0f} s")
+        runs: dict[int, dict[str, list[float]]] = {size: {"per_s": [], "rss": []} for size in sizes}
         for r in range(rounds):
             # Each database goes first in turn, and starts its round settled.
-            for url in (empty, seeded) if r % 2 == 0 else (seeded, empty):
+            for size in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
+                url = urls[size]
                 settle(url)
                 queue = f"bench-{uuid.uuid4().hex[:6]}"
                 env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_DB": url, "BENCH_QUEUE": queue}
-                with worker(env, Path("/tmp") / f"{queue}-worker.log"):
+                with worker(env, Path("/tmp") / f"{queue}-worker.log") as process:
                     client = subprocess.run(
                         [sys.executable, "-m", "benchmarks.run", "--client", str(n), f"s{r}"],
                         cwd=ROOT,
@@ -493,13 +500,21 @@ def scale(n: int, seed_rows: int, rounds: int) -> tuple[float, float]:
                         text=True,
                         check=True,
                     )
-                per_s[url].append(json.loads(client.stdout.splitlines()[-1])["per_s"])
+                    runs[size]["rss"].append(rss_mb(process.pid))
+                runs[size]["per_s"].append(json.loads(client.stdout.splitlines()[-1])["per_s"])
             print(
-                f"# scale round {r + 1}: empty {per_s[empty][-1]:.1f}/s, "
-                f"{seed_rows} rows {per_s[seeded][-1]:.1f}/s",
+                f"# scale round {r + 1}: "
+                + ", ".join(
+                    f"{size} rows {runs[size]['per_s'][-1]:.1f}/s "
+                    f"(worker {runs[size]['rss'][-1]:.0f} MB)"
+                    for size in sizes
+                ),
                 flush=True,
             )
-        return statistics.median(per_s[empty]), statistics.median(per_s[seeded])
+        return {
+            size: {part: statistics.median(values) for part, values in run.items()}
+            for size, run in runs.items()
+        }
 
 
 def server_log() -> Path | None:
@@ -690,7 +705,7 @@ def main() -> int:
 
 def measure(args: argparse.Namespace, n: int, peer: DbosPeer | None) -> None:
     """Every phase that ``args`` asks for, each figure through ``report``."""
-    seed_rows = 100_000 if args.quick else 1_000_000
+    seed_sizes = (100_000,) if args.quick else (1_000_000, 10_000_000)
     # RSS after this many workflows of the memory phase, and after this many in all.
     memory_runs = (300, 3000) if args.quick else (1000, 10_000)
     queue = f"bench-{uuid.uuid4().hex[:6]}"
@@ -730,10 +745,14 @@ def measure(args: argparse.Namespace, n: int, peer: DbosPeer | None) -> None:
             report("db_round_trips_per_step", trips, "round trips")
         bench.poll.dispose()
         bench.romancy.storage.dispose()
-    before, after = scale(n, seed_rows, args.rounds)
-    report("throughput_empty_history", before, "workflows/s")
-    report(f"throughput_after_{seed_rows}_history_rows", after, "workflows/s")
-    report("throughput_ratio_after_seed", after / before, "x")
+    by_size = scale(n, seed_sizes, args.rounds)
+    empty = by_size[0]
+    report("throughput_empty_history", empty["per_s"], "workflows/s")
+    report("worker_rss_empty_history", empty["rss"], "MB")
+    for size in seed_sizes:
+        report(f"throughput_after_{size}_history_rows", by_size[size]["per_s"], "workflows/s")
+        report(f"throughput_ratio_after_{size}_rows", by_size[size]["per_s"] / empty["per_s"], "x")
+        report(f"worker_rss_after_{size}_history_rows", by_size[size]["rss"], "MB")
 
 
 if __name__ == "__main__":
