@@ -31,7 +31,7 @@ def one_round(tree: Path, url: str, n: int, prefix: str) -> dict[str, Any]:
     settle(url)
     queue = f"bench-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_DB": url, "BENCH_QUEUE": queue}
-    with worker({**env}, Path("/tmp") / f"{queue}-worker.log") as process:
+    with worker(env, Path("/tmp") / f"{queue}-worker.log", cwd=tree) as process:
         client = subprocess.run(
             [sys.executable, "-m", "benchmarks.run", "--client", str(n), prefix],
             cwd=tree,
