@@ -32,11 +32,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import sqlalchemy as sa
@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379"
 
+K = TypeVar("K")
 figures: list[tuple[str, float, str]] = []
 # Every round's raw numbers and the CPU per part, for --json and --chart.
 details: dict[str, dict[str, Any]] = {"rounds": {}, "cpu_ms_per_workflow": {}}
@@ -116,6 +117,16 @@ def database() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def migrated_databases(stack: ExitStack, keys: Iterable[K]) -> dict[K, str]:
+    """A fresh database per key, dropped when ``stack`` closes, each with the schema."""
+    urls = {key: stack.enter_context(database()) for key in keys}
+    for url in urls.values():
+        store = open_store(url)
+        store.engine  # noqa: B018 - opening it applies the migrations
+        store.dispose()
+    return urls
 
 
 @contextmanager
@@ -413,50 +424,50 @@ def client_round(n: int, prefix: str) -> None:
     bench.romancy.storage.dispose()
 
 
+def fresh_round(url: str, n: int, prefix: str, tree: Path = ROOT) -> dict[str, Any]:
+    """One round of ``n`` saga3 workflows on ``url`` (settled first) with a fresh worker
+    and client, both importing the project from the checkout ``tree``: the client's
+    summary, with the CPU milliseconds per workflow of each part and in all (``cpu``)."""
+    settle(url)
+    queue = f"bench-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_DB": url, "BENCH_QUEUE": queue}
+    with worker(env, Path("/tmp") / f"{queue}-worker.log", cwd=tree) as process:
+        client = subprocess.run(
+            [sys.executable, "-m", "benchmarks.run", "--client", str(n), prefix],
+            cwd=tree,
+            env={**env, "BENCH_WORKER_PID": str(process.pid)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    result: dict[str, Any] = json.loads(client.stdout.splitlines()[-1])
+    result["cpu"] = sum(v for k, v in result.items() if k.startswith("cpu_"))
+    return result
+
+
+def round_line(result: dict[str, Any]) -> str:
+    """A ``fresh_round``'s throughput, latency and CPU per part, for its progress line."""
+    parts = ", ".join(f"{k[4:]} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("cpu_"))
+    return (
+        f"{result['per_s']:.1f}/s, p50 {result['p50'] * 1000:.1f} ms, "
+        f"cpu {result['cpu']:.2f} ms ({parts})"
+    )
+
+
 def driver_rounds(n: int, rounds: int, drivers: list[str]) -> None:
     """saga3 throughput and CPU per workflow on each PostgreSQL driver (``psycopg2``,
     ``psycopg``: the URL's ``postgresql+<driver>://``), in alternating rounds with a
     fresh worker and client each, on a database of its own each; medians."""
     with contextlib.ExitStack() as stack:
-        urls = {d: stack.enter_context(database()) for d in drivers}
-        for url in urls.values():
-            store = open_store(url)
-            store.engine  # noqa: B018 - opening it applies the migrations
-            store.dispose()
+        urls = migrated_databases(stack, drivers)
         results: dict[str, list[dict[str, float]]] = {d: [] for d in drivers}
         for r in range(rounds):
             order = drivers[r % len(drivers) :] + drivers[: r % len(drivers)]
             for driver in order:  # each driver goes first in turn
-                url = urls[driver]
-                settle(url)
-                on_driver = sa.make_url(url).set(drivername=f"postgresql+{driver}")
-                queue = f"bench-{uuid.uuid4().hex[:6]}"
-                env = {
-                    **os.environ,
-                    "PYTHONPATH": str(ROOT),
-                    "BENCH_DB": on_driver.render_as_string(hide_password=False),
-                    "BENCH_QUEUE": queue,
-                }
-                with worker(env, Path("/tmp") / f"{queue}-worker.log") as process:
-                    client = subprocess.run(
-                        [sys.executable, "-m", "benchmarks.run", "--client", str(n), f"d{r}"],
-                        cwd=ROOT,
-                        env={**env, "BENCH_WORKER_PID": str(process.pid)},
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                result = json.loads(client.stdout.splitlines()[-1])
-                result["cpu"] = sum(v for k, v in result.items() if k.startswith("cpu_"))
+                on_driver = sa.make_url(urls[driver]).set(drivername=f"postgresql+{driver}")
+                result = fresh_round(on_driver.render_as_string(hide_password=False), n, f"d{r}")
                 results[driver].append(result)
-                parts = ", ".join(
-                    f"{k[4:]} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("cpu_")
-                )
-                print(
-                    f"# driver round {r + 1} {driver}: {result['per_s']:.1f}/s, "
-                    f"p50 {result['p50'] * 1000:.1f} ms, cpu {result['cpu']:.2f} ms ({parts})",
-                    flush=True,
-                )
+                print(f"# driver round {r + 1} {driver}: {round_line(result)}", flush=True)
     for driver, runs in results.items():
         report(f"{driver}_saga3_workflows_per_s", statistics.median(r["per_s"] for r in runs), "/s")
         report(f"{driver}_saga3_cpu_per_workflow", statistics.median(r["cpu"] for r in runs), "ms")
@@ -475,11 +486,8 @@ def scale(n: int, seed_sizes: tuple[int, ...], rounds: int) -> dict[int, dict[st
     """
     sizes = (0, *seed_sizes)
     with contextlib.ExitStack() as stack:
-        urls = {size: stack.enter_context(database()) for size in sizes}
+        urls = migrated_databases(stack, sizes)
         for size, url in urls.items():
-            store = open_store(url)
-            store.engine  # noqa: B018 - opening it applies the migrations
-            store.dispose()
             if size:
                 began = time.monotonic()
                 seeding = poll_engine(url)

@@ -14,35 +14,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import statistics
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import database, settle, worker
-from celery_romancy.storage import open_store
-
-
-def one_round(tree: Path, url: str, n: int, prefix: str) -> dict[str, Any]:
-    settle(url)
-    queue = f"bench-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_DB": url, "BENCH_QUEUE": queue}
-    with worker(env, Path("/tmp") / f"{queue}-worker.log", cwd=tree) as process:
-        client = subprocess.run(
-            [sys.executable, "-m", "benchmarks.run", "--client", str(n), prefix],
-            cwd=tree,
-            env={**env, "BENCH_WORKER_PID": str(process.pid)},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    result: dict[str, Any] = json.loads(client.stdout.splitlines()[-1])
-    result["cpu"] = sum(v for k, v in result.items() if k.startswith("cpu_"))
-    return result
+from benchmarks.run import fresh_round, migrated_databases, round_line
 
 
 def main() -> None:
@@ -54,24 +30,14 @@ def main() -> None:
     trees = [tree.resolve() for tree in args.trees]
     results: dict[Path, list[dict[str, Any]]] = {tree: [] for tree in trees}
     with contextlib.ExitStack() as stack:
-        urls = {tree: stack.enter_context(database()) for tree in trees}
-        for url in urls.values():
-            store = open_store(url)
-            store.engine  # noqa: B018 - the newest schema: every checkout's migrations
-            store.dispose()
+        # Each with this checkout's schema: the newest, if it is the newest checkout.
+        urls = migrated_databases(stack, trees)
         for r in range(args.rounds):
             order = trees[r % len(trees) :] + trees[: r % len(trees)]
             for tree in order:
-                result = one_round(tree, urls[tree], args.n, f"v{r}")
+                result = fresh_round(urls[tree], args.n, f"v{r}", tree)
                 results[tree].append(result)
-                parts = ", ".join(
-                    f"{k[4:]} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("cpu_")
-                )
-                print(
-                    f"# round {r + 1} {tree}: {result['per_s']:.1f}/s, p50 "
-                    f"{result['p50'] * 1000:.0f} ms, cpu {result['cpu']:.2f} ms ({parts})",
-                    flush=True,
-                )
+                print(f"# round {r + 1} {tree}: {round_line(result)}", flush=True)
     base = trees[0]
 
     def median(tree: Path, key: str) -> float:
