@@ -27,13 +27,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
 from dbos import DBOS, DBOSClient, DBOSConfig
 
-from benchmarks.run import wait_until
+from benchmarks.run import ready_process, wait_until
 
 APP = "romancy-bench"
 QUEUE = "bench"
@@ -121,23 +121,10 @@ class DbosPeer:
                 self.client = DBOSClient(system_database_url=self.url, application_name=APP)
             yield pids
 
-    @contextmanager
-    def _worker(self, executor_id: str) -> Iterator[subprocess.Popen[bytes]]:
-        log = Path("/tmp") / f"{executor_id}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.dbos_peer", self.url, executor_id],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_until(lambda: "ready." in log.read_text(errors="replace"), 120, "a DBOS worker")
-            yield process
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+    def _worker(self, executor_id: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
+        command = [sys.executable, "-m", "benchmarks.dbos_peer", self.url, executor_id]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return ready_process(command, env, Path("/tmp") / f"{executor_id}.log", "a DBOS worker")
 
     def workflows(
         self, n: int, prefix: str, every: float = 0.25

@@ -130,43 +130,31 @@ def migrated_databases(stack: ExitStack, keys: Iterable[K]) -> dict[K, str]:
 
 
 @contextmanager
-def worker(env: dict[str, str], log: Path, cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``celery worker`` of the benchmark's app, importing the project from ``cwd``
-    (``python -m`` puts the working directory first on the path, before PYTHONPATH)."""
+def ready_process(
+    command: list[str], env: dict[str, str], log: Path, what: str, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` running, its output in ``log``, once that log says "ready."; stopped
+    (SIGTERM) after."""
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "benchmarks.bench_app",
-                "worker",
-                "-P",
-                "prefork",
-                "-c",
-                "2",
-                "-l",
-                "INFO",
-                "-Q",
-                env["BENCH_QUEUE"],
-                "-n",
-                f"bench{uuid.uuid4().hex[:6]}@localhost",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "ready." in log.read_text(errors="replace"), 60, "the worker")
+        wait_until(lambda: "ready." in log.read_text(errors="replace"), 120, what)
         yield process
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def worker(
+    env: dict[str, str], log: Path, cwd: Path = ROOT
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """A ``celery worker`` of the benchmark's app, importing the project from ``cwd``
+    (``python -m`` puts the working directory first on the path, before PYTHONPATH)."""
+    name = f"bench{uuid.uuid4().hex[:6]}@localhost"
+    command = [sys.executable, "-m", "celery", "-A", "benchmarks.bench_app", "worker"]
+    command += ["-P", "prefork", "-c", "2", "-l", "INFO", "-Q", env["BENCH_QUEUE"], "-n", name]
+    command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return ready_process(command, env, log, "the worker", cwd)
 
 
 def rss_mb(pid: int) -> float:
