@@ -415,7 +415,8 @@ def client_round(n: int, prefix: str) -> None:
 def fresh_round(url: str, n: int, prefix: str, tree: Path = ROOT) -> dict[str, Any]:
     """One round of ``n`` saga3 workflows on ``url`` (settled first) with a fresh worker
     and client, both importing the project from the checkout ``tree``: the client's
-    summary, with the CPU milliseconds per workflow of each part and in all (``cpu``)."""
+    summary, with the CPU milliseconds per workflow of each part and in all (``cpu``),
+    and the worker's resident memory at the round's end (``worker_rss_mb``)."""
     settle(url)
     queue = f"bench-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_DB": url, "BENCH_QUEUE": queue}
@@ -428,8 +429,10 @@ def fresh_round(url: str, n: int, prefix: str, tree: Path = ROOT) -> dict[str, A
             text=True,
             check=True,
         )
+        rss = rss_mb(process.pid)
     result: dict[str, Any] = json.loads(client.stdout.splitlines()[-1])
     result["cpu"] = sum(v for k, v in result.items() if k.startswith("cpu_"))
+    result["worker_rss_mb"] = rss
     return result
 
 
@@ -486,21 +489,9 @@ def scale(n: int, seed_sizes: tuple[int, ...], rounds: int) -> dict[int, dict[st
         for r in range(rounds):
             # Each database goes first in turn, and starts its round settled.
             for size in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
-                url = urls[size]
-                settle(url)
-                queue = f"bench-{uuid.uuid4().hex[:6]}"
-                env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_DB": url, "BENCH_QUEUE": queue}
-                with worker(env, Path("/tmp") / f"{queue}-worker.log") as process:
-                    client = subprocess.run(
-                        [sys.executable, "-m", "benchmarks.run", "--client", str(n), f"s{r}"],
-                        cwd=ROOT,
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    runs[size]["rss"].append(rss_mb(process.pid))
-                runs[size]["per_s"].append(json.loads(client.stdout.splitlines()[-1])["per_s"])
+                result = fresh_round(urls[size], n, f"s{r}")
+                runs[size]["per_s"].append(result["per_s"])
+                runs[size]["rss"].append(result["worker_rss_mb"])
             print(
                 f"# scale round {r + 1}: "
                 + ", ".join(
